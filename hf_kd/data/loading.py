@@ -1,0 +1,256 @@
+"""One entry point for image-classification data: ``load_image_data``.
+
+It returns train/eval ``datasets.Dataset``s that yield ``{"pixel_values": uint8 (3,H,W) tensor, "labels": int}``,
+plus what the model must know (label names, mean/std, input size, augmentation). Random augmentation of CIFAR-size
+data is not done here but batched in the training step (``BatchAugment``): it is faster and it makes resuming from a
+checkpoint exact (HF_NOTES §3.3, §6).
+
+Sources: the presets below (Hub ids, the same code path a user with internet runs), any other Hub id, a local folder
+written by ``save_to_disk``, an ``imagefolder`` directory, and ``"digits"``: an offline default of real images (the
+8x8 handwritten digits bundled with scikit-learn, upsampled to 32x32 RGB) that needs no download.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import datasets
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import Image as ImageFeature
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from .augment import BatchAugment
+
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DIGITS_MEAN, DIGITS_STD = (0.3052,) * 3, (0.3236,) * 3
+
+
+@dataclass(frozen=True)
+class Preset:
+    path: str
+    image_column: str
+    label_column: str
+    train_split: str
+    eval_split: str
+    image_size: int
+    mean: tuple
+    std: tuple
+    augmentation: str
+
+
+PRESETS = {
+    "cifar100": Preset("uoft-cs/cifar100", "img", "fine_label", "train", "test", 32, CIFAR100_MEAN, CIFAR100_STD,
+                       "cifar"),
+    "cifar10": Preset("uoft-cs/cifar10", "img", "label", "train", "test", 32, CIFAR10_MEAN, CIFAR10_STD, "cifar"),
+    "imagenet-1k": Preset("ILSVRC/imagenet-1k", "image", "label", "train", "validation", 224, IMAGENET_MEAN,
+                          IMAGENET_STD, "imagenet"),
+    "digits": Preset("sklearn:digits", "image", "label", "train", "test", 32, DIGITS_MEAN, DIGITS_STD, "cifar"),
+}
+PRESETS["uoft-cs/cifar100"], PRESETS["uoft-cs/cifar10"] = PRESETS["cifar100"], PRESETS["cifar10"]
+PRESETS["ILSVRC/imagenet-1k"] = PRESETS["imagenet-1k"]
+
+_IMAGE_NAMES = ("image", "img", "pixel_values")
+_LABEL_NAMES = ("label", "labels", "fine_label")
+
+
+@dataclass
+class ImageData:
+    """Train/eval datasets in the uniform (pixel_values uint8, labels) view, and what a model needs to know."""
+
+    train: Dataset
+    eval: Dataset
+    label_names: list
+    mean: tuple
+    std: tuple
+    input_size: tuple  # (3, H, W)
+    augmentation: str  # "cifar" (batched pad-crop + flip), "imagenet" (random-resized-crop + batched flip), "none"
+    name: str = ""
+    pad_mode: str = "constant"
+    source: dict = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def batch_augment(self, augmentation: Optional[str] = None, pad_mode: Optional[str] = None) -> BatchAugment:
+        return BatchAugment(self.mean, self.std, augmentation or self.augmentation, pad_mode=pad_mode or self.pad_mode)
+
+
+def digits_dataset() -> DatasetDict:
+    """scikit-learn's bundled handwritten digits (1797 real 8x8 scans, 10 classes) as 32x32 RGB PIL images.
+
+    Split 80/20 per class with a fixed seed, so the default run is the same everywhere and needs no download.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    x = torch.nn.functional.interpolate(x, size=32, mode="bilinear", align_corners=False).clamp(0, 1)
+    x = (x * 255).round().to(torch.uint8)[:, 0].numpy()
+    images = [Image.fromarray(np.repeat(a[:, :, None], 3, axis=2)) for a in x]
+    idx_train, idx_test = train_test_split(np.arange(len(images)), test_size=0.2, random_state=0, stratify=d.target)
+    features = datasets.Features({"image": ImageFeature(), "label": ClassLabel(names=[str(n) for n in d.target_names])})
+
+    def part(idx):
+        return Dataset.from_dict({"image": [images[i] for i in idx], "label": [int(d.target[i]) for i in idx]},
+                                 features=features)
+
+    return DatasetDict(train=part(idx_train), test=part(idx_test))
+
+
+def _load_source(dataset: str, cache_dir: Optional[str], revision: Optional[str]) -> DatasetDict:
+    if dataset == "sklearn:digits":
+        return digits_dataset()
+    if os.path.isdir(dataset):
+        if any(os.path.exists(os.path.join(dataset, f)) for f in ("dataset_dict.json", "state.json")):
+            loaded = datasets.load_from_disk(dataset)
+            return loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)
+        return datasets.load_dataset("imagefolder", data_dir=dataset, cache_dir=cache_dir)
+    return datasets.load_dataset(dataset, cache_dir=cache_dir, revision=revision)
+
+
+def _pick_column(ds: Dataset, given: Optional[str], names: Sequence[str], feature_type, what: str) -> str:
+    cols = ds.column_names
+    if given is not None:
+        if given not in cols:
+            raise ValueError(f"{what} column '{given}' not found; the dataset has columns {cols}. "
+                             f"Pass --{what}_column with one of them.")
+        return given
+    for n in names:
+        if n in cols:
+            return n
+    typed = [c for c, f in ds.features.items() if isinstance(f, feature_type)]
+    if len(typed) == 1:
+        return typed[0]
+    raise ValueError(f"Cannot tell which column holds the {what}s: found columns {cols} "
+                     f"({ {c: type(f).__name__ for c, f in ds.features.items()} }). "
+                     f"Pass --{what}_column (one of {cols}).")
+
+
+def _label_names(ds: Dataset, column: str) -> list:
+    feat = ds.features[column]
+    if isinstance(feat, ClassLabel):
+        return list(feat.names)
+    values = sorted(set(ds[column]))
+    if not all(isinstance(v, (int, np.integer)) for v in values) or values[0] < 0:
+        raise ValueError(f"Label column '{column}' holds {type(values[0]).__name__} values; hf_kd needs integer "
+                         "class ids or a ClassLabel feature (`ds.class_encode_column`).")
+    return [str(i) for i in range(int(values[-1]) + 1)]
+
+
+def image_transform(size: int, train: bool, augmentation: str, crop_pct: float = 1.0, interpolation="bilinear"):
+    """PIL -> uint8 (3, size, size). Only ImageNet-style training crops here; the rest is batched on device.
+
+    Eval (and CIFAR-style train): resize the short side to size/crop_pct and center-crop, as timm's eval transform
+    (and so ``pipeline``) does.
+    """
+    interp = InterpolationMode(interpolation)
+    if train and augmentation == "imagenet":
+        geo = [T.RandomResizedCrop(size, interpolation=interp, antialias=True)]
+    else:
+        geo = [T.Resize(int(round(size / crop_pct)), interpolation=interp, antialias=True), T.CenterCrop(size)]
+    return T.Compose([T.ToImage(), *geo, T.ToDtype(torch.uint8)])
+
+
+def load_image_data(
+    dataset: str = "digits",
+    *,
+    image_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    train_split: Optional[str] = None,
+    eval_split: Optional[str] = None,
+    image_size: Optional[int] = None,
+    augmentation: Optional[str] = None,
+    num_labels: Optional[int] = None,
+    max_train_samples: Optional[int] = None,
+    max_eval_samples: Optional[int] = None,
+    eval_fraction: float = 0.1,
+    cache_dir: Optional[str] = None,
+    revision: Optional[str] = None,
+    seed: int = 0,
+) -> ImageData:
+    """Load ``dataset`` (a preset name, Hub id, ``save_to_disk`` folder or ``imagefolder`` dir) as ``ImageData``.
+
+    Preset names: ``digits`` (offline default), ``cifar100``, ``cifar10``, ``imagenet-1k``. ``num_labels``, when
+    given, must equal the dataset's class count (clear error otherwise).
+    """
+    preset = PRESETS.get(dataset)
+    raw = _load_source(preset.path if preset else dataset, cache_dir, revision)
+    if isinstance(raw, Dataset):
+        raw = DatasetDict(train=raw)
+    train_split = train_split or (preset.train_split if preset else "train")
+    if train_split not in raw:
+        raise ValueError(f"Split '{train_split}' not found in {dataset}; it has splits {list(raw)}. "
+                         "Pass --train_split.")
+    if eval_split is None:
+        eval_split = preset.eval_split if preset else next((s for s in ("test", "validation", "valid", "val")
+                                                            if s in raw), None)
+    train = raw[train_split]
+    if eval_split is None:  # only a train split: hold out a seeded random fraction
+        parts = train.train_test_split(test_size=eval_fraction, seed=seed)
+        train, evald = parts["train"], parts["test"]
+    elif eval_split not in raw:
+        raise ValueError(f"Split '{eval_split}' not found in {dataset}; it has splits {list(raw)}. "
+                         "Pass --eval_split.")
+    else:
+        evald = raw[eval_split]
+
+    image_column = _pick_column(train, image_column or (preset.image_column if preset else None), _IMAGE_NAMES,
+                                ImageFeature, "image")
+    label_column = _pick_column(train, label_column or (preset.label_column if preset else None), _LABEL_NAMES,
+                                ClassLabel, "label")
+    for name, part in (("eval", evald),):
+        missing = [c for c in (image_column, label_column) if c not in part.column_names]
+        if missing:
+            raise ValueError(f"The {name} split lacks columns {missing}; it has {part.column_names}.")
+    label_names = _label_names(train, label_column)
+    if num_labels is not None and num_labels != len(label_names):
+        raise ValueError(f"The model has num_labels={num_labels} but {dataset} has {len(label_names)} classes in "
+                         f"column '{label_column}' (columns: {train.column_names}). Build the model with "
+                         f"num_labels={len(label_names)} or pick the right --label_column.")
+
+    if max_train_samples:
+        train = train.select(range(min(max_train_samples, len(train))))
+    if max_eval_samples:
+        evald = evald.select(range(min(max_eval_samples, len(evald))))
+
+    if preset:
+        size, mean, std, aug = preset.image_size, preset.mean, preset.std, preset.augmentation
+    else:
+        size, mean, std = _probe_size(train, image_column), IMAGENET_MEAN, IMAGENET_STD
+        aug = "cifar" if size <= 64 else "imagenet"
+    size = image_size or size
+    aug = augmentation or aug
+    if aug not in ("cifar", "imagenet", "none"):
+        raise ValueError(f"augmentation must be 'cifar', 'imagenet' or 'none', got '{aug}'")
+    crop_pct = 1.0 if size <= 64 else 0.875
+
+    def make(split_train: bool):
+        tf = image_transform(size, split_train, aug, crop_pct)
+
+        def apply(batch):
+            return {"pixel_values": [tf(img.convert("RGB")) for img in batch[image_column]],
+                    "labels": list(batch[label_column])}
+
+        return apply
+
+    train = train.with_transform(make(True))
+    evald = evald.with_transform(make(False))
+    return ImageData(train=train, eval=evald, label_names=label_names, mean=tuple(mean), std=tuple(std),
+                     input_size=(3, size, size), augmentation=aug, name=dataset,
+                     source=dict(dataset=preset.path if preset else dataset, image_column=image_column,
+                                 label_column=label_column, train_split=train_split, eval_split=eval_split))
+
+
+def _probe_size(ds: Dataset, image_column: str) -> int:
+    img = ds[0][image_column]
+    return int(min(img.size))

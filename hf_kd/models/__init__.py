@@ -1,0 +1,7 @@
+"""timm backbones as PreTrainedModels (on transformers' TimmWrapper) and the CIFAR backbones registered into timm."""
+
+from .cifar import CIFAR_ARCHITECTURES, CifarResNet, CifarWideResNet
+from .student import KDOutput, MissingStagesError, TimmStudent, create_student, load_student
+
+__all__ = ["CIFAR_ARCHITECTURES", "CifarResNet", "CifarWideResNet", "KDOutput", "MissingStagesError",
+           "TimmStudent", "create_student", "load_student"]

@@ -1,0 +1,173 @@
+"""timm backbones as transformers ``PreTrainedModel``s, on transformers' own ``TimmWrapperForImageClassification``.
+
+We subclass the stock wrapper (same ``TimmWrapperConfig``, ``model_type="timm_wrapper"``) so that an exported folder
+loads with stock ``AutoModelForImageClassification``, ``pipeline("image-classification")`` and
+``timm.create_model("local-dir:..." / "hf-hub:...", pretrained=True)``, without hf_kd installed for archs timm ships.
+The subclass adds only what the stock class lacks (measured, HF_NOTES §1.3-1.4):
+
+- the stock ``_init_weights`` re-initialises every conv/linear with N(0, 0.02), discarding timm's own init (kaiming,
+  zero-init-last BN); ours keeps timm's init;
+- built from scratch, the stock class saves ``timm_model.``-prefixed keys that timm cannot load, and no
+  ``pretrained_cfg``; ours saves timm-native keys and the ``pretrained_cfg`` (mean/std/input size) that the image
+  processor and ``pipeline`` read;
+- ``forward_kd`` returns logits, the multi-stage feature maps and the pre-logits vector in one pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+from transformers.utils import ModelOutput
+
+from . import cifar  # noqa: F401  (registers the cifar_* archs into timm)
+
+__all__ = ["TimmStudent", "KDOutput", "create_student", "load_student", "MissingStagesError"]
+
+
+class MissingStagesError(ValueError):
+    """A method needs feature stages that this architecture cannot give."""
+
+
+@dataclass
+class KDOutput(ModelOutput):
+    """Everything a distillation loss needs from one forward pass.
+
+    logits: (B, K); stages: list of stage feature maps, shallow to deep (timm ``forward_intermediates``);
+    pre_logits: (B, D) pooled feature fed to the classifier.
+    """
+
+    logits: torch.Tensor = None
+    stages: Optional[list] = None
+    pre_logits: Optional[torch.Tensor] = None
+
+
+class TimmStudent(TimmWrapperForImageClassification):
+    """A timm backbone as an AutoModel-loadable classifier; see the module docstring for what it adds."""
+
+    def __init__(self, config: TimmWrapperConfig):
+        super().__init__(config)
+        # save_pretrained reverts this PrefixChange -> timm-native keys (the stock class drops it when built from
+        # scratch; get_model_conversion_mapping(self) would skip it for an out-of-tree subclass).
+        self._weight_conversions = get_checkpoint_conversion_mapping("timm_wrapper")
+        if getattr(config, "model_args", None) is None:
+            config.model_args = {}  # timm's config parser fails on model_args: null
+        if getattr(config, "pretrained_cfg", None) is None:
+            cfg = {k: v for k, v in dict(self.timm_model.pretrained_cfg).items() if k not in ("architecture", "tag")}
+            config.pretrained_cfg = _jsonable(cfg)
+        config.pretrained_cfg["num_classes"] = config.num_labels
+
+    def _init_weights(self, module):
+        """Keep timm's own initialisation (the stock wrapper overwrites it with N(0, 0.02))."""
+
+    @property
+    def architecture(self) -> str:
+        return self.config.architecture
+
+    def forward_kd(self, pixel_values: torch.Tensor, stages: bool = True) -> KDOutput:
+        """Logits, stage feature maps (shallow -> deep) and pre-logits in a single forward pass.
+
+        With ``stages=False`` only logits and pre-logits are computed (no intermediate list kept).
+        """
+        m = self.timm_model
+        if stages:
+            if not hasattr(m, "forward_intermediates"):
+                raise MissingStagesError(
+                    f"timm architecture '{self.architecture}' has no forward_intermediates(), so it cannot give the "
+                    "feature stages this method needs; pick an architecture that supports it (timm >= 1.0 CNNs/ViTs, "
+                    "or the cifar_* backbones hf_kd registers).")
+            last, feats = m.forward_intermediates(pixel_values)
+        else:
+            last, feats = m.forward_features(pixel_values), None
+        pre = m.forward_head(last, pre_logits=True)
+        return KDOutput(logits=m.get_classifier()(pre), stages=feats, pre_logits=pre)
+
+    @torch.no_grad()
+    def stage_shapes(self, input_size: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+        """(C, H, W) of every stage for one input of ``input_size`` (default: the config's), via a dry run."""
+        size = tuple(input_size or self.config.pretrained_cfg["input_size"])
+        was_training = self.training
+        self.eval()
+        try:
+            p = next(self.parameters())
+            out = self.forward_kd(torch.zeros(1, *size, device=p.device, dtype=p.dtype))
+        finally:
+            self.train(was_training)
+        return [tuple(s.shape[1:]) for s in out.stages]
+
+    def require_stages(self, n: int, method: str, input_size: Sequence[int] | None = None) -> list[tuple]:
+        """The last ``n`` stages as (C, H, W), or a clear error naming the architecture and the method."""
+        shapes = self.stage_shapes(input_size)
+        spatial = [s for s in shapes if len(s) == 3]
+        if len(spatial) < n:
+            raise MissingStagesError(
+                f"{method} needs {n} spatial feature stages, but timm architecture '{self.architecture}' gives "
+                f"{len(spatial)} ({shapes}). Use a CNN backbone with at least {n} stages, e.g. cifar_resnet32.")
+        return spatial[-n:]
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def create_student(
+    architecture: str,
+    num_labels: int,
+    label_names: Sequence[str] | None = None,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    input_size: Sequence[int] | None = None,
+    model_args: dict | None = None,
+) -> TimmStudent:
+    """Build a freshly initialised timm backbone as a ``TimmStudent``.
+
+    ``mean``/``std``/``input_size`` describe the preprocessing the model is trained with; they travel in
+    ``config.pretrained_cfg`` so that the image processor and ``pipeline`` preprocess exactly the same way.
+    """
+    import timm
+
+    if not timm.is_model(architecture):
+        close = [m for m in timm.list_models() if architecture.split("_")[0] in m][:8]
+        raise ValueError(
+            f"Unknown backbone '{architecture}': timm has no such architecture (after `import hf_kd`, which adds "
+            f"{', '.join(cifar.CIFAR_ARCHITECTURES)}). Similar names: {close}. See `timm.list_models()`.")
+    labels = list(label_names) if label_names is not None else [str(i) for i in range(num_labels)]
+    if len(labels) != num_labels:
+        raise ValueError(f"{len(labels)} label names given for num_labels={num_labels}")
+    config = TimmWrapperConfig(
+        architecture=architecture,
+        num_labels=num_labels,
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)} if len(set(labels)) == len(labels) else None,
+        model_args=dict(model_args or {}),
+    )
+    student = TimmStudent(config)
+    cfg = config.pretrained_cfg
+    if mean is not None:
+        cfg["mean"] = [float(v) for v in mean]
+    if std is not None:
+        cfg["std"] = [float(v) for v in std]
+    if input_size is not None:
+        cfg["input_size"] = [int(v) for v in input_size]
+        if "test_input_size" in cfg:
+            cfg["test_input_size"] = cfg["input_size"]
+    # the head-less AutoModel and timm read these too
+    cfg.setdefault("crop_pct", 1.0 if max(cfg["input_size"][1:]) <= 64 else 0.875)
+    return student
+
+
+def load_student(path_or_repo: str, **kwargs) -> TimmStudent:
+    """Load an exported student/teacher (local folder or Hub id) as a ``TimmStudent`` (it gets ``forward_kd``)."""
+    config = TimmWrapperConfig.from_pretrained(path_or_repo, **{k: v for k, v in kwargs.items() if k == "revision"})
+    if config.model_type != "timm_wrapper":
+        raise ValueError(f"{path_or_repo} holds a '{config.model_type}' model; hf_kd loads timm backbones "
+                         "(model_type 'timm_wrapper').")
+    return TimmStudent.from_pretrained(path_or_repo, **kwargs)

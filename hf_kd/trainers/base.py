@@ -1,0 +1,289 @@
+"""``DistillationTrainer``: the plumbing every method shares, on top of ``transformers.Trainer``.
+
+- ``self.model`` is a ``DistillationModel``: one ``nn.Module`` holding every trainable module (the student that gets
+  exported, plus a method's auxiliary modules). It is the unit DDP wraps, the optimizer covers and checkpoints save.
+- A frozen teacher, if any, lives outside it (``self.teacher``): eval mode, no grad, placed by Accelerate, never in
+  the optimizer, a checkpoint or an export (HF_NOTES §3.5; TRL's GKDTrainer does the same).
+- Export contract: ``save_model`` / ``push_to_hub`` write only the student (config with preprocessing, timm-native
+  safetensors, model card). Checkpoints written during training keep the whole ``DistillationModel`` + optimizer,
+  scheduler and RNG state, so ``resume_from_checkpoint`` continues exactly (random augmentation runs batched in the
+  step, see ``hf_kd.data.BatchAugment``).
+- Each loss term is logged by name; evaluation reports top-1/top-5 through ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Optional
+
+import safetensors.torch
+import torch
+import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import HubStrategy
+
+from ..data import BatchAugment, ImageCollator
+from ..metrics import ClassificationMetrics, topk_ids
+from ..models import TimmStudent
+
+__all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer"]
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    """``TrainingArguments`` plus what every distillation run shares. Method trainers subclass it."""
+
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the image column is decoded by the dataset transform."})
+    lr_milestones: Optional[list[int]] = field(
+        default=None, metadata={"help": "Epochs (0-based, as torch MultiStepLR stepped once per epoch) at which the "
+                                        "learning rate is multiplied by lr_gamma. Overrides lr_scheduler_type."})
+    lr_gamma: float = field(default=0.1, metadata={"help": "Multiplier at each of lr_milestones."})
+    warmup_epochs: float = field(
+        default=0.0, metadata={"help": "Linear per-step warm-up over this many epochs (with lr_milestones)."})
+    decay_all_parameters: bool = field(
+        default=True, metadata={"help": "Apply weight_decay to every parameter, BN and biases included, as the "
+                                        "papers' code does (transformers' default exempts biases and norms)."})
+    augmentation: Optional[str] = field(
+        default=None, metadata={"help": "Override the data's batched augmentation: cifar | imagenet | none."})
+    pad_mode: Optional[str] = field(
+        default=None, metadata={"help": "Padding of the random crop: constant (zeros) | reflect."})
+
+
+class DistillationModel(nn.Module):
+    """All trainable modules of a distillation run: ``student`` (exported) and ``aux`` (checkpoints only).
+
+    Method trainers subclass it and override ``forward``; everything trainable must run through ``forward`` so that
+    DDP syncs its gradients.
+    """
+
+    _keys_to_ignore_on_save = None  # read by Trainer on a non-strict load
+
+    def __init__(self, student: TimmStudent, **aux: nn.Module):
+        super().__init__()
+        self.student = student
+        self.aux = nn.ModuleDict(aux)
+
+    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **kwargs):
+        return self.student.forward_kd(pixel_values, stages=False)
+
+
+def check_same_labels(student, teacher, what: str = "teacher"):
+    """Teacher and student must agree on the classes they predict, index by index."""
+    s, t = student.config, teacher.config
+    if s.num_labels != t.num_labels:
+        raise ValueError(f"The {what} predicts {t.num_labels} classes but the student {s.num_labels}; distillation "
+                         f"needs the same label set. Train the {what} on the student's dataset (recipes/"
+                         "train_teacher.py) or build the student with the teacher's num_labels.")
+    sl, tl = [s.id2label[i] for i in range(s.num_labels)], [t.id2label[i] for i in range(t.num_labels)]
+    generic = all(n in (str(i), f"LABEL_{i}") for i, n in enumerate(sl)) or \
+        all(n in (str(i), f"LABEL_{i}") for i, n in enumerate(tl))
+    if sl != tl and not generic:
+        diff = [(i, a, b) for i, (a, b) in enumerate(zip(sl, tl)) if a != b][:5]
+        raise ValueError(f"The {what} and the student disagree on label names, e.g. (id, student, {what}) {diff}. "
+                         "They must index the same classes in the same order.")
+
+
+class DistillationTrainer(Trainer):
+    """``Trainer`` for a student (a ``TimmStudent``) and the modules a distillation method adds.
+
+    Subclasses set ``args_class``, build their ``DistillationModel`` in ``build_model`` and implement
+    ``compute_loss``, using ``self.teacher_forward`` and ``self.log_terms``. ``eval_head_names`` names the logits a
+    method reports at evaluation (the first is the exported student).
+    """
+
+    args_class = DistillationArguments
+    method_name = "distillation"
+
+    def __init__(self, model: TimmStudent | DistillationModel = None, args: DistillationArguments = None,
+                 teacher: Optional[TimmStudent] = None, augmentation: Optional[BatchAugment] = None,
+                 data_collator=None, compute_metrics=None, preprocess_logits_for_metrics=None, **kwargs):
+        if model is None:
+            raise ValueError(f"{type(self).__name__} needs a student: model=create_student(...) or load_student(...)")
+        if args is None:
+            args = self.args_class(output_dir="hf_kd_output")
+        if not isinstance(args, self.args_class):
+            raise TypeError(f"{type(self).__name__} needs {self.args_class.__name__}, got {type(args).__name__}")
+        wrapper = model if isinstance(model, DistillationModel) else self.build_model(model, args)
+        if teacher is not None:
+            check_same_labels(wrapper.student, teacher)
+        student_cfg = wrapper.student.config.pretrained_cfg
+        if augmentation is None:
+            augmentation = BatchAugment(student_cfg["mean"], student_cfg["std"], "none")
+        if args.augmentation or args.pad_mode:
+            augmentation = BatchAugment(augmentation.mean.flatten().tolist(), augmentation.std.flatten().tolist(),
+                                        args.augmentation or augmentation.kind, augmentation.padding,
+                                        args.pad_mode or augmentation.pad_mode)
+        self.augmentation = augmentation
+        # what the model sees at train time is what pipeline must feed it: the processor reads pretrained_cfg
+        student_cfg["mean"] = augmentation.mean.flatten().tolist()
+        student_cfg["std"] = augmentation.std.flatten().tolist()
+        super().__init__(
+            model=wrapper, args=args, data_collator=data_collator or ImageCollator(),
+            compute_metrics=compute_metrics or ClassificationMetrics(self.eval_head_names),
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics or topk_ids, **kwargs)
+        self.teacher = None
+        if teacher is not None:
+            self.teacher = self.accelerator.prepare_model(teacher.eval().requires_grad_(False), evaluation_mode=True)
+        self._terms = defaultdict(list)
+        self._in_checkpoint = False
+
+    # --- hooks for methods ----------------------------------------------------------------------------------------
+    @property
+    def eval_head_names(self) -> list[str]:
+        return ["student"]
+
+    def build_model(self, student: TimmStudent, args: DistillationArguments) -> DistillationModel:
+        return DistillationModel(student)
+
+    @property
+    def student(self) -> TimmStudent:
+        return self.accelerator.unwrap_model(self.model).student
+
+    @torch.no_grad()
+    def teacher_forward(self, pixel_values: torch.Tensor, stages: bool = False):
+        """The frozen teacher's ``KDOutput`` (eval mode, no grad, under the Trainer's autocast)."""
+        if self.teacher is None:
+            raise ValueError(f"{type(self).__name__} needs a teacher: pass teacher=load_student(path).")
+        return self.teacher.forward_kd(pixel_values, stages=stages)
+
+    def log_terms(self, terms: dict[str, torch.Tensor]):
+        """Record loss terms of a training step; averaged over the logging window and logged by name."""
+        if self.model.training:
+            for name, value in terms.items():
+                self._terms[name].append(value.detach().float())
+
+    # --- inputs and logging ---------------------------------------------------------------------------------------
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        pixels = inputs.get("pixel_values")
+        if pixels is not None and pixels.dtype == torch.uint8:
+            inputs["pixel_values"] = self.augmentation(pixels, train=self.model.training)
+        return inputs
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        if self._terms and "loss" in logs:  # a training log: add the averaged terms
+            names = sorted(self._terms)
+            means = torch.stack([torch.stack(self._terms[n]).mean() for n in names])
+            means = self.accelerator.reduce(means, reduction="mean") if self.args.world_size > 1 else means
+            logs.update({f"loss_{n}": round(v, 6) for n, v in zip(names, means.tolist())})
+            self._terms.clear()
+        super().log(logs, start_time)
+
+    # --- optimizer and schedule -----------------------------------------------------------------------------------
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Parameter groups of the optimizer. Methods with per-module settings override this (add "lr" etc.)."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.args.decay_all_parameters:
+            return [{"params": params, "weight_decay": self.args.weight_decay}]
+        decay = set(self.get_decay_parameter_names(model))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        return [{"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+                {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            kwargs.pop("params", None)
+            self.optimizer = cls([g for g in self.param_groups(opt_model) if g["params"]], **kwargs)
+        return self.optimizer
+
+    def steps_per_epoch(self) -> int:
+        n = len(self.train_dataset)
+        per_step = self.args.per_device_train_batch_size * self.args.world_size
+        batches = n // per_step if self.args.dataloader_drop_last else math.ceil(n / per_step)
+        return max(1, batches // self.args.gradient_accumulation_steps)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """``lr_milestones``: MultiStepLR semantics by epoch (the papers' schedules), with optional linear warm-up."""
+        if not self.args.lr_milestones:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            spe = self.steps_per_epoch()
+            milestones = sorted(self.args.lr_milestones)
+            gamma, warm = self.args.lr_gamma, self.args.warmup_epochs * spe
+
+            def factor(step: int) -> float:
+                epoch = step // spe
+                f = gamma ** sum(epoch >= m for m in milestones)
+                return f * min(1.0, (step + 1) / warm) if warm else f
+
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # --- saving: student-only export, full-state checkpoints --------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        self._in_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._in_checkpoint = False
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None):
+        if self._in_checkpoint:  # full trainable state, for an exact resume
+            return super()._save(output_dir, state_dict)
+        self.export_student(output_dir or self.args.output_dir)
+
+    def export_student(self, output_dir: str):
+        """Write the student alone (config + timm-native safetensors + model card) to ``output_dir``.
+
+        Files are written to a temporary folder first and then moved into place, so a failure midway never leaves a
+        half-written export over a previous one.
+        """
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".export-", dir=output_dir)
+        try:
+            self.student.save_pretrained(tmp)
+            self.write_model_card(tmp)
+            torch.save(self.args, os.path.join(tmp, "training_args.bin"))
+            for name in os.listdir(tmp):
+                os.replace(os.path.join(tmp, name), os.path.join(output_dir, name))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def write_model_card(self, output_dir: str):
+        from ..cards import write_model_card
+
+        write_model_card(self, output_dir)
+
+    def create_model_card(self, *args, **kwargs):
+        """Trainer's card generator needs ``model.config`` (a wrapper has none): write hf_kd's card instead."""
+        if self.is_world_process_zero():
+            self.write_model_card(self.args.output_dir)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Stock Trainer copies the checkpoint's full-state weights into output_dir and pushes them; export the
+        student there instead, then upload output_dir (and the checkpoint only if hub_strategy asks for it)."""
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        if self.push_in_progress is not None and not self.push_in_progress.is_done() \
+                and not self.args.hub_always_push:
+            return
+        self.export_student(self.args.output_dir)
+        from ..hub import push_folder
+
+        self.push_in_progress = push_folder(self, checkpoint_folder)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
+        """Strict load of the full ``DistillationModel`` state, with an error that says what does not match."""
+        model = self.model if model is None else model
+        path = os.path.join(resume_from_checkpoint, "model.safetensors")
+        if not os.path.isfile(path):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        state = safetensors.torch.load_file(path, device="cpu")
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"Checkpoint {resume_from_checkpoint} does not match this {type(self).__name__} run: missing "
+                f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}. Resume with the same method, "
+                "backbone and method arguments as the run that wrote it.")

@@ -1,0 +1,59 @@
+"""``KDTrainer``: classic knowledge distillation from a frozen teacher (Hinton et al. 2015), the baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn.functional as F
+
+from ..losses import kd_kl_div
+from .base import DistillationArguments, DistillationTrainer
+
+
+@dataclass
+class KDArguments(DistillationArguments):
+    """Defaults follow the KD baseline of CRD/RepDistiller on CIFAR-100 (gamma 0.1, alpha 0.9, T 4)."""
+
+    temperature: float = field(default=4.0, metadata={"help": "Softmax temperature T of the KD term."})
+    ce_weight: float = field(default=0.1, metadata={"help": "Weight of the cross-entropy on the labels."})
+    kd_weight: float = field(default=0.9, metadata={"help": "Weight of T^2 * KL(teacher_T || student_T)."})
+
+
+class KDTrainer(DistillationTrainer):
+    """Classic knowledge distillation: the student matches the teacher's temperature-softened class probabilities.
+
+    loss = ce_weight * CE(z_s, y) + kd_weight * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)).
+    """
+
+    args_class = KDArguments
+    method_name = "kd"
+    method_title = "classic knowledge distillation (Hinton et al., 2015)"
+    citation = """@article{hinton2015distilling,
+  title={Distilling the Knowledge in a Neural Network},
+  author={Hinton, Geoffrey and Vinyals, Oriol and Dean, Jeff},
+  journal={arXiv preprint arXiv:1503.02531},
+  year={2015}
+}"""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        x, y = inputs["pixel_values"], inputs["labels"]
+        student = model(pixel_values=x)
+        teacher = self.teacher_forward(x)
+        terms = {"ce": F.cross_entropy(student.logits, y),
+                 "kd": kd_kl_div(student.logits, teacher.logits, self.args.temperature)}
+        loss = self.args.ce_weight * terms["ce"] + self.args.kd_weight * terms["kd"]
+        self.log_terms(terms)
+        return (loss, {"logits": student.logits}) if return_outputs else loss
+
+
+class SupervisedTrainer(DistillationTrainer):
+    """Plain cross-entropy training of one backbone (teachers and no-distillation baselines), with the same data
+    path, schedule, metrics and export as the distillation trainers."""
+
+    method_name = "supervised"
+    method_title = "supervised training (cross-entropy)"
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = model(pixel_values=inputs["pixel_values"])
+        loss = F.cross_entropy(out.logits, inputs["labels"])
+        return (loss, {"logits": out.logits}) if return_outputs else loss
