@@ -1,0 +1,164 @@
+"""What every recipe script shares: CLI/YAML parsing, data, student/teacher set-up, train, evaluate, export, push.
+
+A recipe is ``run(SomeTrainer, defaults={...})``. Arguments come from three dataclasses parsed by
+``HfArgumentParser``: ``ModelArguments``, ``DataArguments`` and the trainer's own ``TrainingArguments`` subclass, so
+every ``TrainingArguments`` flag works. ``--config file.yaml`` supplies values first; flags given after it win.
+With no arguments at all a recipe runs its quick ``defaults`` on the offline ``digits`` data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+import yaml
+from transformers import HfArgumentParser, set_seed
+
+from .data import load_image_data
+from .models import create_student, load_student
+
+__all__ = ["ModelArguments", "DataArguments", "QUICK_DEFAULTS", "parse_args", "run", "build_teacher"]
+
+# A few minutes on a laptop CPU on the offline digits data; the YAML presets in recipes/configs give the papers'.
+QUICK_DEFAULTS = dict(dataset="digits", num_train_epochs=5, per_device_train_batch_size=64,
+                      per_device_eval_batch_size=128, learning_rate=0.05, optim="sgd",
+                      optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4, lr_scheduler_type="cosine",
+                      eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, logging_steps=10,
+                      report_to="none", dataloader_drop_last=True, teacher_architecture="cifar_resnet56",
+                      teacher_epochs=5)
+
+
+@dataclass
+class ModelArguments:
+    student: str = field(default="cifar_resnet20", metadata={"help": "timm architecture of the student "
+                                                                     "(cifar_* backbones are hf_kd's)."})
+    teacher: Optional[str] = field(default=None, metadata={
+        "help": "Frozen teacher: an exported hf_kd/timm_wrapper folder or Hub id. If unset, a KD recipe trains "
+                "teacher_architecture on the same data first (into <output_dir>_teacher, reused if present)."})
+    teacher_architecture: str = field(default="cifar_resnet32x4", metadata={"help": "Architecture of an auto-"
+                                                                                     "trained teacher."})
+    teacher_epochs: float = field(default=10.0, metadata={"help": "Epochs of an auto-trained teacher."})
+    model_args: Optional[str] = field(default=None, metadata={"help": "JSON dict of extra timm.create_model "
+                                                                      "kwargs for the student, e.g. '{\"drop_rate\": 0.3}'."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="digits", metadata={
+        "help": "digits (offline default) | cifar100 | cifar10 | imagenet-1k | a Hub id | a save_to_disk folder | "
+                "an imagefolder directory."})
+    image_column: Optional[str] = field(default=None, metadata={"help": "Image column (auto-detected)."})
+    label_column: Optional[str] = field(default=None, metadata={"help": "Label column (auto-detected)."})
+    train_split: Optional[str] = None
+    eval_split: Optional[str] = None
+    image_size: Optional[int] = None
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    dataset_cache_dir: Optional[str] = None
+
+
+def _yaml_to_argv(path: str) -> list[str]:
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    argv = []
+    for key, value in cfg.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def parse_args(args_class, defaults: Optional[dict] = None, argv: Optional[list[str]] = None):
+    """(ModelArguments, DataArguments, args_class) from ``defaults`` < ``--config`` YAML < CLI flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise SystemExit("--config needs a YAML file path")
+        argv = _yaml_to_argv(argv[i + 1]) + argv[:i] + argv[i + 2:]
+    parser = HfArgumentParser((ModelArguments, DataArguments, args_class))
+    parser.set_defaults(**{**QUICK_DEFAULTS, **(defaults or {})})
+    model_args, data_args, training_args, rest = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True)
+    if rest:
+        raise SystemExit(f"Unknown arguments: {rest}. See --help.")
+    return model_args, data_args, training_args
+
+
+def load_data(data_args: DataArguments, seed: int = 0):
+    return load_image_data(
+        data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column,
+        train_split=data_args.train_split, eval_split=data_args.eval_split, image_size=data_args.image_size,
+        max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
+        cache_dir=data_args.dataset_cache_dir, seed=seed)
+
+
+def build_student(model_args: ModelArguments, data, architecture: Optional[str] = None):
+    return create_student(architecture or model_args.student, data.num_labels, data.label_names, mean=data.mean,
+                          std=data.std, input_size=data.input_size,
+                          model_args=json.loads(model_args.model_args) if model_args.model_args else None)
+
+
+def build_teacher(model_args: ModelArguments, data, training_args):
+    """The given teacher, or one trained here with plain CE on the same data (reused when already exported)."""
+    if model_args.teacher:
+        return load_student(model_args.teacher), model_args.teacher
+    out = training_args.output_dir.rstrip("/") + "_teacher"
+    if not os.path.isfile(os.path.join(out, "config.json")):
+        from .trainers import DistillationArguments, SupervisedTrainer
+
+        print(f"[hf_kd] no --teacher given: training a {model_args.teacher_architecture} teacher into {out}")
+        targs = DistillationArguments(
+            output_dir=out, num_train_epochs=model_args.teacher_epochs,
+            per_device_train_batch_size=training_args.per_device_train_batch_size,
+            learning_rate=training_args.learning_rate, optim=training_args.optim, optim_args=training_args.optim_args,
+            weight_decay=training_args.weight_decay, lr_scheduler_type="cosine", eval_strategy="no",
+            save_strategy="no", report_to=[], seed=training_args.seed, use_cpu=training_args.use_cpu,
+            bf16=training_args.bf16, logging_steps=training_args.logging_steps,
+            dataloader_drop_last=training_args.dataloader_drop_last)
+        trainer = SupervisedTrainer(model=build_student(model_args, data, model_args.teacher_architecture),
+                                    args=targs, train_dataset=data.train, eval_dataset=data.eval,
+                                    augmentation=data.batch_augment())
+        trainer.dataset_name = data.source.get("dataset")
+        trainer.train()
+        trainer.evaluate()
+        trainer.save_model()
+    return load_student(out), out
+
+
+def best_and_final(log_history: list[dict]) -> tuple[Optional[float], Optional[float]]:
+    accs = [e["eval_top1"] for e in log_history if "eval_top1" in e]
+    return (max(accs), accs[-1]) if accs else (None, None)
+
+
+def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] = None, needs_teacher: bool = False):
+    """Parse, build, train, evaluate, export the student to --output_dir, push if asked. Returns the trainer."""
+    model_args, data_args, training_args = parse_args(trainer_cls.args_class, defaults, argv)
+    set_seed(training_args.seed)
+    data = load_data(data_args, training_args.seed)
+    teacher, teacher_name = build_teacher(model_args, data, training_args) if needs_teacher else (None, None)
+    set_seed(training_args.seed)
+    trainer = trainer_cls(model=build_student(model_args, data), teacher=teacher, args=training_args,
+                          train_dataset=data.train, eval_dataset=data.eval, augmentation=data.batch_augment())
+    trainer.dataset_name = data.source.get("dataset")
+    trainer.teacher_name = teacher_name
+    trainer.command = "accelerate launch " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    trainer.save_model()
+    best, final = best_and_final(trainer.state.log_history)
+    if trainer.is_world_process_zero():
+        print(f"[hf_kd] {trainer.method_name}: student {model_args.student} exported to {training_args.output_dir}; "
+              f"eval top-1 final {final:.4f}, best over evaluations {best:.4f}, top-5 {metrics.get('eval_top5', 0):.4f}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    return trainer
