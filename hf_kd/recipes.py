@@ -157,8 +157,10 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
     trainer.save_model()
     best, final = best_and_final(trainer.state.log_history)
     if trainer.is_world_process_zero():
+        acc = (f"eval top-1 final {final:.4f}, best over evaluations {best:.4f}, top-5 {metrics['eval_top5']:.4f}"
+               if final is not None else "no evaluation ran")
         print(f"[hf_kd] {trainer.method_name}: student {model_args.student} exported to {training_args.output_dir}; "
-              f"eval top-1 final {final:.4f}, best over evaluations {best:.4f}, top-5 {metrics.get('eval_top5', 0):.4f}")
+              f"{acc}")
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return trainer

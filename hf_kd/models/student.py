@@ -164,8 +164,26 @@ def create_student(
     return student
 
 
-def load_student(path_or_repo: str, **kwargs) -> TimmStudent:
-    """Load an exported student/teacher (local folder or Hub id) as a ``TimmStudent`` (it gets ``forward_kd``)."""
+def load_student(path_or_repo: str, num_labels: int | None = None, **kwargs) -> TimmStudent:
+    """Load a model as a ``TimmStudent`` (it gets ``forward_kd``): a teacher, or a student to continue from.
+
+    ``path_or_repo``: an exported hf_kd / ``timm_wrapper`` folder or Hub id (``timm/resnet50.a1_in1k`` included), or
+    ``timm:<name>`` for a timm model with its pretrained weights (``timm.create_model(name, pretrained=True)``;
+    ``num_labels`` gives a freshly initialised classifier for a different label set).
+    """
+    if path_or_repo.startswith("timm:"):
+        import timm
+
+        name = path_or_repo[len("timm:"):]
+        model = timm.create_model(name, pretrained=True, **({"num_classes": num_labels} if num_labels else {}))
+        student = create_student(name.split(".")[0], model.num_classes,
+                                 model_args=kwargs.pop("model_args", None))
+        student.timm_model.load_state_dict(model.state_dict())
+        cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in ("architecture", "tag")}
+        student.config.pretrained_cfg = {**_jsonable(cfg), "num_classes": model.num_classes}
+        return student
+    if num_labels is not None:  # a new classifier for a different label set
+        kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     config = TimmWrapperConfig.from_pretrained(path_or_repo, **{k: v for k, v in kwargs.items() if k == "revision"})
     if config.model_type != "timm_wrapper":
         raise ValueError(f"{path_or_repo} holds a '{config.model_type}' model; hf_kd loads timm backbones "

@@ -159,6 +159,23 @@ class DistillationTrainer(Trainer):
             for name, value in terms.items():
                 self._terms[name].append(value.detach().float())
 
+    # --- data -------------------------------------------------------------------------------------------------------
+    def _scoring_every_sample(self, make, *a, **kw):
+        """``dataloader_drop_last`` is for training batches (the papers' loaders, LightSKD's DSR); evaluation
+        must score every sample, so it is switched off while an eval/test loader is built."""
+        drop = self.args.dataloader_drop_last
+        self.args.dataloader_drop_last = False
+        try:
+            return make(*a, **kw)
+        finally:
+            self.args.dataloader_drop_last = drop
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return self._scoring_every_sample(super().get_eval_dataloader, eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        return self._scoring_every_sample(super().get_test_dataloader, test_dataset)
+
     # --- inputs and logging ---------------------------------------------------------------------------------------
     def _prepare_inputs(self, inputs):
         inputs = super()._prepare_inputs(inputs)
@@ -281,9 +298,13 @@ class DistillationTrainer(Trainer):
         if not os.path.isfile(path):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         state = safetensors.torch.load_file(path, device="cpu")
-        result = model.load_state_dict(state, strict=False)
+        hint = "Resume with the same method, backbone and method arguments as the run that wrote it."
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise ValueError(f"Checkpoint {resume_from_checkpoint} does not match this {type(self).__name__} run: "
+                             f"{str(e)[:1000]}. {hint}") from None
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
                 f"Checkpoint {resume_from_checkpoint} does not match this {type(self).__name__} run: missing "
-                f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}. Resume with the same method, "
-                "backbone and method arguments as the run that wrote it.")
+                f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}. {hint}")

@@ -1,0 +1,133 @@
+"""Data layer on local copies: CIFAR-format datasets, the Hub path, save_to_disk, imagefolder, digits; augmentation."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import ClassLabel, Dataset, DatasetDict, Features
+from datasets import Image as ImageFeature
+from PIL import Image
+
+from hf_kd.data import BatchAugment, ImageCollator, load_image_data
+from hf_kd.data import loading
+
+FINE = ["apple", "bee", "cup", "dog", "eel"]
+
+
+def cifar_like(n=12, size=32, seed=0):
+    """A local copy in the exact column layout of uoft-cs/cifar100 (img, fine_label, coarse_label)."""
+    rng = np.random.default_rng(seed)
+    feats = Features({"img": ImageFeature(), "fine_label": ClassLabel(names=FINE),
+                      "coarse_label": ClassLabel(names=["x", "y"])})
+
+    def part(m):
+        return Dataset.from_dict({"img": [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+                                          for _ in range(m)],
+                                  "fine_label": [i % 5 for i in range(m)], "coarse_label": [i % 2 for i in range(m)]},
+                                 features=feats)
+
+    return DatasetDict(train=part(n), test=part(n // 2))
+
+
+def test_cifar100_hub_path_uses_preset_columns(monkeypatch):
+    """The Hub path is the code a user with internet runs: same call, columns img/fine_label mapped."""
+    calls = []
+    local = cifar_like()
+
+    def fake_load_dataset(path, *args, **kwargs):
+        calls.append(path)
+        return local
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    data = load_image_data("cifar100")
+    assert calls == ["uoft-cs/cifar100"]
+    assert data.label_names == FINE and data.augmentation == "cifar" and data.input_size == (3, 32, 32)
+    assert data.mean == loading.CIFAR100_MEAN
+    row = data.train[3]
+    assert set(row) == {"pixel_values", "labels"} and row["labels"] == 3
+    assert row["pixel_values"].dtype == torch.uint8 and row["pixel_values"].shape == (3, 32, 32)
+    np.testing.assert_array_equal(row["pixel_values"].permute(1, 2, 0).numpy(), np.asarray(local["train"][3]["img"]))
+
+
+def test_save_to_disk_autodetects_cifar_columns(tmp_path):
+    cifar_like().save_to_disk(tmp_path / "c100")
+    data = load_image_data(str(tmp_path / "c100"))
+    assert data.source["image_column"] == "img" and data.source["label_column"] == "fine_label"
+    assert data.num_labels == 5 and len(data.eval) == 6
+
+
+def test_imagefolder(tmp_path):
+    for split in ("train", "test"):
+        for cls in ("ant", "bug"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40, 30), (i * 40, 0, 0)).save(tmp_path / split / cls / f"{i}.png")
+    data = load_image_data(str(tmp_path), image_size=32)
+    assert data.label_names == ["ant", "bug"] and len(data.train) == 6
+    assert data.train[0]["pixel_values"].shape == (3, 32, 32)
+
+
+def test_digits_offline_default():
+    data = load_image_data()
+    assert data.num_labels == 10 and len(data.train) == 1437 and len(data.eval) == 360
+    x = data.eval[0]["pixel_values"]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and x.max() > 100  # real ink, not noise
+    assert torch.equal(data.eval[0]["pixel_values"], x)  # eval is deterministic
+
+
+def test_wrong_column_names_error_lists_columns(tmp_path):
+    ds = DatasetDict(train=Dataset.from_dict({"picture": [Image.new("RGB", (8, 8))] * 2, "y": [0, 1]},
+                                             features=Features({"picture": ImageFeature(), "y": datasets.Value("int64")})))
+    ds.save_to_disk(tmp_path / "d")
+    with pytest.raises(ValueError, match=r"label column 'label' not found.*\['picture', 'y'\]"):
+        load_image_data(str(tmp_path / "d"), label_column="label")
+    data = load_image_data(str(tmp_path / "d"), label_column="y")  # integer labels without ClassLabel work
+    assert data.num_labels == 2
+
+
+def test_ambiguous_label_columns_error(tmp_path):
+    feats = Features({"image": ImageFeature(), "a": ClassLabel(names=["p", "q"]), "b": ClassLabel(names=["r", "s"])})
+    DatasetDict(train=Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 2, "a": [0, 1], "b": [1, 0]},
+                                        features=feats)).save_to_disk(tmp_path / "d")
+    with pytest.raises(ValueError, match=r"Cannot tell which column holds the labels.*'a', 'b'"):
+        load_image_data(str(tmp_path / "d"))
+
+
+def test_num_labels_mismatch_error(tmp_path):
+    cifar_like().save_to_disk(tmp_path / "c")
+    with pytest.raises(ValueError, match="num_labels=100 but .* has 5 classes in column 'fine_label'"):
+        load_image_data(str(tmp_path / "c"), num_labels=100)
+
+
+def test_batch_augment_matches_per_sample_reference():
+    """Batched pad-4 random crop + flip equals torchvision-style per-sample crops drawn with the same numbers."""
+    aug = BatchAugment((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "cifar")
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    torch.manual_seed(1)
+    out = aug(x, train=True)
+    torch.manual_seed(1)
+    i, j = torch.randint(0, 9, (16, 1)), torch.randint(0, 9, (16, 1))
+    flip = torch.rand(16, 1) < 0.5
+    padded = F.pad(x.float(), (4, 4, 4, 4))  # black padding BEFORE normalising, as RandomCrop(32, padding=4)
+    ref = []
+    for k in range(16):
+        crop = padded[k, :, i[k]:i[k] + 32, j[k]:j[k] + 32]
+        ref.append(crop.flip(-1) if flip[k] else crop)
+    ref = (torch.stack(ref) / 255 - 0.5) / 0.25
+    torch.testing.assert_close(out, ref)
+    assert flip.any() and (~flip).any() and (i != 4).any()
+
+
+def test_batch_augment_eval_is_normalise_only_and_reflect_mode():
+    aug = BatchAugment((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "cifar", pad_mode="reflect")
+    x = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8)
+    assert torch.equal(aug(x, train=False), torch.full((2, 3, 32, 32), 2.0))
+    assert torch.equal(aug(x, train=True), torch.full((2, 3, 32, 32), 2.0))  # reflect pads with image pixels
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        BatchAugment((0.5,), (0.5,), "autoaugment")
+
+
+def test_collator():
+    batch = ImageCollator()([{"pixel_values": torch.zeros(3, 4, 4, dtype=torch.uint8), "labels": 1}] * 3)
+    assert batch["pixel_values"].shape == (3, 3, 4, 4) and batch["labels"].dtype == torch.long

@@ -1,0 +1,71 @@
+"""Recipes: CLI + YAML parsing, presets, and the new-user path (train a teacher + KD student, load the export)."""
+
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hf_kd.recipes import parse_args
+from hf_kd.trainers import DistillationArguments, KDArguments
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# preset file prefix -> the arguments class of the recipe that reads it
+ARGS_BY_PREFIX = {"teacher_": DistillationArguments, "kd_": KDArguments}
+
+
+def test_yaml_then_cli_override(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("student: cifar_resnet32\ntemperature: 2.5\nlr_milestones: [3, 5]\nnum_train_epochs: 9\n"
+                   "optim_args: momentum=0.9,nesterov=True\n")
+    m, d, a = parse_args(KDArguments, {"output_dir": str(tmp_path)},
+                         ["--config", str(cfg), "--num_train_epochs", "2", "--dataset", "cifar10"])
+    assert m.student == "cifar_resnet32" and a.temperature == 2.5 and a.lr_milestones == [3, 5]
+    assert a.num_train_epochs == 2 and d.dataset == "cifar10" and a.optim_args == "momentum=0.9,nesterov=True"
+
+
+def test_defaults_are_the_quick_offline_run(tmp_path):
+    m, d, a = parse_args(KDArguments, {"output_dir": str(tmp_path)}, [])
+    assert d.dataset == "digits" and a.report_to == [] or a.report_to == ["none"] or a.report_to == "none"
+    with pytest.raises(SystemExit):
+        parse_args(KDArguments, {}, ["--no_such_flag", "1"])
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "recipes", "configs", "*.yaml"))),
+                         ids=os.path.basename)
+def test_every_preset_parses(path):
+    name = os.path.basename(path)
+    prefix = next((p for p in ARGS_BY_PREFIX if name.startswith(p)), None)
+    if prefix is None:
+        pytest.skip(f"no arguments class registered for {name}")
+    m, d, a = parse_args(ARGS_BY_PREFIX[prefix], {}, ["--config", path])
+    assert d.dataset == "cifar100" and a.num_train_epochs > 100
+
+
+def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
+    """accelerate launch recipes/kd.py (teacher trained on the fly) -> AutoModel + pipeline in a fresh process."""
+    out = tmp_path / "kd"
+    cmd = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", os.path.join(ROOT, "recipes", "kd.py"),
+           "--output_dir", str(out), "--max_steps", "3", "--teacher_epochs", "0.1", "--teacher_architecture",
+           "cifar_resnet20", "--max_train_samples", "128", "--max_eval_samples", "32", "--eval_strategy", "no",
+           "--save_strategy", "no", "--use_cpu", "true"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "[hf_kd] kd: student cifar_resnet20 exported to" in run.stdout
+    assert os.path.isfile(tmp_path / "kd_teacher" / "model.safetensors")  # the teacher, outside the export
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "training_args.bin"]
+    code = textwrap.dedent(f"""
+        import hf_kd
+        from transformers import AutoModelForImageClassification, pipeline
+        from hf_kd.data import digits_dataset
+        m = AutoModelForImageClassification.from_pretrained({str(out)!r})
+        img = digits_dataset()["test"][0]["image"]
+        res = pipeline("image-classification", model={str(out)!r})(img)
+        assert len(res) == 5 and all(r["label"] in [str(i) for i in range(10)] for r in res), res
+        print("OK")
+    """)
+    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0 and "OK" in check.stdout, check.stderr[-3000:]
