@@ -59,6 +59,9 @@ class DataArguments:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     dataset_cache_dir: Optional[str] = None
+    in_memory: Optional[bool] = field(default=None, metadata={
+        "help": "Decode small-image splits once into uint8 tensors (the fast path). Default: on when a GPU is "
+                "present and images are CIFAR-size."})
 
 
 def _yaml_to_argv(path: str) -> list[str]:
@@ -95,11 +98,17 @@ def parse_args(args_class, defaults: Optional[dict] = None, argv: Optional[list[
 
 
 def load_data(data_args: DataArguments, seed: int = 0):
-    return load_image_data(
+    data = load_image_data(
         data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column,
         train_split=data_args.train_split, eval_split=data_args.eval_split, image_size=data_args.image_size,
         max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
         cache_dir=data_args.dataset_cache_dir, seed=seed)
+    in_memory = data_args.in_memory
+    if in_memory is None:
+        import torch
+
+        in_memory = torch.cuda.is_available() and data.input_size[-1] <= 64
+    return data.in_memory() if in_memory else data
 
 
 def build_student(model_args: ModelArguments, data, architecture: Optional[str] = None):

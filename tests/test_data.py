@@ -1,5 +1,7 @@
 """Data layer on local copies: CIFAR-format datasets, the Hub path, save_to_disk, imagefolder, digits; augmentation."""
 
+import dataclasses
+
 import datasets
 import numpy as np
 import pytest
@@ -131,3 +133,28 @@ def test_batch_augment_eval_is_normalise_only_and_reflect_mode():
 def test_collator():
     batch = ImageCollator()([{"pixel_values": torch.zeros(3, 4, 4, dtype=torch.uint8), "labels": 1}] * 3)
     assert batch["pixel_values"].shape == (3, 3, 4, 4) and batch["labels"].dtype == torch.long
+
+
+def test_in_memory_fast_path_trains_identically(tmp_path):
+    """Decoded-once uint8 tensors + batched fetch give bit-identical training to the datasets path."""
+    from hf_kd import DistillationArguments, SupervisedTrainer, create_student
+    from hf_kd.data import InMemoryImages
+
+    data = load_image_data("digits", max_train_samples=48, max_eval_samples=16)
+    fast = data.in_memory()
+    assert isinstance(fast.train, InMemoryImages) and fast.train.pixels.dtype == torch.uint8
+    assert torch.equal(fast.train[7]["pixel_values"], data.train[7]["pixel_values"])
+    states = []
+    for d in (data, fast):
+        torch.manual_seed(0)
+        s = create_student("cifar_resnet8x4", 10, mean=d.mean, std=d.std)
+        tr = SupervisedTrainer(model=s, args=DistillationArguments(
+            output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=16, report_to=[], use_cpu=True,
+            save_strategy="no", seed=0), train_dataset=d.train, eval_dataset=d.eval, augmentation=d.batch_augment())
+        tr.train()
+        states.append(tr.student.state_dict())
+        assert tr.evaluate()["eval_top1"] >= 0
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+    with pytest.raises(ValueError, match="in_memory is for small images"):
+        dataclasses.replace(data, input_size=(3, 224, 224)).in_memory()

@@ -63,8 +63,10 @@ class BatchAugment:
 
 
 class ImageCollator:
-    """Stacks ``pixel_values`` (uint8) and ``labels`` into a batch."""
+    """Stacks ``pixel_values`` (uint8) and ``labels`` into a batch; passes a ready batch through."""
 
-    def __call__(self, features: list[dict]) -> dict:
+    def __call__(self, features: list[dict] | dict) -> dict:
+        if isinstance(features, dict):  # already a batch (InMemoryImages.__getitems__)
+            return features
         return {"pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features]),
                 "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}

@@ -12,6 +12,7 @@ written by ``save_to_disk``, an ``imagefolder`` directory, and ``"digits"``: an 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -78,6 +79,16 @@ class ImageData:
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def in_memory(self) -> "ImageData":
+        """The same data with both splits decoded once into uint8 tensors (the fast path; small images only)."""
+        from .memory import InMemoryImages
+
+        if self.input_size[-1] > 64:
+            raise ValueError(f"in_memory is for small images (CIFAR-size); {self.name} has input size "
+                             f"{self.input_size} and would not fit in RAM as one tensor")
+        return dataclasses.replace(self, train=InMemoryImages.from_dataset(self.train),
+                                   eval=InMemoryImages.from_dataset(self.eval))
 
     def batch_augment(self, augmentation: Optional[str] = None, pad_mode: Optional[str] = None) -> BatchAugment:
         return BatchAugment(self.mean, self.std, augmentation or self.augmentation, pad_mode=pad_mode or self.pad_mode)
