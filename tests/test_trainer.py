@@ -237,3 +237,17 @@ def test_pipeline_preprocesses_like_training(data, tmp_path):
     res = pipeline("image-classification", model=str(tmp_path), top_k=3)(raw)
     for r in res:
         assert r["score"] == pytest.approx(probs[data.label_names.index(r["label"])].item(), abs=1e-4)
+
+
+def test_bf16_teacher_and_channels_last(data, teacher, tmp_path):
+    """With bf16 the frozen teacher is held in bf16 (no fp32 copy); channels_last runs every network in that format."""
+    import copy
+
+    tr = KDTrainer(model=student(data), teacher=copy.deepcopy(teacher),
+                   args=kd_args(tmp_path, bf16=True, channels_last=True, max_steps=1),
+                   train_dataset=data.train, augmentation=data.batch_augment())
+    assert all(p.dtype == torch.bfloat16 for p in tr.teacher.parameters())
+    conv = tr.student.timm_model.stem[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    tr.train()
+    assert all(p.dtype == torch.float32 for p in tr.model.parameters())

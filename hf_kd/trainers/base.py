@@ -54,6 +54,9 @@ class DistillationArguments(TrainingArguments):
         default=None, metadata={"help": "Override the data's batched augmentation: cifar | imagenet | none."})
     pad_mode: Optional[str] = field(
         default=None, metadata={"help": "Padding of the random crop: constant (zeros) | reflect."})
+    channels_last: bool = field(
+        default=False, metadata={"help": "Run every network (student, aux modules, teacher) and the input batch in "
+                                         "channels_last memory format (faster convolutions on recent GPUs)."})
 
 
 class DistillationModel(nn.Module):
@@ -128,9 +131,17 @@ class DistillationTrainer(Trainer):
             model=wrapper, args=args, data_collator=data_collator or ImageCollator(),
             compute_metrics=compute_metrics or ClassificationMetrics(self.eval_head_names),
             preprocess_logits_for_metrics=preprocess_logits_for_metrics or topk_ids, **kwargs)
+        if args.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.teacher = None
         if teacher is not None:
-            self.teacher = self.accelerator.prepare_model(teacher.eval().requires_grad_(False), evaluation_mode=True)
+            teacher = teacher.eval().requires_grad_(False)
+            # a frozen teacher only runs forward: keep it in the mixed-precision dtype, no fp32 copy on the device
+            if args.bf16 or args.fp16:
+                teacher = teacher.to(torch.bfloat16 if args.bf16 else torch.float16)
+            if args.channels_last:
+                teacher = teacher.to(memory_format=torch.channels_last)
+            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         self._terms = defaultdict(list)
         self._in_checkpoint = False
 
@@ -151,7 +162,11 @@ class DistillationTrainer(Trainer):
         """The frozen teacher's ``KDOutput`` (eval mode, no grad, under the Trainer's autocast)."""
         if self.teacher is None:
             raise ValueError(f"{type(self).__name__} needs a teacher: pass teacher=load_student(path).")
-        return self.teacher.forward_kd(pixel_values, stages=stages)
+        dtype = next(self.teacher.parameters()).dtype
+        out = self.teacher.forward_kd(pixel_values.to(dtype), stages=stages)
+        if dtype != torch.float32:  # a bf16/fp16 teacher: hand fp32 targets to the losses
+            out.logits, out.pre_logits = out.logits.float(), out.pre_logits.float()
+        return out
 
     def log_terms(self, terms: dict[str, torch.Tensor]):
         """Record loss terms of a training step; averaged over the logging window and logged by name."""
@@ -181,7 +196,8 @@ class DistillationTrainer(Trainer):
         inputs = super()._prepare_inputs(inputs)
         pixels = inputs.get("pixel_values")
         if pixels is not None and pixels.dtype == torch.uint8:
-            inputs["pixel_values"] = self.augmentation(pixels, train=self.model.training)
+            x = self.augmentation(pixels, train=self.model.training)
+            inputs["pixel_values"] = x.contiguous(memory_format=torch.channels_last) if self.args.channels_last else x
         return inputs
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
