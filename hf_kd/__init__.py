@@ -4,9 +4,10 @@ from .data import BatchAugment, ImageCollator, ImageData, load_image_data
 from .losses import kd_kl_div
 from .models import CIFAR_ARCHITECTURES, TimmStudent, create_student, load_student
 from .trainers import (DistillationArguments, DistillationModel, DistillationTrainer, KDArguments, KDTrainer,
-                       SupervisedTrainer)
+                       ProjectorKDArguments, ProjectorKDTrainer, SupervisedTrainer)
 
 __version__ = "0.1.0"
 __all__ = ["BatchAugment", "CIFAR_ARCHITECTURES", "DistillationArguments", "DistillationModel", "DistillationTrainer",
-           "ImageCollator", "ImageData", "KDArguments", "KDTrainer", "SupervisedTrainer", "TimmStudent",
+           "ImageCollator", "ImageData", "KDArguments", "KDTrainer", "ProjectorKDArguments", "ProjectorKDTrainer",
+           "SupervisedTrainer", "TimmStudent",
            "create_student", "kd_kl_div", "load_image_data", "load_student"]

@@ -155,3 +155,11 @@ def test_missing_stages_error_names_architecture():
         student.require_stages(20, "FFSD")
     assert create_student("cifar_resnet20", 10).require_stages(3, "FFSD") == [(16, 32, 32), (32, 16, 16),
                                                                               (64, 8, 8)]
+
+
+def test_forward_with_labels_is_cross_entropy():
+    student = create_student("cifar_resnet20", 10).eval()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        out = student(x, labels=y)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, y))

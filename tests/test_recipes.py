@@ -10,10 +10,11 @@ import pytest
 
 from hf_kd.recipes import parse_args
 from hf_kd.trainers import DistillationArguments, KDArguments
+from hf_kd.trainers.projector_kd import ProjectorKDArguments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # preset file prefix -> the arguments class of the recipe that reads it
-ARGS_BY_PREFIX = {"teacher_": DistillationArguments, "kd_": KDArguments}
+ARGS_BY_PREFIX = {"teacher_": DistillationArguments, "kd_": KDArguments, "projector_kd_": ProjectorKDArguments}
 
 
 def test_yaml_then_cli_override(tmp_path):

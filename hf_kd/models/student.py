@@ -53,6 +53,8 @@ class TimmStudent(TimmWrapperForImageClassification):
         # save_pretrained reverts this PrefixChange -> timm-native keys (the stock class drops it when built from
         # scratch; get_model_conversion_mapping(self) would skip it for an out-of-tree subclass).
         self._weight_conversions = get_checkpoint_conversion_mapping("timm_wrapper")
+        # transformers picks the loss from the class name; ours does not end in ForImageClassification
+        self.loss_type = "ForImageClassification"
         if getattr(config, "model_args", None) is None:
             config.model_args = {}  # timm's config parser fails on model_args: null
         if getattr(config, "pretrained_cfg", None) is None:

@@ -2,6 +2,7 @@
 
 from .base import DistillationArguments, DistillationModel, DistillationTrainer
 from .kd import KDArguments, KDTrainer, SupervisedTrainer
+from .projector_kd import ProjectorKDArguments, ProjectorKDTrainer
 
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer", "KDArguments", "KDTrainer",
-           "SupervisedTrainer"]
+           "ProjectorKDArguments", "ProjectorKDTrainer", "SupervisedTrainer"]

@@ -1,0 +1,76 @@
+"""The projector ensemble of PEFD (Chen et al., "Improved Feature Distillation via Projector Ensemble", NeurIPS 2022).
+
+The student's pooled penultimate feature f_s (B, d_s) is mapped into the teacher's feature space by q independent
+projectors P_i(f) = ReLU(W_i f + b_i), W_i in R^{d_t x d_s}, and their outputs are averaged *after* the ReLU
+(chenyd7/PEFD ``helper/loops.py::train_distill``):
+
+    g(f_s) = (1/q) * sum_{i=1..q} ReLU(W_i f_s + b_i)
+
+Each projector is a single ``nn.Linear`` with bias and PyTorch's default initialisation, as ``models/util.py::Reg`` in
+the official code; the ReLU matches the non-negative (post-ReLU, average-pooled) teacher features.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["ProjectorEnsemble", "pre_logits_dim"]
+
+
+class ProjectorEnsemble(nn.Module):
+    """q projectors Linear(d_s, d_t) + ReLU whose outputs are averaged after the ReLU: (B, d_s) -> (B, d_t).
+
+    q = 3 by default: the official ``train_student.py`` builds a fourth projector but never trains or uses it, so q=3
+    is the method as run (METHODS.md §2.2).
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_projectors: int = 3):
+        super().__init__()
+        if num_projectors < 1:
+            raise ValueError(f"num_projectors must be >= 1, got {num_projectors}")
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"feature dimensions must be positive, got d_s={in_features}, d_t={out_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.linears = nn.ModuleList(nn.Linear(in_features, out_features) for _ in range(num_projectors))
+
+    @property
+    def num_projectors(self) -> int:
+        return len(self.linears)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() != 2 or features.shape[1] != self.in_features:
+            raise ValueError(f"ProjectorEnsemble expects pooled features of shape (B, {self.in_features}), got "
+                             f"{tuple(features.shape)}")
+        # ReLU on each projector's output first, then the mean over projectors (not ReLU of the mean).
+        total = F.relu(self.linears[0](features))
+        for linear in self.linears[1:]:
+            total = total + F.relu(linear(features))
+        return total / len(self.linears)
+
+    def extra_repr(self) -> str:
+        return f"num_projectors={self.num_projectors}, d_s={self.in_features}, d_t={self.out_features}"
+
+
+@torch.no_grad()
+def pre_logits_dim(model, input_size: Sequence[int]) -> int:
+    """Width D of a ``TimmStudent``'s pooled pre-logits feature (B, D), from a one-image dry run in eval mode.
+
+    Eval mode and no_grad, so BN running statistics and the RNG are left untouched; the training flag is restored.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        p = next(model.parameters())
+        out = model.forward_kd(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype), stages=False)
+    finally:
+        model.train(was_training)
+    pre = out.pre_logits
+    if pre is None or pre.dim() != 2:
+        shape = None if pre is None else tuple(pre.shape)
+        raise ValueError(f"'{model.config.architecture}' gives pre-logits of shape {shape}; PEFD needs a pooled "
+                         "(B, D) penultimate feature. Use a backbone with global pooling before its classifier.")
+    return int(pre.shape[1])

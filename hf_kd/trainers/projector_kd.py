@@ -1,0 +1,115 @@
+"""``ProjectorKDTrainer``: PEFD, feature distillation through a projector ensemble (Chen et al., NeurIPS 2022).
+
+The student's pooled penultimate feature goes through q = 3 projectors Linear(d_s, d_t) + ReLU whose outputs are
+averaged (``hf_kd.modules.projector_kd.ProjectorEnsemble``); the result is pulled towards the frozen teacher's pooled
+penultimate feature with 1 - cosine (``hf_kd.losses.projector_kd.projector_cosine_loss``). Total, as chenyd7/PEFD
+``helper/loops.py``:
+
+    loss = gamma * CE(z_s, y) + alpha * T^2 KL(softmax(z_t/T) || softmax(z_s/T)) + beta * L_PE
+
+with gamma = ``ce_weight`` = 1, alpha = ``kd_weight`` = 0 and beta = ``feature_weight`` = 25 (``scripts/run_cifar.sh``,
+``-a 0 -b 25``), T = 4. The projectors live in the ``DistillationModel`` (trained with the student, in the same
+optimizer group, saved in checkpoints) and are never exported; the teacher is frozen, in eval mode, outside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..losses.kd import kd_kl_div
+from ..losses.projector_kd import projector_cosine_loss
+from ..models import TimmStudent
+from ..modules.projector_kd import ProjectorEnsemble, pre_logits_dim
+from .base import DistillationArguments, DistillationModel, DistillationTrainer
+
+__all__ = ["ProjectorKDArguments", "ProjectorKDModel", "ProjectorKDTrainer"]
+
+
+@dataclass
+class ProjectorKDArguments(DistillationArguments):
+    """Defaults follow chenyd7/PEFD ``scripts/run_cifar.sh`` (``--distill ours -a 0 -b 25``, gamma 1, kd_T 4)."""
+
+    num_projectors: int = field(default=3, metadata={
+        "help": "Number q of projectors Linear(d_s, d_t)+ReLU in the ensemble, averaged after the ReLU (PEFD: 3)."})
+    ce_weight: float = field(default=1.0, metadata={"help": "gamma: weight of the cross-entropy on the labels."})
+    kd_weight: float = field(default=0.0, metadata={
+        "help": "alpha: weight of the optional logit KD term T^2 * KL(teacher_T || student_T) (PEFD CIFAR: 0)."})
+    feature_weight: float = field(default=25.0, metadata={
+        "help": "beta: weight of the projector-ensemble loss 1 - cos(projected student, teacher feature)."})
+    temperature: float = field(default=4.0, metadata={"help": "Softmax temperature T of the optional KD term."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_projectors < 1:
+            raise ValueError(f"num_projectors must be >= 1, got {self.num_projectors}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+class ProjectorKDModel(DistillationModel):
+    """The student plus ``aux["projectors"]`` (a ``ProjectorEnsemble``); forward returns (KDOutput, g(f_s))."""
+
+    def __init__(self, student: TimmStudent, projectors: ProjectorEnsemble):
+        super().__init__(student, projectors=projectors)
+
+    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **kwargs):
+        out = self.student.forward_kd(pixel_values, stages=False)
+        return out, self.aux["projectors"](out.pre_logits)
+
+
+class ProjectorKDTrainer(DistillationTrainer):
+    """PEFD: the student's pooled feature, through an ensemble of projectors, matches the teacher's (cosine).
+
+    loss = ce_weight * CE + kd_weight * T^2 KL + feature_weight * mean_b(1 - cos(g(f_s)_b, f_t,b)).
+    d_s and d_t are measured on the models (dry run), so they may differ or be equal; a teacher is required.
+    """
+
+    args_class = ProjectorKDArguments
+    method_name = "projector_kd"
+    method_title = "Improved Feature Distillation via Projector Ensemble (Chen et al., NeurIPS 2022)"
+    citation = """@inproceedings{chen2022improved,
+  title={Improved Feature Distillation via Projector Ensemble},
+  author={Chen, Yudong and Wang, Sen and Liu, Jiajun and Xu, Xuwei and de Hoog, Frank and Huang, Zi},
+  booktitle={Advances in Neural Information Processing Systems},
+  year={2022}
+}"""
+
+    def __init__(self, model=None, args: ProjectorKDArguments = None, teacher: Optional[TimmStudent] = None,
+                 **kwargs):
+        # build_model runs inside the base __init__ before the teacher is stored; it needs the teacher's d_t.
+        if teacher is None and model is not None and not isinstance(model, DistillationModel):
+            raise ValueError(f"{type(self).__name__} distils a teacher's features and needs one: pass "
+                             "teacher=load_student(path) (recipes: --teacher <dir>, or leave it unset to train one).")
+        self._teacher_for_build = teacher
+        try:
+            super().__init__(model=model, args=args, teacher=teacher, **kwargs)
+        finally:
+            self._teacher_for_build = None
+
+    def build_model(self, student: TimmStudent, args: ProjectorKDArguments) -> ProjectorKDModel:
+        teacher = self._teacher_for_build
+        input_size = student.config.pretrained_cfg["input_size"]
+        d_s, d_t = pre_logits_dim(student, input_size), pre_logits_dim(teacher, input_size)
+        return ProjectorKDModel(student, ProjectorEnsemble(d_s, d_t, args.num_projectors))
+
+    @property
+    def projectors(self) -> ProjectorEnsemble:
+        return self.accelerator.unwrap_model(self.model).aux["projectors"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        x, y = inputs["pixel_values"], inputs["labels"]
+        student, projected = model(pixel_values=x)
+        teacher = self.teacher_forward(x)
+        a = self.args
+        terms = {"ce": F.cross_entropy(student.logits, y),
+                 "feature": projector_cosine_loss(projected, teacher.pre_logits)}
+        loss = a.ce_weight * terms["ce"] + a.feature_weight * terms["feature"]
+        if a.kd_weight:  # the official code computes it always but weights it 0 on CIFAR; skip the dead work
+            terms["kd"] = kd_kl_div(student.logits, teacher.logits, a.temperature)
+            loss = loss + a.kd_weight * terms["kd"]
+        self.log_terms(terms)
+        return (loss, {"logits": student.logits}) if return_outputs else loss
