@@ -1,0 +1,58 @@
+"""Train each named trainer a few steps under whatever launcher started this script; save the student per trainer.
+
+Used by tests/test_distributed.py: `accelerate launch --multi_gpu --num_processes 2 ddp_train.py OUT 1 kd ...`
+(2 gloo processes on a GPU-less machine) against one process with gradient_accumulation_steps=2.
+Randomness that would differ between the two layouts is off: no augmentation, no dropout.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+import hf_kd
+from hf_kd.data import load_image_data
+
+TRAINERS = {
+    "supervised": ("hf_kd.trainers.kd", "SupervisedTrainer", False),
+    "kd": ("hf_kd.trainers.kd", "KDTrainer", True),
+    "projector_kd": ("hf_kd.trainers.projector_kd", "ProjectorKDTrainer", True),
+    "ffsd": ("hf_kd.trainers.ffsd", "FFSDTrainer", False),
+    "self_kd": ("hf_kd.trainers.self_kd", "SelfKDTrainer", False),
+    "mixskd": ("hf_kd.trainers.mixskd", "MixSKDTrainer", False),
+}
+
+
+def main(out: str, grad_accum: int, names: list[str]):
+    import importlib
+
+    data = load_image_data("digits", max_train_samples=96, max_eval_samples=16)
+    for name in names:
+        module, cls_name, needs_teacher = TRAINERS[name]
+        cls = getattr(importlib.import_module(module), cls_name)
+        torch.manual_seed(0)
+        arch = "cifar_resnet18" if name in ("self_kd", "mixskd") else "cifar_resnet8x4"
+        kwargs = {"model_args": {"stem_act": False}} if name == "mixskd" else {}
+        student = hf_kd.create_student(arch, data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                                       **kwargs)
+        torch.manual_seed(1)
+        teacher = hf_kd.create_student("cifar_resnet20", data.num_labels, data.label_names) if needs_teacher else None
+        args = cls.args_class(output_dir=os.path.join(out, name), max_steps=3, per_device_train_batch_size=8,
+                              gradient_accumulation_steps=grad_accum, report_to=[], save_strategy="no",
+                              logging_steps=1, seed=0, optim="sgd", optim_args="momentum=0.9", learning_rate=0.05,
+                              dataloader_drop_last=True, use_cpu=True, disable_tqdm=True)
+        trainer = cls(model=student, teacher=teacher, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                      augmentation=data.batch_augment("none"))
+        trainer.train()
+        trainer.evaluate()
+        trainer.save_model()
+        if trainer.is_world_process_zero():
+            torch.save({k: v.cpu() for k, v in trainer.student.state_dict().items()},
+                       os.path.join(out, f"{name}_student.pt"))
+            with open(os.path.join(out, f"{name}_info.json"), "w") as f:
+                json.dump({"world_size": trainer.args.world_size, "steps": trainer.state.global_step}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])
