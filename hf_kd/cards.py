@@ -1,64 +1,273 @@
-"""Model cards for exported students: filled from the trainer at export, with ``model-index`` eval results."""
+"""Model cards for exported students, filled from the trainer at export.
+
+``write_model_card(trainer, folder)`` renders ``model_cards/<method_name>.md`` (else ``default.md``; method templates
+extend ``default.md`` and fill its blocks) into ``folder/README.md`` and draws ``folder/training_curves.png``
+(loss terms and eval accuracy per epoch from ``trainer.state.log_history``), embedded in the card. The YAML header is
+built with ``huggingface_hub.ModelCardData`` + ``EvalResult`` so the Hub shows the results (``model-index``).
+
+What the card reads from the trainer (optional attributes are set by ``hf_kd.recipes.run`` or by the user):
+``method_name``, ``method_title``, ``citation`` and the class docstring; ``student``; ``teacher`` and optional
+``teacher_name`` / ``teacher_accuracy`` (else read from the teacher's own card when it is a local export or cached);
+optional ``dataset_name`` / ``dataset_split``; ``train_dataset`` / ``eval_dataset`` sizes; ``args`` (every
+distillation hyperparameter and the non-default training arguments); ``state.log_history`` (final and best
+evaluation); optional ``baseline_metrics`` (the same student trained without distillation, a dict with ``top1`` /
+``top5`` or ``eval_top1`` / ``eval_top5``, optional ``name``); optional ``command`` (the exact command line).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 from pathlib import Path
+from typing import Optional
 
+import jinja2
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainingArguments
 
+from .trainers.base import DistillationArguments
+
+__all__ = ["write_model_card", "plot_training_curves", "method_hyperparameters", "final_and_best", "TEMPLATES",
+           "CURVES_FILE"]
+
 TEMPLATES = Path(__file__).parent / "model_cards"
-_SHOWN_TRAINING_ARGS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-                        "gradient_accumulation_steps", "optim", "optim_args", "weight_decay", "lr_scheduler_type",
-                        "seed", "bf16", "fp16")
+CURVES_FILE = "training_curves.png"
+RECIPES = {"supervised": "train_teacher"}  # method_name -> recipe script name, where they differ
+_SHOWN_TRAINING_ARGS = ("num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+                        "learning_rate", "optim", "optim_args", "weight_decay", "lr_scheduler_type", "warmup_steps",
+                        "warmup_ratio", "max_grad_norm", "label_smoothing_factor", "seed", "bf16", "fp16")
+_SECRET = ("token", "password", "secret")
 
 
-def method_hyperparameters(args) -> list[tuple[str, object]]:
-    """The distillation arguments (fields the method's args class adds to TrainingArguments) + key training ones."""
-    base = {f.name for f in dataclasses.fields(TrainingArguments)}
-    own = [(f.name, getattr(args, f.name)) for f in dataclasses.fields(args) if f.name not in base]
-    shown = [(n, getattr(args, n)) for n in _SHOWN_TRAINING_ARGS if hasattr(args, n)]
-    return [(n, getattr(v, "value", v)) for n, v in own + shown]
+def _plain(v):
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
-def last_eval_results(log_history: list[dict]) -> dict:
-    for entry in reversed(log_history):
-        if any(k.startswith("eval_top1") for k in entry):
-            return {k[len("eval_"):]: v for k, v in entry.items() if k.startswith("eval_") and "top" in k}
-    return {}
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def method_hyperparameters(args) -> tuple[list[tuple[str, object]], list[tuple[str, object]]]:
+    """(distillation hyperparameters, training hyperparameters) of a run, as (name, value) pairs.
+
+    Distillation: every field the method's arguments class adds to ``DistillationArguments`` (temperature, loss
+    weights, ...). Training: the ``DistillationArguments`` fields (schedule, augmentation) + key ``TrainingArguments``.
+    """
+    base = {f.name for f in dataclasses.fields(DistillationArguments)}
+    own = base - {f.name for f in dataclasses.fields(TrainingArguments)}
+    method = [(f.name, _plain(getattr(args, f.name))) for f in dataclasses.fields(args) if f.name not in base]
+    training = [(n, _plain(getattr(args, n))) for n in (*sorted(own), *_SHOWN_TRAINING_ARGS) if hasattr(args, n)]
+    return method, training
+
+
+def _is_default(name: str, value, f: dataclasses.Field) -> bool:
+    """Whether a ``to_dict()`` value is the field's default, up to TrainingArguments' ``__post_init__`` rewrites
+    (None -> False/[]/{...}, report_to "none" -> []). No default instance is built: constructing TrainingArguments
+    resets Accelerate's global state mid-training."""
+    default = _plain(_default(f))
+    if value == default or (not value and not default) or (name == "report_to" and value in ([], ["none"])
+                                                            and default in ("none", None)):
+        return True
+    if name == "accelerator_config" and default is None:
+        from transformers.trainer_pt_utils import AcceleratorConfig
+
+        return isinstance(value, dict) and value == {k: v for k, v in AcceleratorConfig().to_dict().items()
+                                                     if k in value}
+    return False
+
+
+def run_config(trainer) -> dict:
+    """A recipe YAML (``--config``) reproducing the run: student, teacher, data, every non-default argument."""
+    args = trainer.args
+    cfg = {"student": trainer.student.config.architecture}
+    if getattr(trainer, "teacher", None) is not None and _teacher_name(trainer):
+        cfg["teacher"] = _teacher_name(trainer)
+    if getattr(trainer, "dataset_name", None):
+        cfg["dataset"] = trainer.dataset_name
+    fields = {f.name: f for f in dataclasses.fields(args) if f.init}
+    skip = {"output_dir", "logging_dir", "hub_model_id", "push_to_hub", "resume_from_checkpoint", "do_train",
+            "do_eval", "do_predict"}  # do_*: derived by TrainingArguments, not used by Trainer
+    for name, value in args.to_dict().items():  # to_dict: enums as values, nested configs as dicts
+        f = fields.get(name)
+        if f is None or name in skip or any(s in name for s in _SECRET) or _is_default(name, value, f):
+            continue
+        cfg[name] = value if isinstance(value, (bool, int, float, str, list, dict)) else str(value)
+    return cfg
+
+
+def reproduce_command(trainer) -> str:
+    command = getattr(trainer, "command", None)
+    if command:
+        return command
+    recipe = RECIPES.get(trainer.method_name, trainer.method_name)
+    return f"accelerate launch recipes/{recipe}.py --config config.yaml  # config.yaml: the YAML above"
+
+
+def final_and_best(log_history: list[dict]) -> tuple[dict, Optional[float]]:
+    """(metrics of the last evaluation without the ``eval_`` prefix, best ``eval_top1`` over all evaluations)."""
+    evals = [e for e in log_history if "eval_top1" in e]
+    if not evals:
+        return {}, None
+    final = {k[len("eval_"):]: v for k, v in evals[-1].items()
+             if k.startswith("eval_") and ("top1" in k or "top5" in k)}
+    return final, max(e["eval_top1"] for e in evals)
+
+
+def _baseline(trainer, final: dict) -> Optional[dict]:
+    """The no-distillation baseline row (values as strings) with the gain of this run, if the run has one."""
+    b = getattr(trainer, "baseline_metrics", None)
+    if not b:
+        return None
+    row = {"name": b.get("name", "same student without distillation")}
+    for k in ("top1", "top5"):
+        v = b.get(k, b.get(f"eval_{k}"))
+        row[k] = f"{v:.4f}" if v is not None else "-"
+        row[f"delta_{k}"] = f"{final[k] - v:+.4f}" if v is not None and k in final else "-"
+    return row
+
+
+def _teacher_name(trainer) -> Optional[str]:
+    t = getattr(trainer, "teacher", None)
+    return getattr(trainer, "teacher_name", None) or (getattr(t.config, "_name_or_path", None) if t is not None
+                                                      else None) or None
+
+
+def _teacher_accuracy(trainer, name: Optional[str]) -> Optional[float]:
+    """``trainer.teacher_accuracy``, else the Top-1 in the teacher's own model card (local export or Hub cache)."""
+    acc = getattr(trainer, "teacher_accuracy", None)
+    if acc is not None or not name:
+        return acc
+    path = os.path.join(name, "README.md")
+    if not os.path.isfile(path):
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(name, "README.md")
+        except Exception:  # noqa: BLE001 - not a repo id
+            return None
+        path = cached if isinstance(cached, str) else None
+    try:
+        results = ModelCard.load(path).data.eval_results or [] if path else []
+    except Exception:  # noqa: BLE001 - a card we cannot parse: no accuracy
+        return None
+    top1 = [r.metric_value for r in results if "top-1" in (r.metric_name or "").lower() or r.metric_type == "accuracy"]
+    return top1[0] if top1 else None
+
+
+def plot_training_curves(log_history: list[dict], path: str) -> bool:
+    """Loss terms (``loss``, ``loss_*``) and eval accuracy (``eval_*top1``/``top5``) per epoch, to a PNG.
+
+    Uses matplotlib's Agg canvas directly (no pyplot, so no global backend change). Returns False (nothing written)
+    without matplotlib or without logged values.
+    """
+    train = [e for e in log_history if "loss" in e and "epoch" in e]
+    evals = [e for e in log_history if "eval_top1" in e and "epoch" in e]
+    if not train and not evals:
+        return False
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    fig = Figure(figsize=(10, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    loss_keys = ["loss"] + sorted({k for e in train for k in e if k.startswith("loss_")})
+    for k in loss_keys:
+        pts = [(e["epoch"], e[k]) for e in train if k in e]
+        if pts:
+            label = "total (weighted)" if k == "loss" else k[len("loss_"):]
+            ax_loss.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=label)
+    ax_loss.set(xlabel="epoch", ylabel="training loss (unweighted terms)", title="Loss terms")
+    acc_keys = sorted({k for e in evals for k in e if k.startswith("eval_") and k.endswith(("top1", "top5"))})
+    for k in acc_keys:
+        pts = [(e["epoch"], e[k]) for e in evals if k in e]
+        ax_acc.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, label=k[len("eval_"):])
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Evaluation")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def _rounded(values):
+    return [round(float(v), 4) for v in values] if values else values
+
+
+def _dataset_size(ds) -> Optional[int]:
+    try:
+        return len(ds) if ds is not None else None
+    except TypeError:
+        return None
 
 
 def write_model_card(trainer, output_dir: str) -> ModelCard:
-    """Render the method's template (``model_cards/<method>.md``, else ``default.md``) into ``output_dir/README.md``."""
-    student = trainer.student
-    arch = student.config.architecture
-    results = last_eval_results(trainer.state.log_history)
+    """Render the method's card into ``output_dir/README.md`` (+ ``training_curves.png``); returns the card."""
+    student, args = trainer.student, trainer.args
+    cfg = student.config
+    arch = cfg.architecture
+    final, best = final_and_best(trainer.state.log_history)
     dataset = getattr(trainer, "dataset_name", None)
-    repo = trainer.args.hub_model_id or os.path.basename(os.path.abspath(trainer.args.output_dir))
-    eval_results = [EvalResult(task_type="image-classification", dataset_type=dataset or "custom",
-                               dataset_name=dataset or "custom", dataset_split="eval", metric_type="accuracy",
-                               metric_name=name.replace("top", "Top-"), metric_value=value)
-                    for name, value in results.items() if name in ("top1", "top5")]
+    split = getattr(trainer, "dataset_split", None)
+    repo = getattr(trainer, "hub_model_id", None) or args.hub_model_id or \
+        os.path.basename(os.path.abspath(args.output_dir))
+    names = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy"}
+    eval_results = [EvalResult(task_type="image-classification", task_name="Image Classification",
+                               dataset_type=dataset or "custom", dataset_name=dataset or "custom",
+                               dataset_split=split, metric_type="accuracy", metric_name=names[k],
+                               metric_value=round(float(final[k]), 4)) for k in ("top1", "top5") if k in final]
     data = ModelCardData(library_name="transformers", license="apache-2.0", pipeline_tag="image-classification",
                          tags=["knowledge-distillation", trainer.method_name, "image-classification", "timm", "hf_kd"],
                          datasets=[dataset] if dataset else None, model_name=repo,
                          eval_results=eval_results or None)
     teacher = getattr(trainer, "teacher", None)
-    template = TEMPLATES / f"{trainer.method_name}.md"
-    template = template if template.exists() else TEMPLATES / "default.md"
-    card = ModelCard.from_template(
-        data, template_str=template.read_text(),
-        model_name=repo, repo_or_path=repo, student_architecture=arch,
-        num_parameters=f"{sum(p.numel() for p in student.parameters()) / 1e6:.2f}M",
+    teacher_name = _teacher_name(trainer)
+    method_hp, training_hp = method_hyperparameters(args)
+    curves = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, CURVES_FILE))
+    ws = max(1, getattr(args, "world_size", 1))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
+                             trim_blocks=False)
+    name = f"{trainer.method_name}.md" if (TEMPLATES / f"{trainer.method_name}.md").exists() else "default.md"
+    content = env.get_template(name).render(
+        card_data=data.to_yaml(), model_name=repo, repo_id=repo, method_name=trainer.method_name,
         method_title=getattr(trainer, "method_title", trainer.method_name),
         method_description=(type(trainer).__doc__ or "").strip().split("\n\n")[0],
-        dataset=dataset, results=[(k, f"{v:.4f}") for k, v in results.items()],
-        teacher=getattr(trainer, "teacher_name", None) if teacher is not None else None,
+        citation=(getattr(trainer, "citation", None) or "").strip() or None,
+        student_architecture=arch, num_parameters=sum(p.numel() for p in student.parameters()),
+        num_labels=cfg.num_labels, labels=[cfg.id2label[i] for i in range(min(cfg.num_labels, 10))],
+        input_size=cfg.pretrained_cfg.get("input_size"), mean=_rounded(cfg.pretrained_cfg.get("mean")),
+        std=_rounded(cfg.pretrained_cfg.get("std")), needs_hf_kd=arch.startswith("cifar_"),
+        dataset=dataset, dataset_split=split, num_train=_dataset_size(getattr(trainer, "train_dataset", None)),
+        num_eval=_dataset_size(getattr(trainer, "eval_dataset", None)),
+        final={k: f"{v:.4f}" for k, v in final.items() if k in ("top1", "top5")},
+        other_heads=[(k, f"{v:.4f}") for k, v in final.items() if k not in ("top1", "top5")],
+        best=f"{best:.4f}" if best is not None else None,
+        baseline=_baseline(trainer, final),
+        teacher=(teacher_name or "(in-memory model, no id recorded)") if teacher is not None else None,
         teacher_architecture=teacher.config.architecture if teacher is not None else None,
-        teacher_accuracy=getattr(trainer, "teacher_accuracy", None),
-        hyperparameters=method_hyperparameters(trainer.args), command=getattr(trainer, "command", None),
-        needs_hf_kd=arch.startswith("cifar_"), citation=getattr(trainer, "citation", None))
+        teacher_parameters=sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
+        teacher_accuracy=_teacher_accuracy(trainer, teacher_name) if teacher is not None else None,
+        method_hyperparameters=method_hp, training_hyperparameters=training_hp,
+        effective_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * ws,
+        world_size=ws, steps=trainer.state.global_step, epochs=trainer.state.epoch,
+        augmentation=getattr(getattr(trainer, "augmentation", None), "kind", None),
+        config_yaml=yaml.safe_dump(run_config(trainer), sort_keys=False).strip(),
+        command=reproduce_command(trainer), curves=CURVES_FILE if curves else None)
+    card = ModelCard(content)
     card.save(os.path.join(output_dir, "README.md"))
     return card

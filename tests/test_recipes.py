@@ -10,11 +10,15 @@ import pytest
 
 from hf_kd.recipes import parse_args
 from hf_kd.trainers import DistillationArguments, KDArguments
+from hf_kd.trainers.ffsd import FFSDArguments
+from hf_kd.trainers.mixskd import MixSKDArguments
 from hf_kd.trainers.projector_kd import ProjectorKDArguments
+from hf_kd.trainers.self_kd import SelfKDArguments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # preset file prefix -> the arguments class of the recipe that reads it
-ARGS_BY_PREFIX = {"teacher_": DistillationArguments, "kd_": KDArguments, "projector_kd_": ProjectorKDArguments}
+ARGS_BY_PREFIX = {"teacher_": DistillationArguments, "kd_": KDArguments, "projector_kd_": ProjectorKDArguments,
+                  "ffsd_": FFSDArguments, "self_kd_": SelfKDArguments, "mixskd_": MixSKDArguments}
 
 
 def test_yaml_then_cli_override(tmp_path):
@@ -57,7 +61,7 @@ def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     assert "[hf_kd] kd: student cifar_resnet20 exported to" in run.stdout
     assert os.path.isfile(tmp_path / "kd_teacher" / "model.safetensors")  # the teacher, outside the export
-    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "training_args.bin"]
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "training_args.bin", "training_curves.png"]
     code = textwrap.dedent(f"""
         import hf_kd
         from transformers import AutoModelForImageClassification, pipeline
