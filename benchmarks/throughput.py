@@ -114,6 +114,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (incl. the FLOP-counted one)")
     p.add_argument("--num_labels", type=int, default=100)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--fp16", action="store_true")
     p.add_argument("--channels_last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch_compile=True (FLOPs counted without compile)")
     p.add_argument("--methods", nargs="*", default=None, help="subset of: kd ffsd projector_kd self_kd mixskd")
@@ -128,7 +129,7 @@ def main():
     use_cpu = opts.device == "cpu"
     common = dict(output_dir="/tmp/hf_kd_bench", max_steps=opts.warmup + opts.steps,
                   per_device_train_batch_size=opts.batch_size, report_to=[], save_strategy="no",
-                  eval_strategy="no", logging_strategy="no", use_cpu=use_cpu, bf16=opts.bf16,
+                  eval_strategy="no", logging_strategy="no", use_cpu=use_cpu, bf16=opts.bf16, fp16=opts.fp16,
                   torch_compile=opts.compile, dataloader_drop_last=True, learning_rate=0.01, optim="sgd",
                   optim_args="momentum=0.9", disable_tqdm=True)
 
@@ -164,7 +165,7 @@ def main():
                                                                     f"{torch.get_num_threads()} threads)"
     print(f"\n{datetime.date.today()} | {dev} | torch {torch.__version__} | student {opts.student}, teacher "
           f"{opts.teacher}, batch {opts.batch_size}, 32x32, {opts.steps} timed steps | bf16={opts.bf16} "
-          f"channels_last={opts.channels_last} compile={opts.compile}\n")
+          f"fp16={opts.fp16} channels_last={opts.channels_last} compile={opts.compile}\n")
     print("| trainer | img/s | ms/step | x plain | GFLOP/step | x plain FLOPs | x FLOP-ideal | peak MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
