@@ -210,6 +210,45 @@ def test_drg_gradient_reaches_backbone_not_adapter(data, tmp_path):
         assert named[k].grad is not None and named[k].grad.abs().sum() > 0, k
 
 
+def test_adapter_ce_trains_the_layers_under_its_stage(data, tmp_path):
+    # the official adapter reads mids[1] undetached: its CE also trains stem/layer1/layer2, never layer3 or the fc
+    tr = make_trainer(data, tmp_path)
+    tr.model.train()
+    b = batch(tr, data)
+    _, adapter_logits = tr.model(pixel_values=b["pixel_values"])
+    F.cross_entropy(adapter_logits, b["labels"]).backward()
+    named = dict(tr.model.named_parameters())
+    for k in ("student.timm_model.stem.0.weight", "student.timm_model.stages.1.0.conv1.weight",
+              "aux.adapter.fc.weight"):
+        assert named[k].grad is not None and named[k].grad.abs().sum() > 0, k
+    for k in ("student.timm_model.stages.2.0.conv1.weight", "student.timm_model.fc.weight"):
+        assert named[k].grad is None, k
+
+
+def test_gradient_accumulation_averages_micro_batches(data, tmp_path):
+    # compute_loss returns per-batch means: with k micro-batches per step each must be divided by k before backward.
+    # transformers skips that division when the model's forward takes **kwargs, unless accepts_loss_kwargs is False.
+    tr = make_trainer(data, tmp_path, max_steps=1, gradient_accumulation_steps=2)
+    assert tr.model_accepts_loss_kwargs is False
+    seen = []
+    compute, backward = tr.compute_loss, tr.accelerator.backward
+
+    def record_compute(*a, **k):
+        loss = compute(*a, **k)
+        seen.append(("loss", loss.item()))
+        return loss
+
+    def record_backward(loss, **k):
+        seen.append(("backward", loss.item()))
+        return backward(loss, **k)
+
+    tr.compute_loss, tr.accelerator.backward = record_compute, record_backward
+    tr.train()
+    assert [k for k, _ in seen] == ["loss", "backward"] * 2
+    for (_, loss), (_, backed) in zip(seen[::2], seen[1::2]):
+        assert backed == pytest.approx(loss / 2, rel=1e-6)
+
+
 def test_switches(data, tmp_path):
     # DRG off: no DRG term, the adapter still trains with its CE (official code), the DSR buffer is still updated
     tr = make_trainer(data, tmp_path, use_drg=False)
@@ -244,6 +283,47 @@ def test_drop_last_enforced_and_defaults():
     with pytest.raises(ValueError, match="norm_mean and norm_std"):
         SelfKDArguments(output_dir="unused", report_to=[], norm_mean=[0.5, 0.5, 0.5])
     assert SelfKDTrainer.method_name == "self_kd" and "2305.09183" in SelfKDTrainer.citation
+
+
+def test_no_gradient_clipping(data, tmp_path):
+    # the official train.py never clips; transformers' default max_grad_norm=1.0 would clip every early step
+    assert SelfKDArguments(output_dir="unused", report_to=[]).max_grad_norm == 0.0
+    tr = make_trainer(data, tmp_path, max_steps=1)
+    calls = []
+    clip = tr._clip_grad_norm
+    tr._clip_grad_norm = lambda model: calls.append(1) or clip(model)
+    tr.train()
+    assert calls == []
+
+
+def test_cifar100_preset_is_the_official_setting(data, tmp_path):
+    from hf_kd.recipes import build_student, parse_args
+
+    preset = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "configs",
+                          "self_kd_cifar100_resnet18.yaml")
+    m, d, a = parse_args(SelfKDArguments, {}, ["--config", preset, "--output_dir", str(tmp_path), "--use_cpu", "true",
+                                               "--report_to", "none"])
+    assert (d.dataset, m.student, a.num_train_epochs, a.per_device_train_batch_size) == \
+        ("cifar100", "cifar_resnet18", 200, 128)
+    assert (a.use_drg, a.use_dsr, a.alpha, a.beta, a.temperature, a.adapter_stage) == (True, True, 0.2, 1.0, 4.0, 2)
+    assert (a.lr_milestones, a.lr_gamma, a.warmup_epochs, a.max_grad_norm) == ([60, 120, 160], 0.1, 0.0, 0.0)
+    assert a.dataloader_drop_last and a.random_resized_crop and a.decay_all_parameters
+    # built on the offline digits data (CIFAR-100 would need a download): one SGD over backbone + adapter
+    tr = SelfKDTrainer(model=build_student(m, data), args=a, train_dataset=data.train, eval_dataset=data.eval,
+                       augmentation=data.batch_augment())
+    assert tr.adapter.in_channels == 128 and tr.adapter.fc.in_features == 512
+    opt = tr.create_optimizer()
+    assert type(opt) is torch.optim.SGD and len(opt.param_groups) == 1
+    g = opt.param_groups[0]
+    assert (g["lr"], g["momentum"], g["nesterov"], g["weight_decay"]) == (0.1, 0.9, False, 5e-4)
+    assert {id(p) for p in g["params"]} == {id(p) for p in tr.model.parameters()}
+    tr.create_scheduler(10, opt)
+    spe, factor = tr.steps_per_epoch(), tr.lr_scheduler.lr_lambdas[0]
+    assert [factor(e * spe) for e in (0, 59, 60, 119, 120, 159, 160, 199)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert isinstance(tr.augmentation, RandomResizedCropAugment)
+    torch.testing.assert_close(tr.augmentation.mean.flatten(), torch.tensor(LIGHTSKD_CIFAR_MEAN))
+    torch.testing.assert_close(tr.augmentation.std.flatten(), torch.tensor(LIGHTSKD_CIFAR_STD))
 
 
 def test_dsr_skipped_on_each_epochs_first_batch_and_updated_with_drg_off(data, tmp_path):
@@ -296,6 +376,9 @@ def test_augmentation_selection_and_exported_normalisation(data, tmp_path):
     assert isinstance(tr.augmentation, RandomResizedCropAugment) and tr.augmentation.kind == "random_resized_crop"
     tr = make_trainer(data, tmp_path, augmentation="cifar")  # explicit --augmentation wins in auto mode
     assert type(tr.augmentation) is BatchAugment and tr.augmentation.kind == "cifar"
+    tr = make_trainer(data, tmp_path, pad_mode="reflect")  # so does an explicit --pad_mode (a pad-crop setting)
+    assert type(tr.augmentation) is BatchAugment and (tr.augmentation.kind, tr.augmentation.pad_mode) == \
+        ("cifar", "reflect")
     tr = make_trainer(data, tmp_path, random_resized_crop=False, norm_mean=list(LIGHTSKD_CIFAR_MEAN),
                       norm_std=list(LIGHTSKD_CIFAR_STD))
     assert type(tr.augmentation) is BatchAugment and tr.augmentation.kind == "cifar"

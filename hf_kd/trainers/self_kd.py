@@ -27,14 +27,18 @@ logits of the adapter on the backbone's layer-2 map, T = 4 and s = sort(z) per r
   each apply the shape prior at batch size 128/N.
 - Gradient accumulation: the buffer holds the previous *micro*-batch (the previous forward pass), so k micro-batches
   of B per optimizer step see the same sequence of DSR pairs as a run with batch B; the first micro-batch of each
-  epoch is the one skipped.
+  epoch is the one skipped. Each micro-batch loss is divided by k (``SelfKDModel.accepts_loss_kwargs = False``), so
+  the step's gradient is the mean over micro-batches, as for every other hf_kd term.
+
+Optimisation as the official code: one SGD over backbone and adapter, weight decay on every parameter, no gradient
+clipping (``max_grad_norm`` defaults to 0 here, not transformers' 1.0).
 
 Augmentation: LightSKD trains CIFAR with ``RandomResizedCrop(32)`` (scale 0.08-1, ratio 3/4-4/3) + horizontal flip and
 CIFAR-10 normalisation statistics. ``RandomResizedCropAugment`` does that crop batched on the device with torch ops
 (global RNG inside the step, so resume stays exact); it replaces the data layer's batched pad-crop when
 ``random_resized_crop`` is on (the default "auto": on for data whose batched augmentation is the CIFAR pad-crop and no
-``--augmentation`` override). ``norm_mean``/``norm_std`` override the normalisation (the preset sets LightSKD's
-CIFAR-10 values); they are written into the exported config so inference preprocesses the same way.
+``--augmentation`` / ``--pad_mode`` override). ``norm_mean``/``norm_std`` override the normalisation (the preset sets
+LightSKD's CIFAR-10 values); they are written into the exported config so inference preprocesses the same way.
 """
 
 from __future__ import annotations
@@ -87,14 +91,17 @@ class SelfKDArguments(DistillationArguments):
                 "as deep supervision of the first layers). False: no adapter at all without DRG."})
     random_resized_crop: Optional[bool] = field(default=None, metadata={
         "help": "LightSKD's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + flip, batched, instead of the data's "
-                "pad-crop. Default (unset): on when the data's batched augmentation is the CIFAR pad-crop and no "
-                "--augmentation is given."})
+                "pad-crop. Default (unset): on when the data's batched augmentation is the CIFAR pad-crop and neither "
+                "--augmentation nor --pad_mode is given."})
     norm_mean: Optional[list[float]] = field(default=None, metadata={
         "help": "Normalisation mean overriding the data's (LightSKD CIFAR: 0.4914 0.4822 0.4465)."})
     norm_std: Optional[list[float]] = field(default=None, metadata={
         "help": "Normalisation std overriding the data's (LightSKD CIFAR: 0.247 0.243 0.261)."})
     dataloader_drop_last: bool = field(default=True, metadata={
         "help": "Drop the last incomplete training batch. Required by DSR (consecutive batches of equal size)."})
+    max_grad_norm: float = field(default=0.0, metadata={
+        "help": "Gradient clipping (0 = none). The official train.py does not clip; transformers' default of 1.0 "
+                "would clip every early step (gradient norms are ~2 at the start on CIFAR-size data)."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -189,6 +196,11 @@ class RandomResizedCropAugment(BatchAugment):
 class SelfKDModel(DistillationModel):
     """The backbone plus ``aux["adapter"]`` on stage ``stage_index``; forward -> (logits, adapter logits or None)."""
 
+    # compute_loss returns per-batch means and ignores num_items_in_batch. Without this, transformers sees ``**kwargs``
+    # in forward, assumes the loss is already normalised for gradient accumulation, skips its division by the number
+    # of micro-batches, and k accumulated micro-batches give k times the gradient of one batch.
+    accepts_loss_kwargs = False
+
     def __init__(self, student: TimmStudent, adapter: Optional[LightSKDAdapter], stage_index: int):
         super().__init__(student, **({"adapter": adapter} if adapter is not None else {}))
         self.stage_index = stage_index
@@ -254,8 +266,8 @@ class SelfKDTrainer(DistillationTrainer):
         mean = list(a.norm_mean) if a.norm_mean is not None else aug.mean.flatten().tolist()
         std = list(a.norm_std) if a.norm_std is not None else aug.std.flatten().tolist()
         rrc = a.random_resized_crop
-        if rrc is None:
-            rrc = aug.kind == "cifar" and not a.augmentation
+        if rrc is None:  # an explicit --augmentation or --pad_mode asks for the data layer's pad-crop
+            rrc = aug.kind == "cifar" and not a.augmentation and not a.pad_mode
         if rrc:
             aug = RandomResizedCropAugment(mean, std)
         elif a.norm_mean is not None:
