@@ -55,6 +55,19 @@ def test_cifar_resnet18_without_stem_act():
     assert not any(isinstance(m, torch.nn.ReLU) for m in a.stem)
 
 
+def test_cifar_init_options():
+    """kaiming_normal: N(0, sqrt(2/(9*out))) convs (std 0.059 for 64->64); torch_default: PyTorch's
+    kaiming_uniform(a=sqrt(5)), bounded by 1/sqrt(fan_in) (0.042 for 64->64), as kuangliu's ResNet-18."""
+    torch.manual_seed(0)
+    w = timm.create_model("cifar_resnet18").stages[0][0].conv1.weight
+    assert w.std().item() == pytest.approx((2 / (9 * 64)) ** 0.5, rel=0.05)
+    w = timm.create_model("cifar_resnet18", init="torch_default").stages[0][0].conv1.weight
+    bound = 1 / (9 * 64) ** 0.5
+    assert w.abs().max().item() <= bound and w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)
+    with pytest.raises(ValueError, match="unknown init"):
+        timm.create_model("cifar_resnet18", init="xavier")
+
+
 def test_student_keeps_timm_init():
     """The stock TimmWrapper re-initialises convs with N(0, 0.02); TimmStudent must keep timm's init."""
     torch.manual_seed(0)

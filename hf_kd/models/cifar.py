@@ -10,7 +10,8 @@ with ``forward_features`` / ``forward_head(pre_logits=True)`` / ``forward_interm
 - ``cifar_wrn_{16,40}_{2}`` (and ``_1``): Zagoruyko & Komodakis 2016, pre-activation wide basic blocks.
   Convs have no bias (RepDistiller); FFSD's copy adds conv biases, a quirk we do not reproduce.
 - ``cifar_resnet18``: ImageNet ResNet-18 layers with a 3x3 stride-1 stem and no max-pool (kuangliu/pytorch-cifar,
-  used by LightSKD and MixSKD). ``stem_act=False`` drops the stem ReLU, as MixSKD's CIFAR ResNet-18 does.
+  used by LightSKD and MixSKD). ``stem_act=False`` drops the stem ReLU, as MixSKD's CIFAR ResNet-18 does;
+  ``init="torch_default"`` keeps PyTorch's layer init, as kuangliu's ResNet-18 (LightSKD) does.
 
 Stages returned by ``forward_intermediates`` (32x32 input): ResNets give [stem, layer1, layer2, layer3(, layer4)];
 WRNs give [stem, block1, block2, relu(bn(block3))] -- the maps FFSD hooks (pre-activation for the first blocks,
@@ -65,7 +66,13 @@ class _CifarNet(nn.Module):
     num_features: int
     feature_info: list
 
-    def _init_weights(self):
+    def _init_weights(self, init: str = "kaiming_normal"):
+        """``kaiming_normal``: convs N(0, sqrt(2/(k*k*out))), BN 1/0 (the FFSD, CRD and Self-KD-Lib CIFAR nets);
+        ``torch_default``: keep PyTorch's own layer init (kuangliu's CIFAR ResNet-18, used by LightSKD)."""
+        if init == "torch_default":
+            return
+        if init != "kaiming_normal":
+            raise ValueError(f"unknown init '{init}' (expected kaiming_normal or torch_default)")
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
@@ -144,7 +151,7 @@ class CifarResNet(_CifarNet):
     """CIFAR ResNet with basic blocks; ``channels`` = (stem, stage1, stage2, ...), ``blocks`` per stage."""
 
     def __init__(self, channels=(16, 16, 32, 64), blocks=(5, 5, 5), num_classes: int = 100, in_chans: int = 3,
-                 stem_act: bool = True, **kwargs):
+                 stem_act: bool = True, init: str = "kaiming_normal", **kwargs):
         super().__init__()
         self.num_classes = num_classes
         stem = [_conv3x3(in_chans, channels[0]), nn.BatchNorm2d(channels[0])]
@@ -165,7 +172,7 @@ class CifarResNet(_CifarNet):
         self.final_act = nn.Identity()
         self.num_features = self.head_hidden_size = cin
         self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
+        self._init_weights(init)
 
 
 class WideBasic(nn.Module):
