@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -107,10 +108,29 @@ def run_config(trainer) -> dict:
     return cfg
 
 
+def redact_command(command: str) -> str:
+    """The command line with the values of secret flags (``--hub_token``, ...) replaced by ``***``."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    out, hide = [], False
+    for w in words:
+        flag = w.startswith("--") and any(s in w.split("=", 1)[0].lower() for s in _SECRET)
+        if hide and not w.startswith("--"):
+            out.append("***")
+        elif flag and "=" in w:
+            out.append(w.split("=", 1)[0] + "=***")
+        else:
+            out.append(w)
+        hide = flag and "=" not in w
+    return " ".join(shlex.quote(w) if w != "***" and not w.endswith("=***") else w for w in out)
+
+
 def reproduce_command(trainer) -> str:
     command = getattr(trainer, "command", None)
     if command:
-        return command
+        return redact_command(command)
     recipe = RECIPES.get(trainer.method_name, trainer.method_name)
     return f"accelerate launch recipes/{recipe}.py --config config.yaml  # config.yaml: the YAML above"
 
@@ -232,7 +252,8 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
                                dataset_split=split, metric_type="accuracy", metric_name=names[k],
                                metric_value=round(float(final[k]), 4)) for k in ("top1", "top5") if k in final]
     data = ModelCardData(library_name="transformers", license="apache-2.0", pipeline_tag="image-classification",
-                         tags=["knowledge-distillation", trainer.method_name, "image-classification", "timm", "hf_kd"],
+                         tags=list(dict.fromkeys(["knowledge-distillation", trainer.method_name, "image-classification",
+                                                  "timm", "hf_kd", *getattr(trainer, "card_tags", [])])),
                          datasets=[dataset] if dataset else None, model_name=repo,
                          eval_results=eval_results or None)
     teacher = getattr(trainer, "teacher", None)

@@ -22,8 +22,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from transformers.trainer_utils import HubStrategy
 from transformers.utils.hub import PushInProgress
 
-__all__ = ["EXPORT_FILES", "EXPORT_IGNORE", "HubUploadError", "upload_export", "push_to_hub", "push_folder",
-           "retry_hint"]
+__all__ = ["EXPORT_FILES", "EXPORT_IGNORE", "STALE_WEIGHTS", "HubUploadError", "upload_export", "push_to_hub",
+           "push_folder", "retry_hint"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,22 +33,38 @@ EXPORT_FILES = ["config.json", "model.safetensors", "model-*-of-*.safetensors", 
 # Never uploaded even if matched above: Trainer's private files and checkpoints, our export temp folders,
 # TensorBoard runs.
 EXPORT_IGNORE = ["_*", "checkpoint-*", ".export-*", "runs/*", "*tfevents*"]
+# Weight files a previous push may have left in the repo that this export does not overwrite (a sharded export
+# after a single-file one or the reverse): deleted in the same commit, so loaders never pick up stale weights.
+STALE_WEIGHTS = ["model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
 
 
 class HubUploadError(RuntimeError):
     """An upload of an exported student failed; the message says how to retry. The local export is intact."""
 
 
-def retry_hint(folder: str, repo_id: str, revision: Optional[str] = None, private: bool = False) -> str:
-    """How to upload an export folder again by hand (CLI and Python)."""
+def retry_hint(folder: str, repo_id: str, revision: Optional[str] = None, private: bool = False,
+               keep_training_args: bool = True) -> str:
+    """How to upload an export folder again by hand (CLI and Python), with the same allow-list.
+
+    ``keep_training_args=False`` (the run passed ``hub_token``): leave out ``training_args.bin``, which would carry the
+    token, and say that the retry needs a token."""
     rev = f" --revision {shlex.quote(revision)}" if revision else ""
     priv = " --private" if private else ""
-    include = " ".join(f"--include {shlex.quote(p)}" for p in EXPORT_FILES)
-    py_rev = f", revision={revision!r}" if revision else ""
+    files = _allowed(keep_training_args)
+    include = " ".join([f"--include {shlex.quote(p)}" for p in files] +
+                       [f"--delete {shlex.quote(p)}" for p in STALE_WEIGHTS])
+    py_kw = (f", revision={revision!r}" if revision else "") + (", private=True" if private else "") + \
+        ("" if keep_training_args else ", keep_training_args=False")
     return (f"The local export in {folder} is intact. Retry the upload with\n"
             f"  hf upload {repo_id} {shlex.quote(folder)} .{rev}{priv} {include}\n"
             f"or in Python:\n"
-            f"  from hf_kd.hub import upload_export; upload_export({folder!r}, {repo_id!r}{py_rev})")
+            f"  from hf_kd.hub import upload_export; upload_export({folder!r}, {repo_id!r}{py_kw})"
+            + ("" if keep_training_args else "\n(add --token / token= with a write token unless you are logged in "
+                                             "with `hf auth login`: this run passed hub_token)"))
+
+
+def _allowed(keep_training_args: bool) -> list[str]:
+    return [p for p in EXPORT_FILES if keep_training_args or p != "training_args.bin"]
 
 
 def upload_export(folder: str, repo_id: str, *, token: Optional[str] = None, revision: Optional[str] = None,
@@ -61,17 +77,17 @@ def upload_export(folder: str, repo_id: str, *, token: Optional[str] = None, rev
     and gets the hint appended; other errors become ``HubUploadError``).
     """
     api = HfApi()
-    allow = [p for p in EXPORT_FILES if keep_training_args or not p.endswith(".bin")]
     try:
         if create_repo:
             repo_id = api.create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
         if revision is not None and not revision.startswith("refs/pr"):
             api.create_branch(repo_id, branch=revision, token=token, exist_ok=True)
         return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, token=token,
-                                 revision=revision, ignore_patterns=EXPORT_IGNORE,
-                                 allow_patterns=allow)
+                                 revision=revision, allow_patterns=_allowed(keep_training_args),
+                                 ignore_patterns=list(EXPORT_IGNORE),  # a copy: upload_folder extends the list
+                                 delete_patterns=list(STALE_WEIGHTS))
     except Exception as e:  # noqa: BLE001 - every failure gets the same retry hint
-        hint = retry_hint(folder, repo_id, revision, bool(private))
+        hint = retry_hint(folder, repo_id, revision, bool(private), keep_training_args)
         if isinstance(e, HfHubHTTPError):
             e.append_to_message(f"\n\nUpload of the exported student to {repo_id} failed. {hint}")
             raise
@@ -89,40 +105,46 @@ def push_to_hub(trainer, commit_message: Optional[str] = "End of training", bloc
                 **kwargs):
     """``Trainer.push_to_hub`` for distillation trainers: export the student (+ card, curves), upload only that.
 
-    Same signature and flow as ``transformers.Trainer.push_to_hub`` (repo created with ``args.hub_private_repo`` /
-    ``private``; ``revision`` defaults to ``args.hub_revision`` and its branch is created when missing), but the upload
-    is limited to ``EXPORT_FILES``: no checkpoints, aux modules, teacher or TensorBoard runs. ``kwargs`` (Trainer's
-    ``create_model_card`` arguments) are accepted and ignored: the card is filled from the trainer at export.
+    Same signature and flow as ``transformers.Trainer.push_to_hub`` (repo created with ``private`` /
+    ``args.hub_private_repo``; ``revision`` defaults to ``args.hub_revision`` and its branch is created from main when
+    missing, as ``PreTrainedModel.push_to_hub`` does), but the upload is limited to ``EXPORT_FILES``: no checkpoints,
+    aux modules, teacher or TensorBoard runs. Of Trainer's ``create_model_card`` arguments (``kwargs``), ``tags`` are
+    added to the card; the others are ignored (the card is filled from the trainer at export). Returns the
+    ``CommitInfo``, or a ``Future`` of it with ``blocking=False``; ``None`` on processes other than the main one.
     """
     args = trainer.args
     trainer.callback_handler.on_push_begin(args, trainer.state, trainer.control)
     token = token if token is not None else args.hub_token
     revision = revision if revision is not None else args.hub_revision
     private = private if private is not None else args.hub_private_repo
+    tags = kwargs.pop("tags", None)
+    if tags:
+        trainer.card_tags = [tags] if isinstance(tags, str) else list(tags)
+    if kwargs:
+        logger.info(f"push_to_hub: {sorted(kwargs)} ignored; the model card is filled from the trainer at export.")
     error = None
     if trainer.hub_model_id is None and trainer.is_world_process_zero():  # as Trainer (at __init__ if push_to_hub)
         try:
             trainer.init_hf_repo(token=token, private=private)
         except Exception as e:  # noqa: BLE001 - export locally first, then report
             error = e
+    trainer._finish_current_push()  # a background push from a checkpoint reads the files the export rewrites
     trainer.save_model(_internal_call=True)  # every process (gathers sharded states); only the main one writes
     if not trainer.is_world_process_zero():
         return None
     if error is not None:
         repo_name = args.hub_model_id or Path(args.output_dir).absolute().name
         raise HubUploadError(f"Could not create the Hub repo {repo_name}: {type(error).__name__}: {error}\n"
-                             + retry_hint(args.output_dir, repo_name, revision, bool(private))) from error
-    trainer._finish_current_push()
+                             + retry_hint(args.output_dir, repo_name, revision, bool(private), not args.hub_token)) \
+            from error
     keep_args = not args.hub_token
     if args.hub_token:
         logger.warning("training_args.bin is not uploaded: it would carry hub_token in clear.")
+    upload = dict(token=token, revision=revision, commit_message=commit_message, private=private, create_repo=False,
+                  keep_training_args=keep_args)
     if blocking:
-        return upload_export(args.output_dir, trainer.hub_model_id, token=token, revision=revision,
-                             commit_message=commit_message, private=private, create_repo=False,
-                             keep_training_args=keep_args)
-    future = HfApi().run_as_future(upload_export, args.output_dir, trainer.hub_model_id, token=token,
-                                   revision=revision, commit_message=commit_message, private=private,
-                                   create_repo=False, keep_training_args=keep_args)
+        return upload_export(args.output_dir, trainer.hub_model_id, **upload)
+    future = HfApi().run_as_future(upload_export, args.output_dir, trainer.hub_model_id, **upload)
     future.add_done_callback(lambda f: _log_failure(f, args.output_dir, trainer.hub_model_id, revision))
     return future
 
@@ -130,23 +152,36 @@ def push_to_hub(trainer, commit_message: Optional[str] = "End of training", bloc
 def push_folder(trainer, checkpoint_folder: Optional[str] = None) -> PushInProgress:
     """Upload the exported student in ``trainer.args.output_dir`` in the background, as ``Trainer`` does per save.
 
-    Called by ``DistillationTrainer._push_from_checkpoint`` after it exported the student. With ``hub_strategy``
-    "checkpoint" / "all_checkpoints" the full-state checkpoint also goes up (the user asked for resumable Hub
-    checkpoints: it holds aux modules and the optimizer), under ``last-checkpoint/`` or its own name.
+    Called by ``DistillationTrainer._push_from_checkpoint`` after it exported the student (``hub_strategy``
+    "every_save", the default, and the others but "end"): only the export files go up, never the checkpoint's
+    full-state weights. With ``hub_strategy`` "checkpoint" / "all_checkpoints" the user asked for resumable Hub
+    checkpoints, so the checkpoint folder also goes up as in transformers, under ``last-checkpoint/`` or its own name;
+    it holds the whole ``DistillationModel`` (aux modules, never the teacher), the optimizer and the RNG state.
     """
     args = trainer.args
     api = HfApi()
-    message = f"Training in progress, step {trainer.state.global_step}"
-    job = api.run_as_future(upload_export, args.output_dir, trainer.hub_model_id, token=args.hub_token,
-                            revision=args.hub_revision, commit_message=message, create_repo=False,
-                            keep_training_args=not args.hub_token)
-    job.add_done_callback(lambda f: _log_failure(f, args.output_dir, trainer.hub_model_id, args.hub_revision))
-    jobs = [job]
+    message = (f"Training in progress, step {trainer.state.global_step}" if args.save_strategy == "steps"
+               else f"Training in progress, epoch {int(trainer.state.epoch or 0)}")
+    keep_args = not args.hub_token
+    upload_checkpoint = None
     if checkpoint_folder and args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
-        path_in_repo = ("last-checkpoint" if args.hub_strategy == HubStrategy.CHECKPOINT
-                        else Path(checkpoint_folder).name)
-        jobs.append(api.upload_folder(repo_id=trainer.hub_model_id, folder_path=checkpoint_folder,
-                                      path_in_repo=path_in_repo, commit_message=message + ", checkpoint",
-                                      token=args.hub_token, run_as_future=True, revision=args.hub_revision))
-    return PushInProgress(jobs)
+        if not getattr(trainer, "_warned_checkpoint_push", False):
+            logger.warning(f"hub_strategy={args.hub_strategy.value}: the full training checkpoints (auxiliary modules, "
+                           "optimizer) are uploaded too; the repo root keeps the student export only.")
+            trainer._warned_checkpoint_push = True
+        upload_checkpoint = dict(
+            repo_id=trainer.hub_model_id, folder_path=checkpoint_folder, token=args.hub_token,
+            path_in_repo="last-checkpoint" if args.hub_strategy == HubStrategy.CHECKPOINT else Path(
+                checkpoint_folder).name, commit_message=message + ", checkpoint", revision=args.hub_revision,
+            ignore_patterns=None if keep_args else ["training_args.bin"])  # it would carry hub_token in clear
 
+    def upload():  # one job: the export first (it creates the revision branch), then the checkpoint if asked
+        info = upload_export(args.output_dir, trainer.hub_model_id, token=args.hub_token, revision=args.hub_revision,
+                             commit_message=message, create_repo=False, keep_training_args=keep_args)
+        if upload_checkpoint is not None:
+            api.upload_folder(**upload_checkpoint)
+        return info
+
+    job = api.run_as_future(upload)
+    job.add_done_callback(lambda f: _log_failure(f, args.output_dir, trainer.hub_model_id, args.hub_revision))
+    return PushInProgress([job])

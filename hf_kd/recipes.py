@@ -163,13 +163,16 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
     trainer.command = "accelerate launch " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
-    trainer.save_model()
+    if training_args.push_to_hub:
+        # exports the student (config, weights, card, curves) to output_dir, then uploads only those files to
+        # --hub_model_id; if the upload fails the export stays and the error says how to retry
+        trainer.push_to_hub()
+    else:
+        trainer.save_model()
     best, final = best_and_final(trainer.state.log_history)
     if trainer.is_world_process_zero():
         acc = (f"eval top-1 final {final:.4f}, best over evaluations {best:.4f}, top-5 {metrics['eval_top5']:.4f}"
                if final is not None else "no evaluation ran")
         print(f"[hf_kd] {trainer.method_name}: student {model_args.student} exported to {training_args.output_dir}; "
-              f"{acc}")
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+              f"{acc}" + (f"; pushed to {trainer.hub_model_id}" if training_args.push_to_hub else ""))
     return trainer

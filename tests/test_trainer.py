@@ -251,3 +251,57 @@ def test_bf16_teacher_and_channels_last(data, teacher, tmp_path):
     assert conv.is_contiguous(memory_format=torch.channels_last)
     tr.train()
     assert all(p.dtype == torch.float32 for p in tr.model.parameters())
+
+
+def test_sync_batchnorm_is_a_clear_error_on_cpu_and_a_no_op_in_one_process(data, tmp_path, monkeypatch):
+    """SyncBatchNorm needs GPUs: a multi-process CPU run says so; one process keeps plain BatchNorm."""
+    tr = SupervisedTrainer(model=student(data), args=DistillationArguments(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, sync_batchnorm=True), train_dataset=data.train)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in tr.model.modules())
+    monkeypatch.setattr(DistillationArguments, "world_size", property(lambda self: 2))
+    with pytest.raises(ValueError, match="sync_batchnorm needs GPUs"):
+        SupervisedTrainer(model=student(data), args=DistillationArguments(
+            output_dir=str(tmp_path), report_to=[], use_cpu=True, sync_batchnorm=True), train_dataset=data.train)
+
+
+@pytest.mark.parametrize("name", ["SupervisedTrainer", "KDTrainer", "ProjectorKDTrainer", "FFSDTrainer",
+                                  "SelfKDTrainer", "MixSKDTrainer"])
+def test_gradient_accumulation_divides_each_micro_batch_loss(data, tmp_path, name):
+    """compute_loss returns per-batch means, so with 2 micro-batches per step each loss must be halved before its
+    backward. transformers skips that (and multiplies by the world size under DDP) for a model whose forward takes
+    **kwargs unless it sets accepts_loss_kwargs = False: gradients then come out 2x too large."""
+    import hf_kd
+
+    cls = getattr(hf_kd, name)
+    teacher = student(data, "cifar_resnet20", seed=1) if name in ("KDTrainer", "ProjectorKDTrainer") else None
+    args = cls.args_class(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4,
+                          gradient_accumulation_steps=2, report_to=[], use_cpu=True, dataloader_drop_last=True,
+                          save_strategy="no", disable_tqdm=True)
+    tr = cls(model=student(data, "cifar_resnet20"), teacher=teacher, args=args, train_dataset=data.train,
+             augmentation=data.batch_augment("none"))
+    seen = []
+    compute, backward = tr.compute_loss, tr.accelerator.backward
+
+    def record_compute(*a, **k):
+        loss = compute(*a, **k)
+        seen.append(("loss", loss.item()))
+        return loss
+
+    def record_backward(loss, **k):
+        seen.append(("backward", loss.item()))
+        return backward(loss, **k)
+
+    tr.compute_loss, tr.accelerator.backward = record_compute, record_backward
+    tr.train()
+    assert [k for k, _ in seen] == ["loss", "backward"] * 2
+    for (_, loss), (_, backed) in zip(seen[::2], seen[1::2]):
+        assert backed == pytest.approx(loss / 2, rel=1e-5)
+
+
+def test_no_gradient_clipping_by_default():
+    """None of the methods' official code clips gradients; transformers' default would clip at 1.0."""
+    import hf_kd
+
+    for name in ["DistillationArguments", "KDArguments", "ProjectorKDArguments", "FFSDArguments", "SelfKDArguments",
+                 "MixSKDArguments"]:
+        assert getattr(hf_kd, name)(output_dir="x").max_grad_norm == 0.0, name

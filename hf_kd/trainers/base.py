@@ -41,6 +41,9 @@ class DistillationArguments(TrainingArguments):
 
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the image column is decoded by the dataset transform."})
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "Gradient clipping norm; 0 = off, as in the official code of every method "
+                                       "here (transformers' default would clip at 1.0)."})
     lr_milestones: Optional[list[int]] = field(
         default=None, metadata={"help": "Epochs (0-based, as torch MultiStepLR stepped once per epoch) at which the "
                                         "learning rate is multiplied by lr_gamma. Overrides lr_scheduler_type."})
@@ -57,6 +60,9 @@ class DistillationArguments(TrainingArguments):
     channels_last: bool = field(
         default=False, metadata={"help": "Run every network (student, aux modules, teacher) and the input batch in "
                                          "channels_last memory format (faster convolutions on recent GPUs)."})
+    sync_batchnorm: bool = field(
+        default=False, metadata={"help": "Multi-GPU: convert every BatchNorm of the trained modules to "
+                                         "SyncBatchNorm (batch statistics over all processes). GPU only."})
 
 
 class DistillationModel(nn.Module):
@@ -67,6 +73,10 @@ class DistillationModel(nn.Module):
     """
 
     _keys_to_ignore_on_save = None  # read by Trainer on a non-strict load
+    # compute_loss returns a per-batch mean and ignores num_items_in_batch. Without this, transformers sees **kwargs
+    # in forward, skips dividing the loss by gradient_accumulation_steps and multiplies it by the world size under
+    # DDP: gradients k times too large with k micro-batches or k processes.
+    accepts_loss_kwargs = False
 
     def __init__(self, student: TimmStudent, **aux: nn.Module):
         super().__init__()
@@ -114,6 +124,12 @@ class DistillationTrainer(Trainer):
         if not isinstance(args, self.args_class):
             raise TypeError(f"{type(self).__name__} needs {self.args_class.__name__}, got {type(args).__name__}")
         wrapper = model if isinstance(model, DistillationModel) else self.build_model(model, args)
+        if args.sync_batchnorm and args.world_size > 1:
+            if args.device.type != "cuda":  # torch: "SyncBatchNorm layers only work with GPU modules"
+                raise ValueError("sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on the CPU); drop "
+                                 "--sync_batchnorm for CPU runs.")
+            # in place: same parameter/buffer names, so checkpoints and the student export are unchanged
+            wrapper = nn.SyncBatchNorm.convert_sync_batchnorm(wrapper)
         if teacher is not None:
             check_same_labels(wrapper.student, teacher)
         student_cfg = wrapper.student.config.pretrained_cfg
@@ -294,14 +310,30 @@ class DistillationTrainer(Trainer):
         if self.is_world_process_zero():
             self.write_model_card(self.args.output_dir)
 
+    def push_to_hub(self, commit_message: Optional[str] = "End of training", blocking: bool = True,
+                    token: Optional[str] = None, revision: Optional[str] = None, private: Optional[bool] = None,
+                    **kwargs):
+        """Export the student (config, weights, card, curves) to ``output_dir`` and upload only those files to
+        ``args.hub_model_id``: never the teacher, aux modules, checkpoints or TensorBoard runs (stock Trainer uploads
+        all of ``output_dir`` but ``checkpoint-*``). Same arguments as ``Trainer.push_to_hub``: the repo is created
+        (``private`` / ``args.hub_private_repo``) if needed, ``revision`` (default ``args.hub_revision``) is a branch,
+        created from main when missing. A failed upload leaves the export in ``output_dir`` and raises an error that
+        says how to retry (``hf_kd.hub.upload_export``). See ``hf_kd.hub.push_to_hub``."""
+        from ..hub import push_to_hub
+
+        return push_to_hub(self, commit_message=commit_message, blocking=blocking, token=token, revision=revision,
+                           private=private, **kwargs)
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Stock Trainer copies the checkpoint's full-state weights into output_dir and pushes them; export the
-        student there instead, then upload output_dir (and the checkpoint only if hub_strategy asks for it)."""
+        student there instead, then upload the export files (and the checkpoint only if hub_strategy asks for it)."""
         if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
             return
-        if self.push_in_progress is not None and not self.push_in_progress.is_done() \
-                and not self.args.hub_always_push:
-            return
+        if self.push_in_progress is not None and not self.push_in_progress.is_done():
+            if not self.args.hub_always_push:
+                return
+            self._finish_current_push()  # the export below rewrites the files that push is reading
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
         self.export_student(self.args.output_dir)
         from ..hub import push_folder
 
