@@ -1,5 +1,6 @@
 """MixSKD / MixSKDTrainer: losses on hand-built tensors, mixup pairing, modules, training step, export, resume."""
 
+import copy
 import json
 import math
 import os
@@ -14,12 +15,13 @@ from transformers import AutoModelForImageClassification
 
 import hf_kd  # noqa: F401
 from hf_kd.data import load_image_data
-from hf_kd.losses.mixskd import (discriminator_bce, discriminator_targets, interpolate, mixskd_classification,
-                                 mixskd_feature_mse, mixskd_kl, mixup_cross_entropy, mixup_images)
+from hf_kd.losses.mixskd import (discriminator_bce, discriminator_targets, draw_mixup, interpolate,
+                                 mixskd_classification, mixskd_feature_mse, mixskd_kl, mixup_cross_entropy,
+                                 mixup_images)
 from hf_kd.models import MissingStagesError, create_student
 from hf_kd.modules.mixskd import Discriminator, SelfTeacher, build_auxiliary_branches
 from hf_kd.recipes import parse_args
-from hf_kd.trainers.mixskd import MixSKDArguments, MixSKDModel, MixSKDTrainer, sample_lambda
+from hf_kd.trainers.mixskd import MixSKDArguments, MixSKDModel, MixSKDTrainer
 
 # a 4-stage CIFAR ResNet-18 layout (no stem ReLU, as MixSKD's) with tiny widths: fast on 2 CPU cores
 TINY = dict(stem_act=False, channels=[8, 8, 16, 16, 32], blocks=[1, 1, 1, 1])
@@ -94,13 +96,65 @@ def test_mixup_images_pairs_each_row_with_its_permuted_partner():
     assert torch.allclose(interpolate(x, 0.25, perm), expected)  # outputs of the originals mixed the same way
 
 
-def test_sample_lambda_uses_numpys_global_rng():
-    np.random.seed(7)
-    expected = [np.random.beta(0.4, 0.4) for _ in range(3)]
-    np.random.seed(7)
-    got = [sample_lambda(0.4) for _ in range(3)]
-    assert got == pytest.approx(expected, abs=0) and len(set(got)) == 3
-    assert sample_lambda(0.0) == 0.5
+def test_mixup_draw_is_a_function_of_seed_step_and_micro_batch():
+    lam, perm = draw_mixup(0, 5, 1, 8, 0.4)
+    np.random.seed(123)  # the global RNGs play no part
+    torch.manual_seed(123)
+    again = draw_mixup(0, 5, 1, 8, 0.4)
+    assert lam == again[0] and torch.equal(perm, again[1])
+    assert 0 < lam < 1 and perm.dtype == torch.int64 and sorted(perm.tolist()) == list(range(8))
+    others = [draw_mixup(*key, 8, 0.4) for key in [(0, 5, 0), (0, 5, 2), (0, 6, 1), (1, 5, 1)]]
+    assert len({lam, *(o[0] for o in others)}) == 5  # every seed / step / micro-batch draws its own
+    assert draw_mixup(-1, 0, 0, 4, 0.4)[0] == draw_mixup(2**64 - 1, 0, 0, 4, 0.4)[0]  # negative seeds work
+    assert draw_mixup(0, 0, 0, 4, 0.0)[0] == 0.5  # alpha <= 0: lambda 0.5, as the CIFAR script
+
+
+def test_mixup_draw_distribution_is_beta_and_uniform_permutations():
+    lams = np.array([draw_mixup(0, s, 0, 3, 0.4)[0] for s in range(3000)])
+    # Beta(0.4, 0.4): mean 1/2, variance 1 / (4 (2 alpha + 1)) = 0.139 (a uniform lambda would give 1/12 = 0.083)
+    assert abs(lams.mean() - 0.5) < 0.03 and abs(lams.var() - 1 / 7.2) < 0.012
+    counts = {}
+    for s in range(3000):
+        p = tuple(draw_mixup(0, s, 1, 3, 0.4)[1].tolist())
+        counts[p] = counts.get(p, 0) + 1
+    assert len(counts) == 6 and min(counts.values()) > 400  # all 3! permutations, about 500 each
+
+
+def test_each_micro_batch_of_a_step_draws_its_own_mixup(data, tmp_path, monkeypatch):
+    trainer = make_trainer(data, tmp_path, max_steps=2, gradient_accumulation_steps=2, seed=3)
+    seen = []
+    original = MixSKDModel.forward
+
+    def spy(self, pixel_values, labels=None, lam=None, perm=None, **kw):
+        if self.training:
+            seen.append((trainer.last_mixup_key, lam, perm.clone(), pixel_values.detach().clone()))
+        return original(self, pixel_values, labels, lam=lam, perm=perm, **kw)
+
+    monkeypatch.setattr(MixSKDModel, "forward", spy)
+    trainer.train()
+    assert [key for key, *_ in seen] == [(3, 0, 0), (3, 0, 1), (3, 1, 0), (3, 1, 1)]
+    assert len({lam for _, lam, _, _ in seen}) == 4  # two micro-batches of one step never share their mixup
+    for key, lam, perm, pixels in seen:
+        expected = draw_mixup(*key, 8, 0.4)
+        assert lam == expected[0] and torch.equal(perm, expected[1])
+        x = pixels[:8]
+        assert torch.allclose(pixels[8:], lam * x + (1 - lam) * x[perm])
+    # the draw index is per process: process p, micro-batch i -> k = p * gradient_accumulation_steps + i
+    monkeypatch.setattr(MixSKDArguments, "process_index", property(lambda self: 1))
+    assert trainer.mixup_key(0)[2] == 2 and trainer.mixup_key(1)[2] == 3
+
+
+def test_gradient_accumulation_averages_the_micro_batches(data, tmp_path):
+    """compute_loss returns batch means and ignores num_items_in_batch, so the Trainer must divide by the
+    accumulation steps (it would sum the micro-batch gradients if the model claimed to take loss kwargs)."""
+    trainer = make_trainer(data, tmp_path, gradient_accumulation_steps=2)
+    assert trainer.model_accepts_loss_kwargs is False
+    inputs = batch(data)
+    ref = trainer.compute_loss(copy.deepcopy(trainer.model).train(), dict(inputs))
+    trainer._mixup_position = None  # the same draw (micro-batch 0 of step 0) again
+    trainer.current_gradient_accumulation_steps = 2
+    got = trainer.training_step(trainer.model, dict(inputs), num_items_in_batch=torch.tensor(8))
+    assert got.item() == pytest.approx(ref.item() / 2, rel=1e-5)
 
 
 def test_trainer_forwards_originals_then_their_mixup_in_one_call(data, tmp_path, monkeypatch):
@@ -115,18 +169,12 @@ def test_trainer_forwards_originals_then_their_mixup_in_one_call(data, tmp_path,
 
     monkeypatch.setattr(MixSKDModel, "forward", spy)
     trainer.model.train()
-    np.random.seed(3)
-    expected_lam = np.random.beta(0.4, 0.4)
-    np.random.seed(3)
-    torch.manual_seed(11)
-    expected_perm = torch.randperm(8)
-    torch.manual_seed(11)
+    expected_lam, expected_perm = draw_mixup(0, 0, 0, 8, 0.4)
     trainer.compute_loss(trainer.model, inputs)
     assert len(seen) == 1  # a single forward for both halves
     pixels, lam, perm = seen[0]
     x = inputs["pixel_values"]
-    assert lam == pytest.approx(expected_lam, abs=0)
-    assert torch.equal(perm, expected_perm)
+    assert lam == expected_lam and torch.equal(perm, expected_perm)
     assert pixels.shape[0] == 16 and torch.equal(pixels[:8], x)
     assert torch.allclose(pixels[8:], lam * x + (1 - lam) * x[perm])
 
@@ -258,6 +306,32 @@ def test_timm_resnet_supported_and_other_backbones_rejected():
         MixSKDModel(create_student("mobilenetv3_small_050", 3), 3)
 
 
+def test_model_forward_protocol(data):
+    """Train mode on cat([x, x_mix]): features = branch outputs + layer4, heads with the backbone last, the
+    self-teacher on the interpolated originals' features and on the mixup images' features, D_k on [A_bar; A_mix]."""
+    model = MixSKDModel(tiny(data), data.num_labels).train()
+    b, lam, perm = 4, 0.3, torch.tensor([2, 0, 3, 1])
+    x = torch.randn(2 * b, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x, lam=lam, perm=perm)
+        ref = model.student.forward_kd(x, stages=True)
+        taps = ref.stages[-4:]  # layer1..layer4
+        feats = [branch(taps[k])[0] for k, branch in enumerate(model.aux["branches"])] + [taps[-1]]
+        heads = [branch(taps[k])[1] for k, branch in enumerate(model.aux["branches"])] + [ref.logits]
+        interp = [lam * f[:b] + (1 - lam) * f[:b][perm] for f in feats]
+        mixed = [f[b:] for f in feats]
+        psi = model.aux["self_teacher"]
+        assert len(out.features) == 4 and all(torch.allclose(o, r, atol=1e-5) for o, r in zip(out.features, feats))
+        assert all(torch.allclose(o, r, atol=1e-5) for o, r in zip(out.head_logits, heads))
+        assert all(torch.allclose(o, r, atol=1e-5) for o, r in zip(out.interp_features, interp))
+        assert all(torch.equal(o, r) for o, r in zip(out.mixup_features, mixed))
+        assert torch.allclose(out.ens_logits, psi(interp), atol=1e-5)
+        assert torch.allclose(out.ens_mix_logits, psi(mixed), atol=1e-5)
+        assert not torch.allclose(out.ens_logits, out.ens_mix_logits, atol=1e-3)  # the two uses are told apart
+        for d, o, fi, fm in zip(model.aux["discriminators"], out.d_logits, interp, mixed):
+            assert torch.allclose(o, d(torch.cat([fi, fm])), atol=1e-5)
+
+
 # --- trainer ----------------------------------------------------------------------------------------------------------
 def snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -283,6 +357,32 @@ def test_one_step_trains_self_teacher_but_not_fixed_discriminators(data, tmp_pat
     assert not any(id(p) in opt_params for p in wrapper.aux["discriminators"].parameters())
     logged = [e for e in trainer.state.log_history if "loss_cls" in e][0]
     assert {"loss_cls", "loss_mixcls", "loss_kl", "loss_fea", "loss_gan"} <= set(logged)
+
+
+@pytest.mark.parametrize("discriminator,mixup_ce", [("fixed", True), ("adversarial", False)])
+def test_compute_loss_is_the_sum_of_the_terms(data, tmp_path, discriminator, mixup_ce):
+    """The trainer's total, rebuilt from the model's outputs with the (separately tested) pure loss functions:
+    interpolated logits of the originals, y[perm], all weights 1, L_mixcls only with mixup_ce, the network's BCE
+    targets swapped only in the adversarial game, plus D's own term there."""
+    trainer = make_trainer(data, tmp_path, discriminator=discriminator, mixup_ce=mixup_ce, temperature=2.5)
+    model = trainer.model.train()
+    inputs = batch(data)
+    x, y = inputs["pixel_values"], inputs["labels"]
+    loss = trainer.compute_loss(model, dict(inputs))
+    lam, perm = draw_mixup(*trainer.last_mixup_key, 8, 0.4)
+    with torch.no_grad():
+        out = model(torch.cat([x, lam * x + (1 - lam) * x[perm]]), lam=lam, perm=perm)
+    orig, mixed = [z[:8] for z in out.head_logits], [z[8:] for z in out.head_logits]
+    l_cls, l_mix = mixskd_classification(orig, mixed, out.ens_logits, out.ens_mix_logits, y, y[perm], lam)
+    l_kl = mixskd_kl([lam * z + (1 - lam) * z[perm] for z in orig], mixed, out.ens_logits, out.ens_mix_logits, 2.5)
+    l_fea = mixskd_feature_mse(out.interp_features, out.mixup_features)
+    adversarial = discriminator == "adversarial"
+    l_gan = discriminator_bce(out.d_logits, fool=adversarial)
+    expected = l_cls + l_kl + l_fea + l_gan + (l_mix if mixup_ce else 0.0)
+    if adversarial:
+        expected = expected + discriminator_bce(out.d_logits_detached)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert trainer._terms["mixcls"][-1].item() == pytest.approx(l_mix.item(), rel=1e-5)  # logged either way
 
 
 def test_released_cifar_objective_leaves_self_teacher_random(data, tmp_path):
@@ -369,7 +469,8 @@ def test_preset_parses_to_the_official_cifar_recipe():
     model_args, data_args, args = parse_args(MixSKDArguments, argv=[
         "--config", os.path.join(REPO, "recipes/configs/mixskd_cifar100_resnet18.yaml"), "--output_dir", "/tmp/x"])
     assert data_args.dataset == "cifar100" and model_args.student == "cifar_resnet18"
-    assert json.loads(model_args.model_args) == {"stem_act": False}  # MixSKD's ResNet-18 has no stem ReLU
+    # MixSKD's ResNet-18: no stem ReLU, PyTorch's default layer init
+    assert json.loads(model_args.model_args) == {"stem_act": False, "init": "torch_default"}
     assert (args.learning_rate, args.weight_decay, args.per_device_train_batch_size) == (0.1, 5e-4, 64)
     assert args.lr_milestones == [105, 155] and args.warmup_epochs == 5 and args.num_train_epochs == 205
     assert "nesterov=True" in args.optim_args and args.mixup_alpha == 0.4 and args.temperature == 3.0

@@ -17,13 +17,33 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .kd import kd_kl_div
 
-__all__ = ["mixup_images", "interpolate", "mixup_cross_entropy", "mixskd_classification", "mixskd_kl",
+__all__ = ["draw_mixup", "mixup_images", "interpolate", "mixup_cross_entropy", "mixskd_classification", "mixskd_kl",
            "mixskd_feature_mse", "discriminator_targets", "discriminator_bce"]
+
+
+def draw_mixup(seed: int, step: int, k: int, batch_size: int, alpha: float) -> tuple[float, torch.Tensor]:
+    """One batch's mixup draw ``(lam, perm)``, a pure function of ``(seed, step, k)``.
+
+    lam ~ Beta(alpha, alpha) (one scalar for the whole batch; alpha <= 0 gives 0.5, as Self-KD-Lib's CIFAR script)
+    and perm is a uniform random permutation of ``range(batch_size)`` (a CPU ``int64`` tensor), both from
+    ``numpy.random.default_rng([seed, step, k])`` (``seed`` taken modulo 2**64 so that a negative seed works).
+
+    The official code draws the same two quantities from the *global* RNGs (``np.random.beta`` and
+    ``torch.randperm``). Drawing them from a generator keyed by the run's seed, the optimizer step and the index
+    ``k`` of the micro-batch within that step keeps their distribution and makes the draw independent of everything
+    else that consumes the global RNGs: two layouts that see the same micro-batch (1 process with gradient
+    accumulation vs several DDP processes) draw the same mixup, a resumed run draws exactly the mixups of an
+    uninterrupted one, and every process and micro-batch draws its own.
+    """
+    rng = np.random.default_rng([int(seed) % 2**64, int(step), int(k)])
+    lam = float(rng.beta(alpha, alpha)) if alpha > 0 else 0.5
+    return lam, torch.from_numpy(rng.permutation(batch_size))
 
 
 def mixup_images(x: torch.Tensor, y: torch.Tensor, lam: float, perm: torch.Tensor):

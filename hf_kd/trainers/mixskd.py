@@ -1,11 +1,11 @@
 """``MixSKDTrainer``: self-knowledge distillation from mixup (Yang et al., ECCV 2022), after winycg/Self-KD-Lib.
 
 Per step (``main_mixskd_imagenet.py`` / ``main_mixskd_cifar.py``; /work/shared/METHODS.md section 4): draw one
-lambda ~ Beta(alpha, alpha) with numpy's global RNG and a permutation pi with ``torch.randperm`` on the batch's device,
-build x_mix = lambda x + (1-lambda) x[pi], and run ONE forward of cat([x, x_mix]) through the ``MixSKDModel`` (BN
-statistics shared by both halves). The model returns, for the N-1 auxiliary branches and the backbone (last), logits and
-final-resolution features of both halves, and the self-teacher Psi on the interpolated features of the originals and on
-the mixup images' features. The objective, all weights 1:
+lambda ~ Beta(alpha, alpha) and a uniform random permutation pi of the batch (see "Mixup draw" below), build
+x_mix = lambda x + (1-lambda) x[pi] (labels y and y[pi]), and run ONE forward of cat([x, x_mix]) through the
+``MixSKDModel`` (BN statistics shared by both halves). The model returns, for the N-1 auxiliary branches and the
+backbone (last), logits and final-resolution features of both halves, and the self-teacher Psi on the interpolated
+features of the originals and on the mixup images' features. The objective, all weights 1:
 
     L = L_cls + L_mixcls + L_kl + L_fea + L_gan
 
@@ -13,6 +13,14 @@ the mixup images' features. The objective, all weights 1:
 L_mixcls but leaves it out of the total, so its self-teacher never trains (METHODS "Decisions"): ``mixup_ce=False``
 reproduces that. Discriminators: ``fixed`` (default) = the released behaviour, random heads that are never trained (the
 code keeps them in a plain list); ``adversarial`` = a real GAN game; ``off`` = no L_gan.
+
+Mixup draw: the official scripts call ``np.random.beta`` and ``torch.randperm`` on the global RNGs. Here
+(lambda, pi) = ``hf_kd.losses.mixskd.draw_mixup(args.seed, state.global_step, k, B, alpha)`` with
+k = process_index * gradient_accumulation_steps + i, where i is the index of the micro-batch within the optimizer step
+(``MixSKDTrainer.next_mixup``). Same distribution (one Beta(alpha, alpha) scalar per batch, a uniform permutation);
+what changes is only where the randomness comes from, so that 1 process with gradient accumulation and N DDP processes
+with the same per-device batch draw identical mixups for the same micro-batches, a resumed run repeats the draws of an
+uninterrupted one whatever else used the global RNGs, and every process and micro-batch draws a different mixup.
 
 Export: the backbone alone. Branches, self-teacher and discriminators live in the ``DistillationModel`` (checkpoints
 only). Evaluation scores every head; the backbone's is reported as top1 (the official script reports the max over
@@ -24,20 +32,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
 from ..data import BatchAugment
-from ..losses.mixskd import (discriminator_bce, interpolate, mixskd_classification, mixskd_feature_mse, mixskd_kl,
-                             mixup_images)
+from ..losses.mixskd import (discriminator_bce, draw_mixup, interpolate, mixskd_classification, mixskd_feature_mse,
+                             mixskd_kl, mixup_images)
 from ..models import TimmStudent
 from ..modules.mixskd import Discriminator, SelfTeacher, backbone_stages, build_auxiliary_branches
 from .base import DistillationArguments, DistillationModel, DistillationTrainer
 
-__all__ = ["MixSKDArguments", "MixSKDModel", "MixSKDOutput", "MixSKDTrainer", "sample_lambda"]
+__all__ = ["MixSKDArguments", "MixSKDModel", "MixSKDOutput", "MixSKDTrainer"]
 
 DISCRIMINATOR_MODES = ("fixed", "adversarial", "off")
 
@@ -77,12 +84,6 @@ class MixSKDArguments(DistillationArguments):
                 raise ValueError(f"{name} needs 3 values (R G B), got {v}")
 
 
-def sample_lambda(alpha: float) -> float:
-    """lambda ~ Beta(alpha, alpha) from numpy's global RNG (as Self-KD-Lib ``mixup_data``; the Trainer checkpoints and
-    restores numpy's state, so a resumed run draws the same lambdas). alpha <= 0: 0.5 (CIFAR script)."""
-    return float(np.random.beta(alpha, alpha)) if alpha > 0 else 0.5
-
-
 @dataclass
 class MixSKDOutput(ModelOutput):
     """Per-head lists are ordered k = 1..H: auxiliary branches first, the backbone LAST (official order).
@@ -109,6 +110,11 @@ class MixSKDModel(DistillationModel):
     """The backbone (``student``, exported) + ``aux``: ``branches`` (N-1 ``AuxiliaryBranch``), ``self_teacher``
     (``SelfTeacher``) and, unless discriminator="off", ``discriminators`` (N ``Discriminator``; frozen with
     requires_grad=False when "fixed": never optimised, but registered so that checkpoints hold them)."""
+
+    # compute_loss returns per-batch means and ignores num_items_in_batch. Without this, transformers sees **kwargs in
+    # forward, takes the loss as already scaled for gradient accumulation and SUMS the micro-batch gradients instead
+    # of averaging them (gradient_accumulation_steps=2 would then double the step of 2 DDP processes).
+    accepts_loss_kwargs = False
 
     def __init__(self, student: TimmStudent, num_classes: int, discriminator: str = "fixed",
                  discriminator_hidden: int = 128, train_self_teacher: bool = True):
@@ -231,6 +237,34 @@ class MixSKDTrainer(DistillationTrainer):
     def eval_head_names(self) -> list[str]:
         return getattr(self, "_head_names", None) or ["backbone"]
 
+    # --- the mixup draw ---------------------------------------------------------------------------------------------
+    _mixup_position: Optional[tuple[int, int]] = None  # (global_step, micro-batch index) of the last training draw
+    last_mixup_key: Optional[tuple[int, int, int]] = None  # (seed, global_step, k) of the last training draw
+
+    def train(self, *args, **kwargs):
+        self._mixup_position = None  # a new (or resumed) run starts at micro-batch 0 of its first step
+        return super().train(*args, **kwargs)
+
+    def mixup_key(self, micro_batch: int) -> tuple[int, int, int]:
+        """(seed, step, k) of the draw for micro-batch ``micro_batch`` of the current optimizer step on this process:
+        k = process_index * gradient_accumulation_steps + micro_batch."""
+        a = self.args
+        return a.seed, self.state.global_step, a.process_index * a.gradient_accumulation_steps + micro_batch
+
+    def next_mixup(self, batch_size: int, device=None) -> tuple[float, torch.Tensor]:
+        """(lam, perm) for the next training micro-batch (``draw_mixup`` at ``mixup_key``).
+
+        The micro-batch index is the number of training draws already made at the current ``state.global_step``
+        (which the Trainer advances after every optimizer step); ``train()`` resets the count, so a resumed run
+        restarts at micro-batch 0 of the checkpoint's step, as the uninterrupted run did.
+        """
+        step, pos = self.state.global_step, self._mixup_position
+        micro = pos[1] + 1 if pos is not None and pos[0] == step else 0
+        self._mixup_position = (step, micro)
+        self.last_mixup_key = self.mixup_key(micro)
+        lam, perm = draw_mixup(*self.last_mixup_key, batch_size, self.args.mixup_alpha)
+        return lam, perm.to(device)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         x, y = inputs["pixel_values"], inputs["labels"]
         if not model.training:  # evaluation: every head on the plain images, the backbone first
@@ -239,8 +273,7 @@ class MixSKDTrainer(DistillationTrainer):
             return (loss, {"logits": out.logits}) if return_outputs else loss
         a = self.args
         b = x.shape[0]
-        lam = sample_lambda(a.mixup_alpha)
-        perm = torch.randperm(b, device=x.device)
+        lam, perm = self.next_mixup(b, x.device)
         x_mix, _, y_b = mixup_images(x, y, lam, perm)
         out = model(pixel_values=torch.cat([x, x_mix]), lam=lam, perm=perm)
         orig = [z[:b] for z in out.head_logits]
