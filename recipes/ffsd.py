@@ -11,6 +11,9 @@ from hf_kd.recipes import run
 from hf_kd.trainers.ffsd import FFSDTrainer
 
 if __name__ == "__main__":
-    # the quick run keeps FFSD's own optimizer settings (SGD Nesterov, wd 1e-4, no clipping) on a short cosine schedule
-    run(FFSDTrainer, defaults=dict(student="cifar_resnet20", output_dir="outputs/ffsd", learning_rate=0.1,
+    # The quick run (5 epochs of the 1,437 digits images, batch 64, cosine, no warm-up) keeps FFSD's SGD Nesterov,
+    # wd 1e-4 and no clipping, but at lr 0.05: at the official 0.1 the mutually-learning students of this tiny run
+    # fell to near-uniform predictions in the first epoch (seeds 0 and 1), and with seed 0 student 0 ended the run at
+    # chance (10%). The CIFAR presets keep lr 0.1.
+    run(FFSDTrainer, defaults=dict(student="cifar_resnet20", output_dir="outputs/ffsd", learning_rate=0.05,
                                    weight_decay=1e-4, max_grad_norm=0.0))

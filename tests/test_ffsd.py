@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from hf_kd.losses.ffsd import (attention_loss, attention_map, decoder_loss, dive
 from hf_kd.models import create_student
 from hf_kd.models.student import MissingStagesError
 from hf_kd.modules.ffsd import FusionModule, SelfDistillationDecoder, TransFusionModule
-from hf_kd.trainers.ffsd import CompositeOptimizer, FFSDArguments, FFSDModel, FFSDTrainer
+from hf_kd.trainers.ffsd import CompositeOptimizer, FFSDArguments, FFSDMetrics, FFSDModel, FFSDTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])  # stages (8,32,32), (16,16,16), (32,8,8)
@@ -279,6 +280,32 @@ def test_decoders_give_eval_mode_targets_before_their_train_mode_update(data):
     assert not torch.equal(dec.blocks[0][1].running_mean, before.blocks[0][1].running_mean)
 
 
+def test_decoders_are_wired_as_the_official_code(data):
+    """Student m >= 1: its SD target is decoder m (index m-1) in eval mode on student m-1's *diversity-shifted* last map,
+    and decoder m trains on student m's *own* maps; the leader's decoder gets the fused map as target input and the
+    leader's own last map for training. The fusion input is the students' last maps in student order."""
+    model = FFSDModel.build(tiny(data), 3).train()
+    decs = [copy.deepcopy(d) for d in model.aux["decoders"]]
+    lead = copy.deepcopy(model.aux["leader_decoder"])
+    lead_before = copy.deepcopy(lead).eval()
+    x, _ = batch(data, 8)
+    out = model(x)
+    maps = out["student_maps"]
+    assert out["student_sd_targets"][0] is None and out["student_decoded"][0] is None  # student 0: CE + DML only
+    with torch.no_grad():
+        for m in (1, 2):
+            want = decs[m - 1].eval()(diversity_target(maps[m - 1][-1]))
+            assert all(torch.equal(a, b) for a, b in zip(out["student_sd_targets"][m], want)), m
+            want = decs[m - 1].train()(maps[m][-1])  # train mode: batch statistics, its own student's deepest map
+            assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(out["student_decoded"][m], want)), m
+        want = lead_before(out["fused"])
+        assert all(torch.equal(a, b) for a, b in zip(out["leader_sd_target"], want))
+        want = lead.train()(out["leader_maps"][-1])
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(out["leader_decoded"], want))
+    assert torch.equal(out["fusion_input"], torch.cat([m[-1] for m in maps], dim=1))
+    assert not out["fusion_input"].requires_grad and out["student_decoded"][1][0].requires_grad
+
+
 def test_one_backward_equals_the_official_sequential_updates(data, tmp_path):
     """Sum of all objectives + one CompositeOptimizer step == the official per-network backward/step sequence with
     its own optimizers (SGD Nesterov wd 1e-4 per student and leader, 1e-5 fusion, Adam wd 1e-4 per decoder)."""
@@ -401,7 +428,8 @@ def test_evaluation_reports_leader_first_then_students_fusion_ensemble(data, tmp
     tr = make_trainer(data, tmp_path, max_steps=2)
     tr.train()
     metrics = tr.evaluate()
-    for name in ("top1", "top5", "student0_top1", "student1_top1", "fusion_top1", "ensemble_top1"):
+    for name in ("top1", "top5", "student0_top1", "student1_top1", "fusion_top1", "ensemble_top1", "ensemble_top5",
+                 "students_average_top1", "students_oracle_top1"):
         assert f"eval_{name}" in metrics
     x, y = batch(data, 32, "eval")
     m = tr.ffsd_model.eval()
@@ -413,6 +441,23 @@ def test_evaluation_reports_leader_first_then_students_fusion_ensemble(data, tmp
     assert metrics["eval_loss"] == pytest.approx(F.cross_entropy(leader, y).item(), rel=1e-4)
 
 
+def test_student_average_and_oracle_accuracy_by_hand():
+    """The official test log's "Average Acc" (mean of the students' accuracies) and "Ensemble Acc" (its
+    ensemble_accuracy sums the students' boolean hit masks: any student right counts)."""
+    from transformers import EvalPrediction
+
+    # heads: leader, student0, student1, fusion, ensemble; top-2 ids per head; labels (0, 1, 2)
+    preds = np.array([[[0, 1], [0, 2], [1, 2], [0, 1], [0, 1]],
+                      [[1, 0], [0, 1], [2, 0], [1, 0], [1, 0]],
+                      [[0, 1], [0, 1], [1, 0], [0, 1], [0, 1]]])
+    got = FFSDMetrics(["leader", "student0", "student1", "fusion", "ensemble"], 2)(
+        EvalPrediction(predictions=preds, label_ids=np.array([0, 1, 2])))
+    # top-1 hits: student0 (T, F, F), student1 (F, F, F); top-2: student0 (T, T, F), student1 (F, F, F)
+    assert got["students_average_top1"] == pytest.approx(1 / 6) and got["students_oracle_top1"] == pytest.approx(1 / 3)
+    assert got["students_average_top5"] == pytest.approx(2 / 6) and got["students_oracle_top5"] == pytest.approx(2 / 3)
+    assert got["top1"] == pytest.approx(2 / 3) and got["student1_top1"] == 0.0
+
+
 def test_export_is_the_leader_alone_and_loads_with_automodel_and_pipeline(data, tmp_path):
     from transformers import pipeline
 
@@ -420,6 +465,7 @@ def test_export_is_the_leader_alone_and_loads_with_automodel_and_pipeline(data, 
     tr.train()
     out = str(tmp_path / "export")
     tr.save_model(out)
+    assert "official FFSD code differs" not in open(os.path.join(out, "README.md")).read()  # WRN note only
     keys = set(load_file(os.path.join(out, "model.safetensors")))
     assert keys == set(tr.student.timm_model.state_dict())  # timm-native keys of the leader, nothing else
     loaded = AutoModelForImageClassification.from_pretrained(out).eval()
@@ -499,3 +545,23 @@ def test_bf16_and_channels_last_step(data, tmp_path):
     tr = make_trainer(data, tmp_path, max_steps=1, bf16=True, channels_last=True)
     tr.train()
     assert math.isfinite(tr.state.log_history[0]["loss"]) and tr.state.log_history[0]["loss_leader_sd"] > 0
+
+
+def test_wrn_leader_trains_and_its_card_documents_the_official_wrn_differences(data, tmp_path):
+    """WRN: the hooked maps are block1, block2 and relu(bn(block3)) (the official layer1, layer2, relu1); the card says
+    how hf_kd's WRN differs from the copy in the official code (conv biases, stride, shortcut, BN momentum 0.9)."""
+    torch.manual_seed(0)
+    leader = create_student("cifar_wrn_16_2", data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                            model_args=dict(depth=10, widen_factor=1))  # widths 16, 16, 32, 64; one block per stage
+    tr = FFSDTrainer(model=leader, args=make_args(tmp_path, max_steps=1), train_dataset=data.train)
+    m = tr.ffsd_model
+    assert m.aux["fusion"].conv1.in_channels == 128 and m.aux["trans_fusion"].conv2.out_channels == 128
+    x, _ = batch(data, 4)
+    out = m.train()(x)
+    last = leader.timm_model.final_act(leader.timm_model.stages(leader.timm_model.stem(x)))
+    assert (out["leader_maps"][-1] >= 0).all() and out["leader_maps"][-1].shape == last.shape == (4, 64, 8, 8)
+    assert (out["leader_maps"][0] < 0).any()  # block1 output is pre-activation, as the official WRN hook
+    tr.train()
+    tr.save_model(str(tmp_path / "wrn"))
+    card = open(tmp_path / "wrn" / "README.md").read()
+    assert "copy in the official FFSD code differs: its convs have biases" in card and "`momentum=0.9`" in card

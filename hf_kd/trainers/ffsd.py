@@ -26,18 +26,20 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers.training_args import OptimizerNames
 
 from ..losses.ffsd import diversity_target, ffsd_losses, lambda_warmup
+from ..metrics import ClassificationMetrics
 from ..models import TimmStudent
 from ..models.student import MissingStagesError
 from ..modules.ffsd import FusionModule, SelfDistillationDecoder, TransFusionModule
 from .base import DistillationArguments, DistillationModel, DistillationTrainer
 
-__all__ = ["FFSDArguments", "FFSDModel", "FFSDTrainer", "CompositeOptimizer"]
+__all__ = ["FFSDArguments", "FFSDModel", "FFSDTrainer", "FFSDMetrics", "CompositeOptimizer"]
 
 
 @dataclass
@@ -260,12 +262,39 @@ class CompositeOptimizer(torch.optim.Optimizer):
         return f"{type(self).__name__}(\n{inner}\n)"
 
 
+class FFSDMetrics(ClassificationMetrics):
+    """Top-1/top-5 of every head (leader first, students 0..M-1, fusion module, ``ensemble`` = the students' mean
+    logits) and the two student summaries of the official test log:
+
+    - ``students_average_top{k}``: the mean of the common students' accuracies (official "Average Acc");
+    - ``students_oracle_top{k}``: a sample counts when *any* common student ranks its label in its top k. The official
+      ``utils.ensemble_accuracy`` (printed as "Ensemble Acc") adds the students' boolean hit masks, which is this
+      logical OR; it is an upper bound, not an ensemble prediction, hence the separate name.
+    """
+
+    def __init__(self, head_names: Sequence[str], num_students: int):
+        super().__init__(head_names)
+        self.num_students = num_students
+
+    def __call__(self, eval_pred) -> dict:
+        out = super().__call__(eval_pred)
+        preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, (tuple, list)) else \
+            eval_pred.predictions
+        ranked, labels = np.asarray(preds)[:, 1:1 + self.num_students], np.asarray(eval_pred.label_ids)
+        for k in (1, 5):
+            hits = (ranked[..., :k] == labels[:, None, None]).any(-1)  # (N, M): student m has the label in its top k
+            out[f"students_average_top{k}"] = float(hits.mean())
+            out[f"students_oracle_top{k}"] = float(hits.any(1).mean())
+        return out
+
+
 class FFSDTrainer(DistillationTrainer):
     """FFSD: M common students, a fusion module, and a leader (the model passed in, the one exported).
 
     Evaluation reports the leader as ``top1``/``top5`` and ``student{m}_top1``, ``fusion_top1``, ``ensemble_top1``
-    (mean of the common students' logits) beside it. The lambdas warm up per epoch from the 1-based epoch at the
-    start of the epoch, as the official ``lambda_warmup``.
+    (mean of the common students' logits) beside it, plus the official log's student average and any-student
+    ("oracle") accuracies (``FFSDMetrics``). The lambdas warm up per epoch from the 1-based epoch at the start of the
+    epoch, as the official ``lambda_warmup``.
     """
 
     args_class = FFSDArguments
@@ -288,6 +317,8 @@ class FFSDTrainer(DistillationTrainer):
         if isinstance(model, DistillationModel) and not isinstance(model, FFSDModel):
             raise TypeError(f"FFSDTrainer needs a TimmStudent (the leader) or an FFSDModel, got {type(model).__name__}")
         self._num_students = model.num_students if isinstance(model, FFSDModel) else getattr(args, "num_students", 2)
+        if kwargs.get("compute_metrics") is None:
+            kwargs["compute_metrics"] = FFSDMetrics(self.eval_head_names, self._num_students)
         super().__init__(model=model, args=args, **kwargs)
         if self.accelerator.unwrap_model(self.model).num_students != self.args.num_students:
             raise ValueError(f"The FFSDModel has {self._num_students} common students but num_students is "
