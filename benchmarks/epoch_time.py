@@ -20,10 +20,11 @@ import tempfile
 import time
 
 import torch
-from transformers import Trainer, TrainingArguments
+from throughput import PlainTrainer  # benchmarks/ is on sys.path when this script runs
+from transformers import TrainingArguments
 
 import hf_kd
-from hf_kd.data import BatchAugment, InMemoryImages
+from hf_kd.data import BatchAugment, ImageCollator, InMemoryImages
 from hf_kd.data.loading import CIFAR100_MEAN, CIFAR100_STD
 from hf_kd.recipes import parse_args
 
@@ -70,14 +71,8 @@ def main():
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
 
-        def collate(batch):
-            x = aug(batch["pixel_values"].cuda() if torch.cuda.is_available() and not args.use_cpu
-                    else batch["pixel_values"], train=True)
-            if args.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return {"pixel_values": x, "labels": batch["labels"]}
-
-        t = Trainer(model=model, args=plain_args, train_dataset=train, data_collator=collate)
+        t = PlainTrainer(model=model, args=plain_args, train_dataset=train, data_collator=ImageCollator(),
+                         augmentation=aug, channels_last=args.channels_last)
         start = time.perf_counter()
         t.train()
         rows.append(("plain Trainer (CE), same student", time.perf_counter() - start))

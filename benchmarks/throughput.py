@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import hf_kd
-from hf_kd.data import BatchAugment, InMemoryImages
+from hf_kd.data import BatchAugment, ImageCollator, InMemoryImages
 from hf_kd.data.loading import CIFAR100_MEAN, CIFAR100_STD
 
 
@@ -82,14 +82,19 @@ class StepTimer(TrainerCallback):
             self.elapsed = time.perf_counter() - self.start
 
 
-class NormalizeCollator:
-    """For the plain Trainer: uint8 batch -> normalised float (no random augmentation)."""
+class PlainTrainer(Trainer):
+    """The baseline: stock ``Trainer`` and the student's own CE loss, fed exactly like the hf_kd trainers (uint8 batch
+    moved to the device, then the same batched crop/flip + normalisation there), so only the method differs."""
 
-    def __init__(self, mean, std):
-        self.aug = BatchAugment(mean, std, "none")
+    def __init__(self, *args, augmentation: BatchAugment, channels_last: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.augmentation, self.channels_last = augmentation, channels_last
 
-    def __call__(self, batch):
-        return {"pixel_values": self.aug(batch["pixel_values"], train=False), "labels": batch["labels"]}
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        x = self.augmentation(inputs["pixel_values"], train=self.model.training)
+        inputs["pixel_values"] = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return inputs
 
 
 def run_one(name, make_trainer, opts, timer):
@@ -143,9 +148,10 @@ def main():
         model = student()
         if opts.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        return Trainer(model=model, args=TrainingArguments(**common, remove_unused_columns=False),
-                       train_dataset=train, data_collator=NormalizeCollator(CIFAR100_MEAN, CIFAR100_STD),
-                       callbacks=[timer])
+        return PlainTrainer(model=model, args=TrainingArguments(**common, remove_unused_columns=False),
+                            train_dataset=train, data_collator=ImageCollator(),
+                            augmentation=BatchAugment(CIFAR100_MEAN, CIFAR100_STD, "cifar"),
+                            channels_last=opts.channels_last, callbacks=[timer])
 
     rows = [run_one("plain Trainer (CE)", plain, opts, StepTimer(opts.warmup, opts.steps, opts.device, True))]
     registry = method_registry()

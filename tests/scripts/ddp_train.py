@@ -14,13 +14,20 @@ import torch
 import hf_kd
 from hf_kd.data import load_image_data
 
+# name -> (module, trainer class, needs a teacher, student architecture, extra method arguments)
 TRAINERS = {
-    "supervised": ("hf_kd.trainers.kd", "SupervisedTrainer", False),
-    "kd": ("hf_kd.trainers.kd", "KDTrainer", True),
-    "projector_kd": ("hf_kd.trainers.projector_kd", "ProjectorKDTrainer", True),
-    "ffsd": ("hf_kd.trainers.ffsd", "FFSDTrainer", False),
-    "self_kd": ("hf_kd.trainers.self_kd", "SelfKDTrainer", False),
-    "mixskd": ("hf_kd.trainers.mixskd", "MixSKDTrainer", False),
+    "supervised": ("hf_kd.trainers.kd", "SupervisedTrainer", False, "cifar_resnet8x4", {}),
+    "kd": ("hf_kd.trainers.kd", "KDTrainer", True, "cifar_resnet8x4", {}),
+    "projector_kd": ("hf_kd.trainers.projector_kd", "ProjectorKDTrainer", True, "cifar_resnet8x4", {}),
+    "ffsd": ("hf_kd.trainers.ffsd", "FFSDTrainer", False, "cifar_resnet20", {}),
+    # without the terms whose targets come from the decoders in eval mode: their BN running statistics are updated
+    # once per micro-batch under accumulation but once per step (rank 0's, broadcast) under DDP
+    "ffsd_no_decoder_targets": ("hf_kd.trainers.ffsd", "FFSDTrainer", False, "cifar_resnet20",
+                                {"lambda_fusion": 0.0, "lambda_diversity": 0.0}),
+    # DSR's previous batch is per process (DDP) or per micro-batch (accumulation): parity only without it
+    "self_kd_drg": ("hf_kd.trainers.self_kd", "SelfKDTrainer", False, "cifar_resnet8x4", {"use_dsr": False}),
+    "self_kd": ("hf_kd.trainers.self_kd", "SelfKDTrainer", False, "cifar_resnet8x4", {}),
+    "mixskd": ("hf_kd.trainers.mixskd", "MixSKDTrainer", False, "cifar_resnet8x4", {}),
 }
 
 
@@ -29,19 +36,16 @@ def main(out: str, grad_accum: int, names: list[str]):
 
     data = load_image_data("digits", max_train_samples=96, max_eval_samples=16)
     for name in names:
-        module, cls_name, needs_teacher = TRAINERS[name]
+        module, cls_name, needs_teacher, arch, extra = TRAINERS[name]
         cls = getattr(importlib.import_module(module), cls_name)
         torch.manual_seed(0)
-        arch = "cifar_resnet18" if name in ("self_kd", "mixskd") else "cifar_resnet8x4"
-        kwargs = {"model_args": {"stem_act": False}} if name == "mixskd" else {}
-        student = hf_kd.create_student(arch, data.num_labels, data.label_names, mean=data.mean, std=data.std,
-                                       **kwargs)
+        student = hf_kd.create_student(arch, data.num_labels, data.label_names, mean=data.mean, std=data.std)
         torch.manual_seed(1)
         teacher = hf_kd.create_student("cifar_resnet20", data.num_labels, data.label_names) if needs_teacher else None
         args = cls.args_class(output_dir=os.path.join(out, name), max_steps=3, per_device_train_batch_size=8,
                               gradient_accumulation_steps=grad_accum, report_to=[], save_strategy="no",
                               logging_steps=1, seed=0, optim="sgd", optim_args="momentum=0.9", learning_rate=0.05,
-                              dataloader_drop_last=True, use_cpu=True, disable_tqdm=True)
+                              dataloader_drop_last=True, use_cpu=True, disable_tqdm=True, **extra)
         trainer = cls(model=student, teacher=teacher, args=args, train_dataset=data.train, eval_dataset=data.eval,
                       augmentation=data.batch_augment("none"))
         trainer.train()
