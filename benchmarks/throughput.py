@@ -178,7 +178,8 @@ def main():
         ratio = r["sec_per_step"] / base["sec_per_step"]
         fl = r["flops"] / base["flops"] if r["flops"] and base["flops"] else float("nan")
         print(f"| {r['name']} | {r['img_s']:.0f} | {r['sec_per_step'] * 1e3:.1f} | {ratio:.2f} | "
-              f"{(r['flops'] or 0) / 1e9:.2f} | {fl:.2f} | {ratio / fl:.2f} | {r['peak_mib']:.0f} |")
+              f"{(r['flops'] or 0) / 1e9:.2f} | {fl:.2f} | {ratio / fl:.2f} | "
+              f"{'-' if r['peak_mib'] != r['peak_mib'] else round(r['peak_mib'])} |")  # peak memory: CUDA only
 
 
 if __name__ == "__main__":

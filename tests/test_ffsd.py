@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
 import hf_kd  # noqa: F401
-from hf_kd.data import ImageCollator, load_image_data
+from hf_kd.data import ImageCollator
 from hf_kd.losses.ffsd import (attention_loss, attention_map, decoder_loss, diversity_loss, diversity_target,
                                dml_loss, ffsd_losses, fusion_module_loss, lambda_warmup, leader_fusion_loss,
                                self_distillation_loss, shifted_attention, trans_fusion_loss)
@@ -29,18 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])  # stages (8,32,32), (16,16,16), (32,8,8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is faster than two oversubscribed ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_image_data("digits", max_train_samples=64, max_eval_samples=32)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(data, seed=0, model_args=TINY):
@@ -366,19 +355,6 @@ def test_trainer_step_updates_each_module_with_its_own_optimizer_settings(data, 
     assert [g["weight_decay"] for g in groups] == [1e-4, 1e-5, 1e-4]
     assert {id(p) for p in groups[1]["params"]} == fusion_ids
     assert groups[0]["nesterov"] and groups[0]["momentum"] == 0.9 and "betas" in groups[2]
-
-
-def test_gradient_accumulation_averages_the_micro_batches(data, tmp_path):
-    """compute_loss returns a batch mean and ignores num_items_in_batch, so the Trainer must divide by the
-    accumulation steps (it would not, and would sum the gradients, if the model claimed to take loss kwargs)."""
-    tr = make_trainer(data, tmp_path, gradient_accumulation_steps=2)
-    assert tr.model_accepts_loss_kwargs is False
-    x, y = batch(data, 8)
-    inputs = {"pixel_values": x, "labels": y}
-    ref = tr.compute_loss(copy.deepcopy(tr.model).train(), inputs)
-    tr.current_gradient_accumulation_steps = 2
-    got = tr.training_step(tr.model, dict(inputs), num_items_in_batch=torch.tensor(len(y)))
-    assert got.item() == pytest.approx(ref.item() / 2, rel=1e-6)
 
 
 # --- composite optimizer ----------------------------------------------------------------------------------------------

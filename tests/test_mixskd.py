@@ -1,6 +1,5 @@
 """MixSKD / MixSKDTrainer: losses on hand-built tensors, mixup pairing, modules, training step, export, resume."""
 
-import copy
 import json
 import math
 import os
@@ -14,7 +13,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
 import hf_kd  # noqa: F401
-from hf_kd.data import load_image_data
 from hf_kd.losses.mixskd import (discriminator_bce, discriminator_targets, draw_mixup, interpolate,
                                  mixskd_classification, mixskd_feature_mse, mixskd_kl, mixup_cross_entropy,
                                  mixup_images)
@@ -28,17 +26,7 @@ TINY = dict(stem_act=False, channels=[8, 8, 16, 16, 32], blocks=[1, 1, 1, 1])
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_image_data("digits", max_train_samples=64, max_eval_samples=32)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(data, seed=0, model_args=TINY):
@@ -142,19 +130,6 @@ def test_each_micro_batch_of_a_step_draws_its_own_mixup(data, tmp_path, monkeypa
     # the draw index is per process: process p, micro-batch i -> k = p * gradient_accumulation_steps + i
     monkeypatch.setattr(MixSKDArguments, "process_index", property(lambda self: 1))
     assert trainer.mixup_key(0)[2] == 2 and trainer.mixup_key(1)[2] == 3
-
-
-def test_gradient_accumulation_averages_the_micro_batches(data, tmp_path):
-    """compute_loss returns batch means and ignores num_items_in_batch, so the Trainer must divide by the
-    accumulation steps (it would sum the micro-batch gradients if the model claimed to take loss kwargs)."""
-    trainer = make_trainer(data, tmp_path, gradient_accumulation_steps=2)
-    assert trainer.model_accepts_loss_kwargs is False
-    inputs = batch(data)
-    ref = trainer.compute_loss(copy.deepcopy(trainer.model).train(), dict(inputs))
-    trainer._mixup_position = None  # the same draw (micro-batch 0 of step 0) again
-    trainer.current_gradient_accumulation_steps = 2
-    got = trainer.training_step(trainer.model, dict(inputs), num_items_in_batch=torch.tensor(8))
-    assert got.item() == pytest.approx(ref.item() / 2, rel=1e-5)
 
 
 def test_trainer_forwards_originals_then_their_mixup_in_one_call(data, tmp_path, monkeypatch):

@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
 import hf_kd  # noqa: F401
-from hf_kd.data import load_image_data
 from hf_kd.losses.projector_kd import projector_cosine_loss
 from hf_kd.models import create_student
 from hf_kd.modules.projector_kd import ProjectorEnsemble
@@ -21,18 +20,7 @@ TINY_S = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])  # d_s = 32
 TINY_T = dict(channels=[8, 8, 16, 16], blocks=[1, 1, 1])  # d_t = 16 (differs from d_s)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two oversubscribed ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_image_data("digits", max_train_samples=64, max_eval_samples=32)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(data, model_args, seed=0, label_names=None, num_labels=None):

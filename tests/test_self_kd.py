@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
 import hf_kd  # noqa: F401
-from hf_kd.data import BatchAugment, load_image_data
+from hf_kd.data import BatchAugment
 from hf_kd.losses.self_kd import drg_loss, dsr_loss, sorted_logits
 from hf_kd.models import create_student
 from hf_kd.models.student import MissingStagesError
@@ -26,18 +26,7 @@ TINY = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])
 LN2 = math.log(2.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two oversubscribed ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_image_data("digits", max_train_samples=64, max_eval_samples=32)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(data, seed=0, arch="cifar_resnet20", model_args=TINY):
@@ -223,30 +212,6 @@ def test_adapter_ce_trains_the_layers_under_its_stage(data, tmp_path):
         assert named[k].grad is not None and named[k].grad.abs().sum() > 0, k
     for k in ("student.timm_model.stages.2.0.conv1.weight", "student.timm_model.fc.weight"):
         assert named[k].grad is None, k
-
-
-def test_gradient_accumulation_averages_micro_batches(data, tmp_path):
-    # compute_loss returns per-batch means: with k micro-batches per step each must be divided by k before backward.
-    # transformers skips that division when the model's forward takes **kwargs, unless accepts_loss_kwargs is False.
-    tr = make_trainer(data, tmp_path, max_steps=1, gradient_accumulation_steps=2)
-    assert tr.model_accepts_loss_kwargs is False
-    seen = []
-    compute, backward = tr.compute_loss, tr.accelerator.backward
-
-    def record_compute(*a, **k):
-        loss = compute(*a, **k)
-        seen.append(("loss", loss.item()))
-        return loss
-
-    def record_backward(loss, **k):
-        seen.append(("backward", loss.item()))
-        return backward(loss, **k)
-
-    tr.compute_loss, tr.accelerator.backward = record_compute, record_backward
-    tr.train()
-    assert [k for k, _ in seen] == ["loss", "backward"] * 2
-    for (_, loss), (_, backed) in zip(seen[::2], seen[1::2]):
-        assert backed == pytest.approx(loss / 2, rel=1e-6)
 
 
 def test_switches(data, tmp_path):

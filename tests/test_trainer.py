@@ -12,10 +12,7 @@ from transformers import AutoModelForImageClassification, TrainerCallback
 from hf_kd import (DistillationArguments, KDArguments, KDTrainer, SupervisedTrainer, create_student, kd_kl_div,
                    load_image_data)
 
-
-@pytest.fixture(scope="module")
-def data():
-    return load_image_data("digits", max_train_samples=64, max_eval_samples=32)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def student(data, arch="cifar_resnet8x4", seed=0):
