@@ -142,6 +142,31 @@ def test_round_trip_fresh_process(exported, tmp_path):
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
+def test_timm_arch_export_loads_without_hf_kd(tmp_path):
+    """A student on an architecture timm ships loads in a fresh process with transformers and timm alone: hf_kd is
+    never imported there (its cifar_* archs, by contrast, need `import hf_kd`)."""
+    torch.manual_seed(0)
+    student = create_student("resnet10t", 3, ["cat", "dog", "fox"], input_size=(3, 64, 64)).eval()
+    student.save_pretrained(tmp_path / "m")
+    x = torch.randn(2, 3, 64, 64)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(student(x).logits, tmp_path / "ref.pt")
+    code = textwrap.dedent(f"""
+        import sys, timm, torch
+        from transformers import AutoModelForImageClassification
+        d = {str(tmp_path / 'm')!r}
+        x, ref = torch.load({str(tmp_path / 'x.pt')!r}), torch.load({str(tmp_path / 'ref.pt')!r})
+        with torch.no_grad():
+            assert torch.equal(AutoModelForImageClassification.from_pretrained(d).eval()(x).logits, ref)
+            assert torch.equal(timm.create_model("local-dir:" + d, pretrained=True).eval()(x), ref)
+        assert "hf_kd" not in sys.modules
+        print("OK")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
 @pytest.mark.parametrize("arch, kwargs, n_min", [
     ("resnet18", {}, 5),
     ("wide_resnet50_2", {}, 5),
