@@ -132,7 +132,7 @@ def build_teacher(model_args: ModelArguments, data, training_args):
             learning_rate=training_args.learning_rate, optim=training_args.optim, optim_args=training_args.optim_args,
             weight_decay=training_args.weight_decay, lr_scheduler_type="cosine", eval_strategy="no",
             save_strategy="no", report_to=[], seed=training_args.seed, use_cpu=training_args.use_cpu,
-            bf16=training_args.bf16, logging_steps=training_args.logging_steps,
+            bf16=training_args.bf16, fp16=training_args.fp16, logging_steps=training_args.logging_steps,
             dataloader_drop_last=training_args.dataloader_drop_last)
         trainer = SupervisedTrainer(model=build_student(model_args, data, model_args.teacher_architecture),
                                     args=targs, train_dataset=data.train, eval_dataset=data.eval,

@@ -250,6 +250,18 @@ def test_bf16_teacher_and_channels_last(data, teacher, tmp_path):
     assert all(p.dtype == torch.float32 for p in tr.model.parameters())
 
 
+def test_teacher_follows_accelerate_launch_mixed_precision(data, teacher, tmp_path, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` sets ACCELERATE_MIXED_PRECISION, not --bf16: the teacher is still
+    held in bf16."""
+    import copy
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    tr = KDTrainer(model=student(data), teacher=copy.deepcopy(teacher), args=kd_args(tmp_path, max_steps=1),
+                   train_dataset=data.train, augmentation=data.batch_augment())
+    assert not tr.args.bf16 and tr.args.mixed_precision == "bf16"
+    assert all(p.dtype == torch.bfloat16 for p in tr.teacher.parameters())
+
+
 def test_sync_batchnorm_is_a_clear_error_on_cpu_and_a_no_op_in_one_process(data, tmp_path, monkeypatch):
     """SyncBatchNorm needs GPUs: a multi-process CPU run says so; one process keeps plain BatchNorm."""
     tr = SupervisedTrainer(model=student(data), args=DistillationArguments(

@@ -153,8 +153,10 @@ class DistillationTrainer(Trainer):
         if teacher is not None:
             teacher = teacher.eval().requires_grad_(False)
             # a frozen teacher only runs forward: keep it in the mixed-precision dtype, no fp32 copy on the device
-            if args.bf16 or args.fp16:
-                teacher = teacher.to(torch.bfloat16 if args.bf16 else torch.float16)
+            # (--bf16/--fp16, or `accelerate launch --mixed_precision ...`, which TrainingArguments reads)
+            precision = args.mixed_precision
+            if precision in ("bf16", "fp16"):
+                teacher = teacher.to(torch.bfloat16 if precision == "bf16" else torch.float16)
             if args.channels_last:
                 teacher = teacher.to(memory_format=torch.channels_last)
             self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
