@@ -250,6 +250,30 @@ def test_bf16_teacher_and_channels_last(data, teacher, tmp_path):
     assert all(p.dtype == torch.float32 for p in tr.model.parameters())
 
 
+def test_channels_last_checkpoint_and_exact_resume(data, teacher, tmp_path):
+    """channels_last conv weights are not contiguous, which safetensors refuses: checkpoints must still be written,
+    resume exactly and export a loadable student."""
+    import copy
+
+    def run(max_steps, resume=None):
+        torch.manual_seed(0)
+        tr = KDTrainer(model=student(data), teacher=copy.deepcopy(teacher), train_dataset=data.train,
+                       args=kd_args(tmp_path, max_steps=max_steps, channels_last=True, save_strategy="steps",
+                                    save_steps=2), augmentation=data.batch_augment())
+        tr.train(resume_from_checkpoint=resume)
+        return tr
+
+    straight = run(4)
+    state = {k: v.clone() for k, v in straight.student.state_dict().items()}
+    resumed = run(4, resume=str(tmp_path / "checkpoint-2"))
+    for k, v in resumed.student.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    resumed.save_model(str(tmp_path / "export"))
+    loaded = AutoModelForImageClassification.from_pretrained(str(tmp_path / "export"))
+    for k, v in loaded.timm_model.state_dict().items():
+        assert torch.equal(v, state["timm_model." + k]), k
+
+
 def test_teacher_follows_accelerate_launch_mixed_precision(data, teacher, tmp_path, monkeypatch):
     """`accelerate launch --mixed_precision bf16` sets ACCELERATE_MIXED_PRECISION, not --bf16: the teacher is still
     held in bf16."""

@@ -280,6 +280,8 @@ class DistillationTrainer(Trainer):
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
         if self._in_checkpoint:  # full trainable state, for an exact resume
+            if state_dict is None:  # safetensors refuses non-contiguous tensors, e.g. channels_last conv weights
+                state_dict = {k: v.contiguous() for k, v in self.model.state_dict().items()}
             return super()._save(output_dir, state_dict)
         self.export_student(output_dir or self.args.output_dir)
 
