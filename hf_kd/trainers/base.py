@@ -154,7 +154,8 @@ class DistillationTrainer(Trainer):
             teacher = teacher.eval().requires_grad_(False)
             # a frozen teacher only runs forward: keep it in the mixed-precision dtype, no fp32 copy on the device
             # (--bf16/--fp16, or `accelerate launch --mixed_precision ...`, which TrainingArguments reads)
-            precision = args.mixed_precision
+            precision = getattr(args, "mixed_precision", None) or (
+                "bf16" if args.bf16 else "fp16" if args.fp16 else "no")
             if precision in ("bf16", "fp16"):
                 teacher = teacher.to(torch.bfloat16 if precision == "bf16" else torch.float16)
             if args.channels_last:
