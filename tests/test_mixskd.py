@@ -396,8 +396,8 @@ def test_teacher_rejected_and_bad_arguments(data, tmp_path):
 
 
 def test_export_is_the_backbone_alone_and_eval_reports_it_first(data, tmp_path):
-    trainer = make_trainer(data, tmp_path / "run", max_steps=2, normalize_mean=[0.5071, 0.4867, 0.4408],
-                           normalize_std=[0.2675, 0.2565, 0.2761])
+    trainer = make_trainer(data, tmp_path / "run", max_steps=2, norm_mean=[0.5071, 0.4867, 0.4408],
+                           norm_std=[0.2675, 0.2565, 0.2761])
     trainer.train()
     metrics = trainer.evaluate()
     assert {"eval_top1", "eval_branch1_top1", "eval_branch2_top1", "eval_branch3_top1"} <= set(metrics)
@@ -450,4 +450,4 @@ def test_preset_parses_to_the_official_cifar_recipe():
     assert args.lr_milestones == [105, 155] and args.warmup_epochs == 5 and args.num_train_epochs == 205
     assert "nesterov=True" in args.optim_args and args.mixup_alpha == 0.4 and args.temperature == 3.0
     assert args.discriminator == "fixed" and args.mixup_ce and not args.dataloader_drop_last
-    assert args.normalize_mean == [0.5071, 0.4867, 0.4408] and args.normalize_std == [0.2675, 0.2565, 0.2761]
+    assert args.norm_mean == [0.5071, 0.4867, 0.4408] and args.norm_std == [0.2675, 0.2565, 0.2761]

@@ -338,3 +338,18 @@ def test_no_gradient_clipping_by_default():
     for name in ["DistillationArguments", "KDArguments", "ProjectorKDArguments", "FFSDArguments", "SelfKDArguments",
                  "MixSKDArguments"]:
         assert getattr(hf_kd, name)(output_dir="x").max_grad_norm == 0.0, name
+
+
+def test_norm_mean_std_override_reaches_training_and_export(data, tmp_path):
+    """--norm_mean/--norm_std (any trainer): the step normalises with them and the export carries them exactly."""
+    mean, std = [0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261]
+    tr = SupervisedTrainer(model=student(data), args=DistillationArguments(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, norm_mean=mean, norm_std=std),
+        train_dataset=data.train, augmentation=data.batch_augment())
+    assert tr.augmentation.kind == data.batch_augment().kind
+    torch.testing.assert_close(tr.augmentation.mean.flatten(), torch.tensor(mean))
+    tr.save_model()
+    cfg = AutoModelForImageClassification.from_pretrained(str(tmp_path)).config.pretrained_cfg
+    assert cfg["mean"] == mean and cfg["std"] == std
+    with pytest.raises(ValueError, match="norm_mean and norm_std"):
+        DistillationArguments(output_dir=str(tmp_path), norm_mean=mean)

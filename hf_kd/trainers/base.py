@@ -57,12 +57,26 @@ class DistillationArguments(TrainingArguments):
         default=None, metadata={"help": "Override the data's batched augmentation: cifar | imagenet | none."})
     pad_mode: Optional[str] = field(
         default=None, metadata={"help": "Padding of the random crop: constant (zeros) | reflect."})
+    norm_mean: Optional[list[float]] = field(
+        default=None, metadata={"help": "Normalisation mean overriding the data's, one value per channel (a "
+                                        "paper's statistics); written into the exported config."})
+    norm_std: Optional[list[float]] = field(
+        default=None, metadata={"help": "Normalisation std overriding the data's (give it with norm_mean)."})
     channels_last: bool = field(
         default=False, metadata={"help": "Run every network (student, aux modules, teacher) and the input batch in "
                                          "channels_last memory format (faster convolutions on recent GPUs)."})
     sync_batchnorm: bool = field(
         default=False, metadata={"help": "Multi-GPU: convert every BatchNorm of the trained modules to "
                                          "SyncBatchNorm (batch statistics over all processes). GPU only."})
+
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.norm_mean is None) != (self.norm_std is None):
+            raise ValueError("Give both norm_mean and norm_std (or neither).")
+        if self.norm_mean is not None and (len(self.norm_mean) != len(self.norm_std) or min(self.norm_std) <= 0):
+            raise ValueError(f"norm_mean/norm_std need one value per channel each and std > 0, got "
+                             f"{self.norm_mean}, {self.norm_std}")
 
 
 class DistillationModel(nn.Module):
@@ -135,14 +149,15 @@ class DistillationTrainer(Trainer):
         student_cfg = wrapper.student.config.pretrained_cfg
         if augmentation is None:
             augmentation = BatchAugment(student_cfg["mean"], student_cfg["std"], "none")
-        if args.augmentation or args.pad_mode:
-            augmentation = BatchAugment(augmentation.mean.flatten().tolist(), augmentation.std.flatten().tolist(),
+        if args.augmentation or args.pad_mode or args.norm_mean:
+            augmentation = BatchAugment(args.norm_mean or augmentation.mean.flatten().tolist(),
+                                        args.norm_std or augmentation.std.flatten().tolist(),
                                         args.augmentation or augmentation.kind, augmentation.padding,
                                         args.pad_mode or augmentation.pad_mode)
         self.augmentation = augmentation
         # what the model sees at train time is what pipeline must feed it: the processor reads pretrained_cfg
-        student_cfg["mean"] = augmentation.mean.flatten().tolist()
-        student_cfg["std"] = augmentation.std.flatten().tolist()
+        student_cfg["mean"] = [float(v) for v in args.norm_mean or augmentation.mean.flatten().tolist()]
+        student_cfg["std"] = [float(v) for v in args.norm_std or augmentation.std.flatten().tolist()]
         super().__init__(
             model=wrapper, args=args, data_collator=data_collator or ImageCollator(),
             compute_metrics=compute_metrics or ClassificationMetrics(self.eval_head_names),

@@ -71,10 +71,6 @@ class FFSDArguments(DistillationArguments):
                                                                 "trans-fusion branch."})
     optim: Union[OptimizerNames, str] = field(default="sgd", metadata={"help": "Optimizer of the networks."})
     optim_args: Optional[str] = field(default="momentum=0.9,nesterov=True", metadata={"help": "Its arguments."})
-    max_grad_norm: float = field(default=0.0, metadata={
-        "help": "Gradient clipping; 0 = off, as the official code. Clipping the joint norm of all modules would "
-                "couple their updates, which the official per-module optimizers never do."})
-
     def __post_init__(self):
         super().__post_init__()
         if self.num_students < 2:
@@ -106,11 +102,6 @@ class FFSDModel(DistillationModel):
     Feature maps are the last 3 stages of ``forward_kd(...).stages``: for cifar_resnet* layer1/2/3, for cifar_wrn_*
     block1, block2 and relu(bn(block3)) -- the maps the official code hooks.
     """
-
-    # compute_loss returns a per-batch mean and ignores num_items_in_batch: without this, transformers sees
-    # ``**kwargs`` in forward, assumes the loss is already scaled for gradient accumulation and sums the micro-batch
-    # gradients instead of averaging them (HF_NOTES §1.1 advises it too).
-    accepts_loss_kwargs = False
 
     def __init__(self, student: TimmStudent, students: Sequence[TimmStudent], trans_fusion: TransFusionModule,
                  fusion: FusionModule, decoders: Sequence[SelfDistillationDecoder],

@@ -65,23 +65,12 @@ class MixSKDArguments(DistillationArguments):
         "help": "Add L_mixcls (mixup CE of every head and of the self-teacher) to the total, as the official ImageNet "
                 "script (default). False = the released CIFAR script: logged only, the self-teacher stays random."})
     discriminator_hidden: int = field(default=128, metadata={"help": "Hidden width of each discriminator MLP."})
-    normalize_mean: Optional[list[float]] = field(default=None, metadata={
-        "help": "Override the data's normalisation mean (3 floats); Self-KD-Lib's CIFAR-100: 0.5071 0.4867 0.4408."})
-    normalize_std: Optional[list[float]] = field(default=None, metadata={
-        "help": "Override the data's normalisation std (3 floats), e.g. Self-KD-Lib's CIFAR-100 0.2675 0.2565 0.2761."})
-
     def __post_init__(self):
         super().__post_init__()
         if self.discriminator not in DISCRIMINATOR_MODES:
             raise ValueError(f"discriminator must be one of {DISCRIMINATOR_MODES}, got '{self.discriminator}'")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if (self.normalize_mean is None) != (self.normalize_std is None):
-            raise ValueError("give both normalize_mean and normalize_std, or neither")
-        for name in ("normalize_mean", "normalize_std"):
-            v = getattr(self, name)
-            if v is not None and len(v) != 3:
-                raise ValueError(f"{name} needs 3 values (R G B), got {v}")
 
 
 @dataclass
@@ -110,11 +99,6 @@ class MixSKDModel(DistillationModel):
     """The backbone (``student``, exported) + ``aux``: ``branches`` (N-1 ``AuxiliaryBranch``), ``self_teacher``
     (``SelfTeacher``) and, unless discriminator="off", ``discriminators`` (N ``Discriminator``; frozen with
     requires_grad=False when "fixed": never optimised, but registered so that checkpoints hold them)."""
-
-    # compute_loss returns per-batch means and ignores num_items_in_batch. Without this, transformers sees **kwargs in
-    # forward, takes the loss as already scaled for gradient accumulation and SUMS the micro-batch gradients instead
-    # of averaging them (gradient_accumulation_steps=2 would then double the step of 2 DDP processes).
-    accepts_loss_kwargs = False
 
     def __init__(self, student: TimmStudent, num_classes: int, discriminator: str = "fixed",
                  discriminator_hidden: int = 128, train_self_teacher: bool = True):
@@ -219,12 +203,6 @@ class MixSKDTrainer(DistillationTrainer):
                              "is built from the backbone's own features).")
         if isinstance(model, MixSKDModel):
             self._head_names = model.head_names
-        if args is not None and getattr(args, "normalize_mean", None) is not None and model is not None:
-            # Workaround: DistillationArguments has no mean/std override; rebuild the augmentation here (the base
-            # then writes these values into the exported config's pretrained_cfg).
-            base = augmentation or BatchAugment([0.0] * 3, [1.0] * 3, "none")
-            augmentation = BatchAugment(args.normalize_mean, args.normalize_std, base.kind, base.padding,
-                                        base.pad_mode)
         super().__init__(model=model, args=args, teacher=None, augmentation=augmentation, **kwargs)
 
     def build_model(self, student: TimmStudent, args: MixSKDArguments) -> MixSKDModel:

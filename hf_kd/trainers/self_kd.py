@@ -27,11 +27,11 @@ logits of the adapter on the backbone's layer-2 map, T = 4 and s = sort(z) per r
   each apply the shape prior at batch size 128/N.
 - Gradient accumulation: the buffer holds the previous *micro*-batch (the previous forward pass), so k micro-batches
   of B per optimizer step see the same sequence of DSR pairs as a run with batch B; the first micro-batch of each
-  epoch is the one skipped. Each micro-batch loss is divided by k (``SelfKDModel.accepts_loss_kwargs = False``), so
-  the step's gradient is the mean over micro-batches, as for every other hf_kd term.
+  epoch is the one skipped. Each micro-batch loss is divided by k (``DistillationModel.accepts_loss_kwargs = False``),
+  so the step's gradient is the mean over micro-batches, as for every other hf_kd term.
 
 Optimisation as the official code: one SGD over backbone and adapter, weight decay on every parameter, no gradient
-clipping (``max_grad_norm`` defaults to 0 here, not transformers' 1.0).
+clipping (``max_grad_norm`` defaults to 0 in hf_kd, not transformers' 1.0).
 
 Augmentation: LightSKD trains CIFAR with ``RandomResizedCrop(32)`` (scale 0.08-1, ratio 3/4-4/3) + horizontal flip and
 CIFAR-10 normalisation statistics. ``RandomResizedCropAugment`` does that crop batched on the device with torch ops
@@ -93,16 +93,8 @@ class SelfKDArguments(DistillationArguments):
         "help": "LightSKD's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + flip, batched, instead of the data's "
                 "pad-crop. Default (unset): on when the data's batched augmentation is the CIFAR pad-crop and neither "
                 "--augmentation nor --pad_mode is given."})
-    norm_mean: Optional[list[float]] = field(default=None, metadata={
-        "help": "Normalisation mean overriding the data's (LightSKD CIFAR: 0.4914 0.4822 0.4465)."})
-    norm_std: Optional[list[float]] = field(default=None, metadata={
-        "help": "Normalisation std overriding the data's (LightSKD CIFAR: 0.247 0.243 0.261)."})
     dataloader_drop_last: bool = field(default=True, metadata={
         "help": "Drop the last incomplete training batch. Required by DSR (consecutive batches of equal size)."})
-    max_grad_norm: float = field(default=0.0, metadata={
-        "help": "Gradient clipping (0 = none). The official train.py does not clip; transformers' default of 1.0 "
-                "would clip every early step (gradient norms are ~2 at the start on CIFAR-size data)."})
-
     def __post_init__(self):
         super().__post_init__()
         if self.temperature <= 0:
@@ -116,11 +108,6 @@ class SelfKDArguments(DistillationArguments):
                 "LightSKD's DSR compares each training batch with the previous one and needs batches of equal size: "
                 "set dataloader_drop_last=True (--dataloader_drop_last true), as the official loaders do, or turn "
                 "DSR off (use_dsr=False).")
-        if (self.norm_mean is None) != (self.norm_std is None):
-            raise ValueError("Give both norm_mean and norm_std (or neither).")
-        if self.norm_mean is not None and (len(self.norm_mean) != len(self.norm_std) or min(self.norm_std) <= 0):
-            raise ValueError(f"norm_mean/norm_std must have the same length and std > 0, got {self.norm_mean}, "
-                             f"{self.norm_std}")
 
 
 class RandomResizedCropAugment(BatchAugment):
@@ -196,11 +183,6 @@ class RandomResizedCropAugment(BatchAugment):
 class SelfKDModel(DistillationModel):
     """The backbone plus ``aux["adapter"]`` on stage ``stage_index``; forward -> (logits, adapter logits or None)."""
 
-    # compute_loss returns per-batch means and ignores num_items_in_batch. Without this, transformers sees ``**kwargs``
-    # in forward, assumes the loss is already normalised for gradient accumulation, skips its division by the number
-    # of micro-batches, and k accumulated micro-batches give k times the gradient of one batch.
-    accepts_loss_kwargs = False
-
     def __init__(self, student: TimmStudent, adapter: Optional[LightSKDAdapter], stage_index: int):
         super().__init__(student, **({"adapter": adapter} if adapter is not None else {}))
         self.stage_index = stage_index
@@ -261,20 +243,14 @@ class SelfKDTrainer(DistillationTrainer):
         return SelfKDModel(student, LightSKDAdapter(channels, student.config.num_labels), args.adapter_stage)
 
     def _set_lightskd_augmentation(self):
-        """Swap in LightSKD's random-resized crop and/or normalisation statistics (see ``SelfKDArguments``)."""
+        """Swap in LightSKD's random-resized crop (see ``SelfKDArguments``), with the normalisation the base chose
+        (the data's, or ``norm_mean``/``norm_std``), which it has already written into the exported config."""
         a, aug = self.args, self.augmentation
-        mean = list(a.norm_mean) if a.norm_mean is not None else aug.mean.flatten().tolist()
-        std = list(a.norm_std) if a.norm_std is not None else aug.std.flatten().tolist()
         rrc = a.random_resized_crop
         if rrc is None:  # an explicit --augmentation or --pad_mode asks for the data layer's pad-crop
             rrc = aug.kind == "cifar" and not a.augmentation and not a.pad_mode
         if rrc:
-            aug = RandomResizedCropAugment(mean, std)
-        elif a.norm_mean is not None:
-            aug = BatchAugment(mean, std, aug.kind, aug.padding, aug.pad_mode)
-        self.augmentation = aug
-        cfg = self.accelerator.unwrap_model(self.model).student.config.pretrained_cfg
-        cfg["mean"], cfg["std"] = list(mean), list(std)
+            self.augmentation = RandomResizedCropAugment(aug.mean.flatten().tolist(), aug.std.flatten().tolist())
 
     @property
     def adapter(self) -> Optional[LightSKDAdapter]:
