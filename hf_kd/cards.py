@@ -8,7 +8,8 @@ built with ``huggingface_hub.ModelCardData`` + ``EvalResult`` so the Hub shows t
 What the card reads from the trainer (optional attributes are set by ``hf_kd.recipes.run`` or by the user):
 ``method_name``, ``method_title``, ``citation`` and the class docstring; ``student``; ``teacher`` and optional
 ``teacher_name`` / ``teacher_accuracy`` (else read from the teacher's own card when it is a local export or cached);
-optional ``dataset_name`` / ``dataset_split``; ``train_dataset`` / ``eval_dataset`` sizes; ``args`` (every
+optional ``dataset_name`` (id or path) / ``dataset_title`` (shown name) / ``dataset_split`` / ``dataset_subsets``
+(``{"train": description}`` of a subset drawn) / ``data_config`` (data flags for the reproduce YAML); ``train_dataset`` / ``eval_dataset`` sizes; ``args`` (every
 distillation hyperparameter and the non-default training arguments); ``state.log_history`` (final and best
 evaluation); optional ``baseline_metrics`` (the same student trained without distillation, a dict with ``top1`` /
 ``top5`` or ``eval_top1`` / ``eval_top5``, optional ``name``); optional ``command`` (the exact command line).
@@ -97,6 +98,7 @@ def run_config(trainer) -> dict:
         cfg["teacher"] = _teacher_name(trainer)
     if getattr(trainer, "dataset_name", None):
         cfg["dataset"] = trainer.dataset_name
+    cfg.update(getattr(trainer, "data_config", None) or {})
     fields = {f.name: f for f in dataclasses.fields(args) if f.init}
     skip = {"output_dir", "logging_dir", "hub_model_id", "push_to_hub", "resume_from_checkpoint", "do_train",
             "do_eval", "do_predict"}  # do_*: derived by TrainingArguments, not used by Trainer
@@ -242,19 +244,20 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
     cfg = student.config
     arch = cfg.architecture
     final, best = final_and_best(trainer.state.log_history)
-    dataset = getattr(trainer, "dataset_name", None)
+    dataset_id = getattr(trainer, "dataset_name", None)
+    dataset = getattr(trainer, "dataset_title", None) or dataset_id
     split = getattr(trainer, "dataset_split", None)
     repo = getattr(trainer, "hub_model_id", None) or args.hub_model_id or \
         os.path.basename(os.path.abspath(args.output_dir))
     names = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy"}
     eval_results = [EvalResult(task_type="image-classification", task_name="Image Classification",
-                               dataset_type=dataset or "custom", dataset_name=dataset or "custom",
+                               dataset_type=dataset_id or "custom", dataset_name=dataset or "custom",
                                dataset_split=split, metric_type="accuracy", metric_name=names[k],
                                metric_value=round(float(final[k]), 4)) for k in ("top1", "top5") if k in final]
     data = ModelCardData(library_name="transformers", license="apache-2.0", pipeline_tag="image-classification",
                          tags=list(dict.fromkeys(["knowledge-distillation", trainer.method_name, "image-classification",
                                                   "timm", "hf_kd", *getattr(trainer, "card_tags", [])])),
-                         datasets=[dataset] if dataset else None, model_name=repo,
+                         datasets=[dataset_id] if dataset_id else None, model_name=repo,
                          eval_results=eval_results or None)
     teacher = getattr(trainer, "teacher", None)
     teacher_name = _teacher_name(trainer)
@@ -273,7 +276,8 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
         num_labels=cfg.num_labels, labels=[cfg.id2label[i] for i in range(min(cfg.num_labels, 10))],
         input_size=cfg.pretrained_cfg.get("input_size"), mean=_rounded(cfg.pretrained_cfg.get("mean")),
         std=_rounded(cfg.pretrained_cfg.get("std")), needs_hf_kd=arch.startswith("cifar_"),
-        dataset=dataset, dataset_split=split, num_train=_dataset_size(getattr(trainer, "train_dataset", None)),
+        dataset=dataset, dataset_split=split, subsets=getattr(trainer, "dataset_subsets", None) or {},
+        num_train=_dataset_size(getattr(trainer, "train_dataset", None)),
         num_eval=_dataset_size(getattr(trainer, "eval_dataset", None)),
         final={k: f"{v:.4f}" for k, v in final.items() if k in ("top1", "top5")},
         other_heads=[(k, f"{v:.4f}") for k, v in final.items() if k not in ("top1", "top5")],

@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import sys
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -50,14 +51,23 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(default="digits", metadata={
         "help": "digits (offline default) | cifar100 | cifar10 | imagenet-1k | a Hub id | a save_to_disk folder | "
-                "an imagefolder directory."})
+                "a local folder of Hub-layout parquet shards (`hf download <id> --repo-type dataset`) | an "
+                "imagefolder directory."})
+    dataset_title: Optional[str] = field(default=None, metadata={
+        "help": "How the model card and its model-index name the data (default: the --dataset value), e.g. "
+                "'CIFAR-100 (60k pool, stratified 50k/10k re-split)' for a re-split local copy."})
     image_column: Optional[str] = field(default=None, metadata={"help": "Image column (auto-detected)."})
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column (auto-detected)."})
     train_split: Optional[str] = None
     eval_split: Optional[str] = None
     image_size: Optional[int] = None
-    max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
+    max_train_samples: Optional[int] = field(default=None, metadata={
+        "help": "Train on a class-balanced random subset of this many images (drawn with subset_seed)."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={
+        "help": "Evaluate on a class-balanced random subset of this many images (drawn with subset_seed)."})
+    subset_seed: int = field(default=0, metadata={
+        "help": "Seed of the max_*_samples subsets; separate from --seed so runs with different seeds see the "
+                "same images."})
     dataset_cache_dir: Optional[str] = None
     in_memory: Optional[bool] = field(default=None, metadata={
         "help": "Decode small-image splits once into uint8 tensors (the fast path). Default: on when a GPU is "
@@ -102,7 +112,7 @@ def load_data(data_args: DataArguments, seed: int = 0):
         data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column,
         train_split=data_args.train_split, eval_split=data_args.eval_split, image_size=data_args.image_size,
         max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
-        cache_dir=data_args.dataset_cache_dir, seed=seed)
+        subset_seed=data_args.subset_seed, cache_dir=data_args.dataset_cache_dir, seed=seed)
     in_memory = data_args.in_memory
     if in_memory is None:
         import torch
@@ -137,11 +147,25 @@ def build_teacher(model_args: ModelArguments, data, training_args):
         trainer = SupervisedTrainer(model=build_student(model_args, data, model_args.teacher_architecture),
                                     args=targs, train_dataset=data.train, eval_dataset=data.eval,
                                     augmentation=data.batch_augment())
-        trainer.dataset_name = data.source.get("dataset")
+        describe_data(trainer, data)
         trainer.train()
         trainer.evaluate()
         trainer.save_model()
     return load_student(out), out
+
+
+def describe_data(trainer, data, data_args: Optional[DataArguments] = None) -> None:
+    """What the model card says about the data: its id, title, eval split and any subset drawn."""
+    from .data.loading import describe_subset
+
+    trainer.dataset_name = data.source.get("dataset")
+    trainer.dataset_title = getattr(data_args, "dataset_title", None)
+    trainer.dataset_split = data.source.get("eval_split")
+    trainer.dataset_subsets = {k: describe_subset(data.source.get(f"{k}_subset")) for k in ("train", "eval")
+                               if data.source.get(f"{k}_subset")}
+    if data_args is not None:  # the data flags the reproduce YAML needs besides --dataset
+        trainer.data_config = {f.name: getattr(data_args, f.name) for f in dataclasses.fields(data_args)
+                               if f.name != "dataset" and getattr(data_args, f.name) != f.default}
 
 
 def best_and_final(log_history: list[dict]) -> tuple[Optional[float], Optional[float]]:
@@ -158,11 +182,16 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
     set_seed(training_args.seed)
     trainer = trainer_cls(model=build_student(model_args, data), teacher=teacher, args=training_args,
                           train_dataset=data.train, eval_dataset=data.eval, augmentation=data.batch_augment())
-    trainer.dataset_name = data.source.get("dataset")
+    describe_data(trainer, data, data_args)
     trainer.teacher_name = teacher_name
     trainer.command = "accelerate launch " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = trainer.evaluate()
+    last = next((e for e in reversed(trainer.state.log_history) if "eval_top1" in e), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        metrics = last  # the schedule already evaluated the final weights
+    else:
+        metrics = trainer.evaluate()
+    trainer.save_state()  # trainer_state.json (log_history: every loss term and evaluation) beside the export
     if training_args.push_to_hub:
         # exports the student (config, weights, card, curves) to output_dir, then uploads only those files to
         # --hub_model_id; if the upload fails the export stays and the error says how to retry

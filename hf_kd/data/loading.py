@@ -6,7 +6,8 @@ data is not done here but batched in the training step (``BatchAugment``): it is
 checkpoint exact (HF_NOTES §3.3, §6).
 
 Sources: the presets below (Hub ids, the same code path a user with internet runs), any other Hub id, a local folder
-written by ``save_to_disk``, an ``imagefolder`` directory, and ``"digits"``: an offline default of real images (the
+written by ``save_to_disk``, a local folder of data files in the layout of a downloaded Hub dataset (parquet shards
+such as ``train-00000-of-00003.parquet``, also under ``data/``), an ``imagefolder`` directory, and ``"digits"``: an offline default of real images (the
 8x8 handwritten digits bundled with scikit-learn, upsampled to 32x32 RGB) that needs no download.
 """
 
@@ -118,6 +119,18 @@ def digits_dataset() -> DatasetDict:
     return DatasetDict(train=part(idx_train), test=part(idx_test))
 
 
+_DATA_FILE_EXTENSIONS = (".parquet", ".arrow", ".csv", ".json", ".jsonl")
+
+
+def _has_data_files(folder: str) -> bool:
+    """Whether ``folder`` holds tabular data files (a downloaded Hub dataset), not only images."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # skip .cache / .git of `hf download`
+        if any(f.endswith(_DATA_FILE_EXTENSIONS) for f in files):
+            return True
+    return False
+
+
 def _load_source(dataset: str, cache_dir: Optional[str], revision: Optional[str]) -> DatasetDict:
     if dataset == "sklearn:digits":
         return digits_dataset()
@@ -125,6 +138,10 @@ def _load_source(dataset: str, cache_dir: Optional[str], revision: Optional[str]
         if any(os.path.exists(os.path.join(dataset, f)) for f in ("dataset_dict.json", "state.json")):
             loaded = datasets.load_from_disk(dataset)
             return loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)
+        if _has_data_files(dataset):
+            # Hub layout on disk: datasets infers the splits from the file names (train-*, test-*) or from the
+            # README's `configs`, and the features (ClassLabel names, Image) from the parquet schema.
+            return datasets.load_dataset(dataset, cache_dir=cache_dir)
         return datasets.load_dataset("imagefolder", data_dir=dataset, cache_dir=cache_dir)
     return datasets.load_dataset(dataset, cache_dir=cache_dir, revision=revision)
 
@@ -158,6 +175,49 @@ def _label_names(ds: Dataset, column: str) -> list:
     return [str(i) for i in range(int(values[-1]) + 1)]
 
 
+def balanced_subset(labels: Sequence[int], n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded random subset of ``n`` rows, as class-balanced as the labels allow.
+
+    Every class gives ``n // num_classes`` rows (one more for a random choice of classes when ``n`` does not divide);
+    a class with too few rows gives all it has and the rest comes from the others. Rows within a class are drawn
+    uniformly at random. A prefix (``select(range(n))``) of a class-sorted dataset (an ``imagefolder``) would hold
+    only the first classes.
+    """
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    shuffled = labels[perm]
+    order = np.argsort(shuffled, kind="stable")  # grouped by class, random order within each class
+    starts = np.searchsorted(shuffled[order], shuffled[order], side="left")
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[order] = np.arange(len(labels)) - starts  # position of each shuffled row within its class
+    # all classes' 1st draws, then all 2nd draws, ...; ties (the last, partial round) broken by the random order
+    take = np.lexsort((np.arange(len(labels)), rank))[:n]
+    return np.sort(perm[take])
+
+
+def _subset(ds: Dataset, n: Optional[int], label_column: str, seed: int, what: str, record: dict) -> Dataset:
+    if not n or n >= len(ds):
+        return ds
+    idx = balanced_subset(ds[label_column], n, seed)
+    counts = np.bincount(np.asarray(ds[label_column])[idx])
+    counts = counts[counts > 0]
+    record[f"{what}_subset"] = dict(size=int(n), of=len(ds), seed=int(seed), classes=int(len(counts)),
+                                    per_class_min=int(counts.min()), per_class_max=int(counts.max()))
+    return ds.select(idx)
+
+
+def describe_subset(sub: Optional[dict]) -> Optional[str]:
+    """``'5,000 of 50,000 images (class-balanced random subset, seed 0: 50 per class, 100 classes)'``."""
+    if not sub:
+        return None
+    per = (f"{sub['per_class_min']}" if sub["per_class_min"] == sub["per_class_max"]
+           else f"{sub['per_class_min']}-{sub['per_class_max']}")
+    return (f"{sub['size']:,} of {sub['of']:,} images (class-balanced random subset, seed {sub['seed']}: {per} per "
+            f"class, {sub['classes']} classes)")
+
+
 def image_transform(size: int, train: bool, augmentation: str, crop_pct: float = 1.0, interpolation="bilinear"):
     """PIL -> uint8 (3, size, size). Only ImageNet-style training crops here; the rest is batched on device.
 
@@ -184,20 +244,27 @@ def load_image_data(
     num_labels: Optional[int] = None,
     max_train_samples: Optional[int] = None,
     max_eval_samples: Optional[int] = None,
+    subset_seed: int = 0,
     eval_fraction: float = 0.1,
     cache_dir: Optional[str] = None,
     revision: Optional[str] = None,
     seed: int = 0,
 ) -> ImageData:
-    """Load ``dataset`` (a preset name, Hub id, ``save_to_disk`` folder or ``imagefolder`` dir) as ``ImageData``.
+    """Load ``dataset`` (a preset name, Hub id, ``save_to_disk`` folder, local folder of Hub-layout parquet shards or
+    ``imagefolder`` dir) as ``ImageData``.
 
     Preset names: ``digits`` (offline default), ``cifar100``, ``cifar10``, ``imagenet-1k``. ``num_labels``, when
-    given, must equal the dataset's class count (clear error otherwise).
+    given, must equal the dataset's class count (clear error otherwise). ``max_train_samples`` /
+    ``max_eval_samples`` draw a class-balanced random subset with ``subset_seed`` (``balanced_subset``), recorded in
+    ``ImageData.source``; ``seed`` only seeds the held-out split of a dataset that has no eval split.
     """
     preset = PRESETS.get(dataset)
     raw = _load_source(preset.path if preset else dataset, cache_dir, revision)
     if isinstance(raw, Dataset):
         raw = DatasetDict(train=raw)
+    copy_of = None if preset else _copy_of_preset(raw, dataset)
+    if copy_of:  # a downloaded copy of a preset (e.g. `hf download uoft-cs/cifar100`): the preset's settings
+        preset = PRESETS[copy_of]
     train_split = train_split or (preset.train_split if preset else "train")
     if train_split not in raw:
         raise ValueError(f"Split '{train_split}' not found in {dataset}; it has splits {list(raw)}. "
@@ -229,10 +296,9 @@ def load_image_data(
                          f"column '{label_column}' (columns: {train.column_names}). Build the model with "
                          f"num_labels={len(label_names)} or pick the right --label_column.")
 
-    if max_train_samples:
-        train = train.select(range(min(max_train_samples, len(train))))
-    if max_eval_samples:
-        evald = evald.select(range(min(max_eval_samples, len(evald))))
+    subsets: dict = {}
+    train = _subset(train, max_train_samples, label_column, subset_seed, "train", subsets)
+    evald = _subset(evald, max_eval_samples, label_column, subset_seed, "eval", subsets)
 
     if preset:
         size, mean, std, aug = preset.image_size, preset.mean, preset.std, preset.augmentation
@@ -258,8 +324,28 @@ def load_image_data(
     evald = evald.with_transform(make(False))
     return ImageData(train=train, eval=evald, label_names=label_names, mean=tuple(mean), std=tuple(std),
                      input_size=(3, size, size), augmentation=aug, name=dataset,
-                     source=dict(dataset=preset.path if preset else dataset, image_column=image_column,
-                                 label_column=label_column, train_split=train_split, eval_split=eval_split))
+                     source=dict(dataset=preset.path if preset and not copy_of else dataset,
+                                 **({"copy_of": preset.path} if copy_of else {}), image_column=image_column,
+                                 label_column=label_column, train_split=train_split, eval_split=eval_split,
+                                 **subsets))
+
+
+_PRESET_CLASSES = {"cifar100": 100, "cifar10": 10, "imagenet-1k": 1000}
+
+
+def _copy_of_preset(raw: DatasetDict, path: str) -> Optional[str]:
+    """The preset a local folder is a copy of: same splits, image/label columns and class count (CIFAR, ImageNet)."""
+    if not os.path.isdir(path):
+        return None
+    for name, num_classes in _PRESET_CLASSES.items():
+        p = PRESETS[name]
+        part = raw.get(p.train_split)
+        if part is None or p.eval_split not in raw or not {p.image_column, p.label_column} <= set(part.column_names):
+            continue
+        feat = part.features[p.label_column]
+        if isinstance(feat, ClassLabel) and feat.num_classes == num_classes:
+            return name
+    return None
 
 
 def _probe_size(ds: Dataset, image_column: str) -> int:

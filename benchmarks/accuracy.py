@@ -1,0 +1,350 @@
+"""Accuracy matrix: every method against the plain cross-entropy baseline of the same student, over seeds.
+
+Each (method, seed) is one run of the method's own recipe (``recipes/<recipe>.py --config <run>/config.yaml``) in
+its own folder under ``--out``. All runs share one student, data subset, schedule and augmentation; each method adds
+only its own hyperparameters, read unchanged from its paper preset (``recipes/configs/*.yaml``: temperatures, loss
+weights, projectors, mixup alpha, ...). The baseline (``ce``) is the same student, schedule and augmentation with
+plain cross-entropy. KD and PEFD share one teacher, trained once (seed 0) before them and reported in the table.
+
+Resumable: a finished run (``result.json`` in its folder) is skipped; an interrupted one continues from its last
+checkpoint (``save_strategy=epoch``); so a long matrix can be spread over several sittings. Writes
+``results.json`` (settings, every run's evaluations and loss terms, the summary), ``results.md`` (the table) and
+``accuracy.png`` (bars with error bars; mean eval curves).
+
+    python benchmarks/accuracy.py --dataset ../shared/data/cifar100 \\
+        --dataset_title "CIFAR-100 (60k pool, stratified 50k/10k re-split)" --max_train_samples 5000 \\
+        --epochs 10 --seeds 0 1 2 --jobs 2 --out benchmarks/results/cifar100-cpu
+    python benchmarks/accuracy.py --out benchmarks/results/cifar100-cpu --summarize   # table/plot from what exists
+
+Headline: the top-1 after the last epoch (mean ± sample std over seeds). The best evaluation is reported beside it
+and labelled as such. The gain over the baseline comes with a 95 % Welch t-interval on the difference of means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# method -> (recipe script, trainer class in hf_kd.trainers, paper preset giving the method's own hyperparameters)
+METHODS = {
+    "ce": ("train_teacher", "SupervisedTrainer", None),
+    "kd": ("kd", "KDTrainer", "kd_cifar100_resnet32x4_resnet8x4.yaml"),
+    "projector_kd": ("projector_kd", "ProjectorKDTrainer", "projector_kd_cifar100_resnet32x4_resnet8x4.yaml"),
+    "ffsd": ("ffsd", "FFSDTrainer", "ffsd_cifar100_resnet32.yaml"),
+    "self_kd": ("self_kd", "SelfKDTrainer", "self_kd_cifar100_resnet18.yaml"),
+    "mixskd": ("mixskd", "MixSKDTrainer", "mixskd_cifar100_resnet18.yaml"),
+}
+LABELS = {"ce": "CE baseline", "kd": "KD (Hinton)", "projector_kd": "PEFD", "ffsd": "FFSD (leader)",
+          "self_kd": "LightSKD", "mixskd": "MixSKD", "teacher": "teacher"}
+NEEDS_TEACHER = ("kd", "projector_kd")
+# Preset fields that are augmentation, not the method: every run uses the common batched CIFAR augmentation, so the
+# baseline sees exactly the same data pipeline (LightSKD's preset uses a random-resized crop instead).
+COMMON_OVERRIDES = {"random_resized_crop": False}
+
+
+def method_fields(method: str) -> dict:
+    """The method's own hyperparameters from its preset: fields its arguments class adds to DistillationArguments."""
+    _, trainer_name, preset = METHODS[method]
+    if preset is None:
+        return {}
+    import hf_kd.trainers as trainers
+    from hf_kd.trainers.base import DistillationArguments
+
+    own = {f.name for f in dataclasses.fields(getattr(trainers, trainer_name).args_class)}
+    own -= {f.name for f in dataclasses.fields(DistillationArguments)}
+    cfg = yaml.safe_load((ROOT / "recipes" / "configs" / preset).read_text())
+    picked = {k: v for k, v in cfg.items() if k in own}
+    picked.update({k: v for k, v in COMMON_OVERRIDES.items() if k in own})
+    return picked
+
+
+def common_config(o) -> dict:
+    steps_per_epoch = o.max_train_samples // o.batch_size  # dataloader_drop_last
+    return dict(
+        dataset=o.dataset, dataset_title=o.dataset_title, max_train_samples=o.max_train_samples, subset_seed=0,
+        max_eval_samples=o.max_eval_samples, in_memory=True, student=o.student, num_train_epochs=o.epochs,
+        per_device_train_batch_size=o.batch_size, per_device_eval_batch_size=500, learning_rate=o.lr, optim="sgd",
+        optim_args="momentum=0.9", weight_decay=o.weight_decay, lr_scheduler_type="cosine", augmentation="cifar",
+        pad_mode="constant", dataloader_drop_last=True, eval_strategy="steps",
+        eval_steps=max(1, o.eval_every * steps_per_epoch), save_strategy="epoch", save_total_limit=1,
+        logging_steps=max(1, steps_per_epoch // 4), report_to="none", disable_tqdm=True, bf16=o.bf16)
+
+
+def run_config(o, method: str, seed: int, run_dir: Path, teacher_dir: Path | None) -> dict:
+    cfg = common_config(o)
+    if method == "teacher":
+        cfg.update(student=o.teacher_architecture, num_train_epochs=o.teacher_epochs,
+                   eval_steps=cfg["eval_steps"] * max(1, round(o.teacher_epochs / o.epochs)))
+    cfg.update(method_fields(method) if method != "teacher" else {})
+    if method in NEEDS_TEACHER:
+        cfg["teacher"] = str(teacher_dir)
+    cfg.update(seed=seed, output_dir=str(run_dir))
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    complete = [c for c in ckpts if (c / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def read_run(run_dir: Path) -> dict:
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    evals = [dict(epoch=e["epoch"], top1=e["eval_top1"], top5=e.get("eval_top5"),
+                  heads={k[len("eval_"):]: v for k, v in e.items() if k.startswith("eval_") and "top1" in k})
+             for e in history if "eval_top1" in e]
+    losses = [{k: v for k, v in e.items() if k == "epoch" or k == "loss" or k.startswith("loss_")}
+              for e in history if "loss" in e and "eval_top1" not in e]
+    return dict(final_top1=evals[-1]["top1"], final_top5=evals[-1]["top5"], best_top1=max(e["top1"] for e in evals),
+                evals=evals, losses=losses)
+
+
+def execute(o, method: str, seed: int, teacher_dir: Path | None, lock: threading.Lock) -> dict:
+    run_dir = Path(o.out) / "runs" / f"{method}-seed{seed}"
+    done = run_dir / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = run_config(o, method, seed, run_dir, teacher_dir)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    recipe = METHODS["ce" if method == "teacher" else method][0]
+    cmd = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--config", str(run_dir / "config.yaml")]
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        cmd += ["--resume_from_checkpoint", str(ckpt)]
+    timing = run_dir / "wall_time.json"
+    spent = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
+    env = dict(os.environ, OMP_NUM_THREADS=str(o.threads), PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    with lock:
+        print(f"[accuracy] start {method} seed {seed}" + (f" (resuming {ckpt.name})" if ckpt else ""), flush=True)
+    start = time.perf_counter()
+    with open(run_dir / "log.txt", "a") as log:
+        rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    spent += time.perf_counter() - start
+    timing.write_text(json.dumps({"seconds": spent}))
+    if rc != 0:
+        raise RuntimeError(f"{method} seed {seed} failed (exit {rc}); see {run_dir / 'log.txt'}")
+    result = dict(method=method, seed=seed, wall_seconds=spent, command=" ".join(cmd[1:3]) + " --config config.yaml",
+                  config=cfg, **read_run(run_dir))
+    done.write_text(json.dumps(result, indent=1))
+    for c in run_dir.glob("checkpoint-*"):  # finished: the export and trainer_state.json stay
+        shutil.rmtree(c, ignore_errors=True)
+    with lock:
+        print(f"[accuracy] done {method} seed {seed}: final top-1 {result['final_top1']:.4f} "
+              f"({spent / 60:.1f} min)", flush=True)
+    return result
+
+
+def mean_std(xs):
+    m = sum(xs) / len(xs)
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
+    return m, s
+
+
+def welch_interval(a, b, level=0.95):
+    """Mean of a - mean of b with a Welch t-interval (nan when either has fewer than 2 values)."""
+    from scipy import stats
+
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    d = ma - mb
+    if len(a) < 2 or len(b) < 2:
+        return d, float("nan"), float("nan")
+    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return d, d, d
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    h = stats.t.ppf(0.5 + level / 2, df) * se
+    return d, d - h, d + h
+
+
+def summarize(out: Path, settings: dict) -> dict:
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/result.json"))]
+    by = {}
+    for r in runs:
+        by.setdefault(r["method"], []).append(r)
+    base = [r["final_top1"] for r in by.get("ce", [])]
+    rows = []
+    for m in ["teacher", *METHODS]:
+        rs = sorted(by.get(m, []), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        final = [r["final_top1"] for r in rs]
+        best = [r["best_top1"] for r in rs]
+        row = dict(method=m, label=LABELS[m], seeds=[r["seed"] for r in rs], final=final, best=best,
+                   final_mean_std=mean_std(final), best_mean_std=mean_std(best),
+                   final_top5_mean=mean_std([r["final_top5"] for r in rs])[0],
+                   wall_minutes=mean_std([r["wall_seconds"] / 60 for r in rs])[0],
+                   num_evaluations=len(rs[0]["evals"]))
+        if m not in ("teacher", "ce") and base:
+            row["gain"] = welch_interval(final, base)
+        rows.append(row)
+    summary = dict(settings=settings, rows=rows, runs=runs,
+                   written=datetime.datetime.now().isoformat(timespec="seconds"))
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    (out / "results.md").write_text(table(summary))
+    plot(summary, out / "accuracy.png")
+    return summary
+
+
+def pct(x):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def table(summary: dict) -> str:
+    s = summary["settings"]
+    lines = [f"Data: {s.get('dataset_title') or s.get('dataset')}; train subset {s.get('train_subset')}, "
+             f"evaluated on {s.get('eval_images')}. Student `{s.get('student')}`, teacher `{s.get('teacher')}` "
+             f"({s.get('teacher_epochs')} epochs). Schedule: {s.get('schedule')}. Seeds {s.get('seeds')}. "
+             f"Hardware: {s.get('hardware')}. Command: `{s.get('command')}`.", "",
+             "| method | top-1, final epoch (mean ± std) | top-1, best evaluation (mean ± std) | gain over CE, final "
+             "(95 % CI) | top-5 final (mean) | runs | minutes per run |",
+             "|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        (fm, fs), (bm, bs) = r["final_mean_std"], r["best_mean_std"]
+        gain = r.get("gain")
+        g = (f"{100 * gain[0]:+.2f} [{100 * gain[1]:+.2f}, {100 * gain[2]:+.2f}]" if gain and not math.isnan(gain[1])
+             else (f"{100 * gain[0]:+.2f}" if gain else "—"))
+        lines.append(f"| {r['label']} | {pct(fm)} ± {pct(fs)} | {pct(bm)} ± {pct(bs)} (best of "
+                     f"{r['num_evaluations']}) | {g} | {pct(r['final_top5_mean'])} | {len(r['seeds'])} | "
+                     f"{r['wall_minutes']:.1f} |")
+    lines += ["", "Top-1/top-5 in %. 'final epoch' is the headline; 'best evaluation' is the maximum over the "
+              "evaluations made during the run, reported beside it only. Gain: difference of the final-epoch means, "
+              "95 % Welch t-interval over seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = summary["rows"]
+    fig = Figure(figsize=(12, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_bar, ax_curve = fig.subplots(1, 2, gridspec_kw=dict(width_ratios=[1, 1.3]))
+    colors = {m: f"C{i}" for i, m in enumerate(["teacher", *METHODS])}
+    for i, r in enumerate(rows):
+        (m, s) = r["final_mean_std"]
+        ax_bar.bar(i, 100 * m, yerr=0 if math.isnan(s) else 100 * s, color=colors[r["method"]], capsize=4)
+        ax_bar.scatter([i] * len(r["final"]), [100 * x for x in r["final"]], color="k", s=8, zorder=3)
+    ax_bar.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=25, ha="right", fontsize=8)
+    ax_bar.set(ylabel="top-1 (%), final epoch", title="Final-epoch top-1, mean ± std (dots: seeds)")
+    finals = [100 * x for r in rows for x in r["final"]]
+    if finals:
+        ax_bar.set_ylim(max(0, min(finals) - 5), max(finals) + 3)
+    by = {}
+    for run in summary["runs"]:
+        by.setdefault(run["method"], []).append(run)
+    for m, runs in by.items():
+        n = min(len(r["evals"]) for r in runs)
+        xs = [runs[0]["evals"][k]["epoch"] for k in range(n)]
+        ys = [100 * sum(r["evals"][k]["top1"] for r in runs) / len(runs) for k in range(n)]
+        ax_curve.plot(xs, ys, marker="o", color=colors[m], label=LABELS[m])
+    ax_curve.set(xlabel="epoch", ylabel="top-1 (%)", title="Evaluations during training (mean over seeds)")
+    ax_curve.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    for ax in (ax_bar, ax_curve):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"1x {torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), torch {torch.__version__}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="results folder (runs/<method>-seed<k>/ inside)")
+    p.add_argument("--dataset", default="cifar100")
+    p.add_argument("--dataset_title", default=None)
+    p.add_argument("--max_train_samples", type=int, default=5000)
+    p.add_argument("--max_eval_samples", type=int, default=None)
+    p.add_argument("--student", default="cifar_resnet20")
+    p.add_argument("--teacher_architecture", default="cifar_resnet56")
+    p.add_argument("--teacher_epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--weight_decay", type=float, default=5e-4)
+    p.add_argument("--eval_every", type=int, default=5, help="epochs between evaluations (the last is always one)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--summarize", action="store_true", help="only rebuild results.json/md/png from finished runs")
+    o = p.parse_args()
+    out = Path(o.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file = out / "settings.json"
+    if o.summarize:
+        summarize(out, json.loads(settings_file.read_text()))
+        return
+    if o.epochs % o.eval_every:
+        p.error("--epochs must be a multiple of --eval_every, so that the last epoch is evaluated")
+    o.threads = o.threads or max(1, (os.cpu_count() or 1) // o.jobs)
+
+    from hf_kd.data import load_image_data
+    from hf_kd.data.loading import describe_subset
+
+    data = load_image_data(o.dataset, max_train_samples=o.max_train_samples, max_eval_samples=o.max_eval_samples)
+    sub = data.source.get("train_subset")
+    settings = dict(
+        dataset=o.dataset, dataset_title=o.dataset_title or o.dataset, train_subset=describe_subset(sub) or
+        f"all {len(data.train):,} images", eval_images=f"{len(data.eval):,} images of split '{data.source['eval_split']}'",
+        student=o.student, teacher=o.teacher_architecture, teacher_epochs=o.teacher_epochs, seeds=o.seeds,
+        schedule=(f"{o.epochs} epochs, batch {o.batch_size}, SGD momentum 0.9 lr {o.lr} cosine to 0, weight decay "
+                  f"{o.weight_decay}, pad-4 crop + flip, evaluation every {o.eval_every} epochs"
+                  + (", bf16" if o.bf16 else "")),
+        hardware=f"{hardware()}, {o.jobs} run(s) at a time, {o.threads} thread(s) each",
+        command="python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
+        method_hyperparameters={m: method_fields(m) for m in o.methods}, common=common_config(o))
+    settings_file.write_text(json.dumps(settings, indent=1))
+
+    lock = threading.Lock()
+    teacher_dir = out / "runs" / "teacher-seed0"
+    failures = []
+    with ThreadPoolExecutor(max_workers=o.jobs) as pool:
+        teacher = (pool.submit(execute, o, "teacher", 0, None, lock)
+                   if any(m in NEEDS_TEACHER for m in o.methods) else None)
+
+        def job(method, seed):
+            if method in NEEDS_TEACHER:
+                teacher.result()  # raises if the teacher failed
+            return execute(o, method, seed, teacher_dir, lock)
+
+        futures = [pool.submit(job, m, s) for s in o.seeds for m in o.methods]  # seed by seed: complete sets first
+        for f in [teacher, *futures] if teacher else futures:
+            try:
+                f.result()
+            except Exception as e:  # noqa: BLE001 - report every failed run, keep the others
+                failures.append(str(e))
+                print(f"[accuracy] {e}", flush=True)
+            summarize(out, settings)
+    print((out / "results.md").read_text())
+    if failures:
+        raise SystemExit("failed runs:\n" + "\n".join(failures))
+
+
+if __name__ == "__main__":
+    main()
