@@ -157,12 +157,17 @@ class RandomResizedCropAugment(BatchAugment):
         left = torch.where(found, torch.floor(u[:, 1] * (w - cw + 1)), torch.full_like(cw, (w - fw) // 2))
         return torch.stack([top, left, ch, cw], dim=1)
 
-    def resized_crop_flip(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8/float (B, C, H, W) pixels -> float (B, C, H, W) pixels (0-255 range), cropped, resized, flipped."""
+    def draw(self, shape: Sequence[int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random parameters of a (B, C, H, W) training batch: ``crop_boxes`` and the flip flags (B, 1)."""
+        b, _, h, w = shape
+        return self.crop_boxes(b, h, w, device), torch.rand(b, 1, device=device) < 0.5
+
+    def resized_crop_flip(self, x: torch.Tensor, params: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """uint8/float (B, C, H, W) pixels -> float (B, C, H, W) pixels (0-255 range), cropped, resized, flipped;
+        ``params`` = ``draw(x.shape)`` (drawn here on the batch's device when not given)."""
         b, _, h, w = x.shape
         dev = x.device
-        box = self.crop_boxes(b, h, w, dev)
-        flip = torch.rand(b, 1, device=dev) < 0.5
+        box, flip = self.draw(x.shape, dev) if params is None else params
         top, left, ch, cw = (box[:, k:k + 1] for k in range(4))
         r = torch.arange(h, device=dev, dtype=torch.float32)
         c = torch.arange(w, device=dev, dtype=torch.float32)
@@ -173,6 +178,9 @@ class RandomResizedCropAugment(BatchAugment):
         gx = (2 * xs + 1) / w - 1
         grid = torch.stack([gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)], dim=-1)
         return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def augment(self, x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.normalize(self.resized_crop_flip(x, params)).contiguous()
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if train:

@@ -1,0 +1,326 @@
+"""The opt-in fast path (``DistillationArguments.fast_path``): the whole training step as one compiled graph.
+
+A CIFAR ResNet step at batch 128 is bound by kernel launches and per-step Python, not by arithmetic (issue 17). With
+the fast path on, each trainer's step -- the batched augmentation of the uint8 batch, the forward of every network,
+every loss term, the gradients and the optimizer update -- is traced into one graph with
+``torch.compile(fullgraph=True)`` (on CUDA ``mode="reduce-overhead"``: CUDA graphs, inputs copied into static
+buffers), and the step has no host sync. What is computed is unchanged:
+
+- augmentation: the random parameters (crop offsets, flips, crop boxes) are drawn on the host from torch's global CPU
+  RNG (``BatchAugment.draw``, the same calls as the eager path makes on the batch's device) and copied to the device
+  without a sync; the pixel work runs inside the graph. The Trainer's RNG checkpoint holds the CPU RNG, so a resume is
+  exact. On the CPU the draws are the eager path's own draws.
+- gradients: ``torch.autograd.grad`` of the same loss, traced into the graph.
+- optimizer: torch's own foreach SGD / Adam / AdamW update functions (``torch.optim.sgd.sgd``, ...) over the
+  optimizer's own state tensors, one call per parameter group with that group's settings; the learning rates of the
+  Trainer's schedule come in as a device tensor each step. The optimizer object keeps its groups and state, so
+  checkpoints are those of the eager path (the Trainer sees it through ``StepInGraph``, whose ``step`` is a no-op).
+  Parameters that get no gradient are left alone, as torch's optimizers do.
+- loss terms: returned stacked and summed on the device, read and averaged at logging steps only (``log``); the
+  gradient norm is computed in the graph (clipping too, with ``max_grad_norm``).
+
+Eval runs eager, at ``per_device_eval_batch_size`` (raised from transformers' default 8 to 1024 by the fast path).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch.optim.adam import adam
+from torch.optim.sgd import sgd
+
+__all__ = ["StepInGraph", "FastStep", "check_fast_path_args"]
+
+try:
+    from torch.optim.adamw import adamw
+except ImportError:  # newer torch: AdamW is Adam with decoupled weight decay
+    adamw = None
+
+
+def check_fast_path_args(args, world_size: int = 1) -> None:
+    """Clear errors for settings the fast path does not support (``DistillationArguments`` and the trainer)."""
+    problems = []
+    if world_size > 1:
+        problems.append(f"{world_size} processes (the gradients are taken with torch.autograd.grad, which DDP "
+                        "does not all-reduce; run one process)")
+    if args.gradient_accumulation_steps != 1:
+        problems.append(f"gradient_accumulation_steps={args.gradient_accumulation_steps} (needs 1: the optimizer "
+                        "update is inside the compiled step)")
+    if args.fp16:
+        problems.append("fp16 (needs a GradScaler outside the graph; use --bf16 true)")
+    if args.torch_compile:
+        problems.append("torch_compile (the fast path compiles the whole step itself; drop --torch_compile and "
+                        "--torch_compile_backend/--torch_compile_mode)")
+    if problems:
+        raise ValueError("fast_path does not support: " + "; ".join(problems) + ". Turn fast_path off for these.")
+
+
+def _step_in_graph(optimizer) -> Optional["StepInGraph"]:
+    """The ``StepInGraph`` behind the Trainer's optimizer (Accelerate wraps it in ``.optimizer``)."""
+    while optimizer is not None and not isinstance(optimizer, StepInGraph):
+        optimizer = getattr(optimizer, "optimizer", None)
+    return optimizer
+
+
+class StepInGraph(torch.optim.Optimizer):
+    """The optimizer as the Trainer sees it on the fast path: the wrapped optimizer's groups, state and checkpoint
+    format, and a ``step`` that does nothing, because the compiled training step already applied the update.
+
+    Like ``CompositeOptimizer`` it subclasses ``torch.optim.Optimizer`` for ``isinstance`` checks (schedulers,
+    Accelerate) without calling its ``__init__``.
+    """
+
+    def __init__(self, inner: torch.optim.Optimizer):
+        self.inner = inner
+        self.loads = 0  # bumped by load_state_dict: the compiled step then rebinds the new state tensors
+        for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
+                     "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
+                     "_optimizer_load_state_dict_post_hooks"):
+            setattr(self, name, OrderedDict())
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.inner.param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict]):
+        self.inner.param_groups = groups
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    @property
+    def defaults(self) -> dict:
+        return self.inner.defaults
+
+    def step(self, closure=None):
+        return None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.inner.load_state_dict(state_dict)
+        self.loads += 1
+
+    def add_param_group(self, param_group: dict) -> None:
+        self.inner.add_param_group(param_group)
+
+    def __getstate__(self):
+        return self.__dict__
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"StepInGraph({self.inner!r})"
+
+
+class _GroupUpdate:
+    """One parameter group's foreach update, with its settings and state tensors bound (state created where the
+    optimizer has none yet, exactly as its first eager step would leave it)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, group: dict, static: bool):
+        self.params = [p for p in group["params"] if p.requires_grad]
+        self.group = group
+        st = optimizer.state
+        if isinstance(optimizer, torch.optim.SGD):
+            if group["dampening"] != 0 or group.get("differentiable"):
+                raise ValueError("fast_path supports SGD without dampening (torch's first step copies the gradient "
+                                 "into the momentum buffer, which equals the fast path's only for dampening=0).")
+            self.kind = "sgd"
+            if group["momentum"] != 0:
+                for p in self.params:
+                    if st[p].get("momentum_buffer") is None:  # buf = momentum * 0 + g = g: torch's first step
+                        st[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            self.state = [[st[p]["momentum_buffer"] for p in self.params]] if group["momentum"] != 0 else []
+        elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            self.kind = "adamw" if isinstance(optimizer, torch.optim.AdamW) else "adam"
+            for p in self.params:
+                s = st[p]
+                if "step" not in s:
+                    s["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    s["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if group["amsgrad"]:
+                        s["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                elif s["step"].device != p.device:  # a non-capturable optimizer keeps its step count on the CPU
+                    s["step"] = s["step"].to(p.device, torch.float32)
+            keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else []) + ["step"]
+            self.state = [[st[p][k] for p in self.params] for k in keys]
+        else:
+            raise ValueError(f"fast_path updates SGD, Adam and AdamW inside the compiled step; got "
+                             f"{type(optimizer).__name__}. Use --optim sgd / adamw_torch, or turn fast_path off.")
+        if static:  # CUDA graphs: the state is mutated in place at fixed addresses, never copied in
+            for tensors in self.state:
+                for t in tensors:
+                    torch._dynamo.mark_static_address(t)
+
+    def __call__(self, grads: list[Optional[torch.Tensor]], lr: torch.Tensor):
+        keep = [k for k, g in enumerate(grads) if g is not None]  # known when tracing: no gradient, no update
+        if not keep:
+            return
+        params, grads = [self.params[k] for k in keep], [grads[k] for k in keep]
+        state = [[s[k] for k in keep] for s in self.state]
+        g = self.group
+        if self.kind == "sgd":
+            sgd(params, grads, state[0] if state else [None] * len(params), foreach=True,
+                weight_decay=g["weight_decay"], momentum=g["momentum"], lr=lr, dampening=g["dampening"],
+                nesterov=g["nesterov"], maximize=g["maximize"])
+            return
+        exp_avg, exp_avg_sq, *rest = state
+        max_sq, steps = (rest[0], rest[1]) if g["amsgrad"] else ([], rest[0])
+        kwargs = dict(foreach=True, capturable=True, amsgrad=g["amsgrad"], beta1=g["betas"][0],
+                      beta2=g["betas"][1], lr=lr, weight_decay=g["weight_decay"], eps=g["eps"],
+                      maximize=g["maximize"])
+        if self.kind == "adamw":
+            if adamw is not None:
+                return adamw(params, grads, exp_avg, exp_avg_sq, max_sq, steps, **kwargs)
+            kwargs["decoupled_weight_decay"] = True
+        adam(params, grads, exp_avg, exp_avg_sq, max_sq, steps, **kwargs)
+
+
+class FastStep:
+    """Runs a ``DistillationTrainer``'s training steps through one compiled function (see the module docstring).
+
+    ``compile_options`` are ``torch.compile`` keyword arguments; default ``mode="reduce-overhead"`` on CUDA (CUDA
+    graphs) and inductor's default elsewhere. Tests pass ``backend="aot_eager"`` to check the traced step on the CPU
+    without inductor's compile time.
+    """
+
+    def __init__(self, trainer, compile_options: Optional[dict] = None):
+        self.trainer = trainer
+        self.compile_options = compile_options
+        self.step_fn = None
+        self.compiled = None
+        self._loads = -1
+        self.term_sums: dict[tuple, torch.Tensor] = {}  # names -> summed values (device)
+        self.term_counts: dict[tuple, int] = {}
+        self.grad_norm: Optional[torch.Tensor] = None
+
+    # --- building ---------------------------------------------------------------------------------------------------
+    def _options(self, device: torch.device) -> dict:
+        if self.compile_options is not None:
+            return dict(self.compile_options)
+        return {"mode": "reduce-overhead"} if device.type == "cuda" else {}
+
+    def build(self, model: nn.Module):
+        """Bind the optimizer's groups and state and trace lazily (the first call compiles)."""
+        t = self.trainer
+        device = t.args.device
+        wrapper = _step_in_graph(t.optimizer)
+        if wrapper is None:
+            raise RuntimeError("fast_path: the Trainer's optimizer is not a StepInGraph (see _prepare_for_training)")
+        opts = list(getattr(wrapper.inner, "optimizers", [wrapper.inner]))  # a CompositeOptimizer's optimizers
+        static = device.type == "cuda"
+        self.updates = [_GroupUpdate(o, g, static) for o in opts for g in o.param_groups]
+        self.params = [p for u in self.updates for p in u.params]
+        seen = {id(p) for p in self.params}
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+        if missing:
+            raise RuntimeError(f"fast_path: trainable parameters in no optimizer group: {missing[:5]}")
+        self.model = model
+        self.step_fn = self._step
+        torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the graph
+        self.compiled = torch.compile(self._step, fullgraph=True, **self._options(device))
+        self._loads = wrapper.loads
+
+    def _step(self, pixels: torch.Tensor, labels: torch.Tensor, aug: tuple, lrs: torch.Tensor, extra: dict):
+        """One training step; traced whole. Returns (loss, stacked loss terms, gradient norm)."""
+        t = self.trainer
+        x = t.augmentation.augment(pixels, aug) if pixels.dtype == torch.uint8 else pixels
+        if t.args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = t.fast_objective(self.model, x, labels, **extra)
+        terms, t._fast_terms = t._fast_terms, None
+        grads = list(torch.autograd.grad(loss, self.params, allow_unused=True))
+        present = [g for g in grads if g is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present))) if present else loss.new_zeros(())
+        with torch.no_grad():
+            if t.args.max_grad_norm and t.args.max_grad_norm > 0 and present:  # torch.nn.utils.clip_grad_norm_
+                torch._foreach_mul_(present, torch.clamp(t.args.max_grad_norm / (norm + 1e-6), max=1.0))
+            start = 0
+            for k, update in enumerate(self.updates):
+                n = len(update.params)
+                update(grads[start:start + n], lrs[k])
+                start += n
+        stacked = torch.stack([v.detach().float() for v in terms.values()]) if terms else None
+        return loss.detach(), stacked, norm.detach(), tuple(terms) if terms else ()
+
+    # --- running ----------------------------------------------------------------------------------------------------
+    def host_inputs(self, inputs: dict):
+        """Everything the step takes, on the device, without a host sync: the batch, the augmentation's random
+        parameters (drawn on the CPU), the learning rates and the trainer's per-step inputs."""
+        t = self.trainer
+        dev = t.args.device
+        pixels = inputs["pixel_values"]
+        aug = tuple(v.to(dev, non_blocking=True) for v in t.augmentation.draw(pixels.shape, "cpu")) \
+            if pixels.dtype == torch.uint8 else ()
+        pixels = pixels.to(dev, non_blocking=True)
+        labels = inputs["labels"].to(dev, non_blocking=True)
+        lrs = torch.tensor([float(u.group["lr"]) for u in self.updates], dtype=torch.float32)
+        extra = t.fast_step_inputs(pixels.shape[0])
+        return pixels, labels, aug, lrs.to(dev, non_blocking=True), extra
+
+    def __call__(self, model: nn.Module, inputs: dict, compiled: bool = True) -> torch.Tensor:
+        t = self.trainer
+        wrapper = _step_in_graph(t.optimizer)
+        if self.step_fn is None or wrapper is None or wrapper.loads != self._loads or model is not self.model:
+            self.build(model)
+        if not model.training:
+            model.train()
+        args = self.host_inputs(inputs)
+        fn = self.compiled if compiled else self.step_fn
+        if compiled and t.args.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        t._fast_tracing = True
+        try:
+            loss, stacked, norm, names = fn(*args)
+        finally:
+            t._fast_tracing = False
+        t.fast_step_done()
+        if names:
+            if names in self.term_sums:
+                self.term_sums[names] += stacked
+                self.term_counts[names] += 1
+            else:
+                self.term_sums[names] = stacked.clone()
+                self.term_counts[names] = 1
+        self.grad_norm = norm
+        return loss
+
+    def pop_terms(self) -> dict[str, float]:
+        """Mean of each loss term over the steps since the last call (one device-to-host copy)."""
+        if not self.term_sums:
+            return {}
+        keys = list(self.term_sums)
+        values = torch.cat([self.term_sums[k] for k in keys]).tolist()
+        sums, counts, i = {}, {}, 0
+        for k in keys:
+            for name in k:
+                sums[name] = sums.get(name, 0.0) + values[i]
+                counts[name] = counts.get(name, 0) + self.term_counts[k]
+                i += 1
+        self.term_sums.clear()
+        self.term_counts.clear()
+        return {n: sums[n] / counts[n] for n in sums}
+
+    def explain(self, model: nn.Module, inputs: dict):
+        """``torch._dynamo.explain`` of the step on ``inputs`` (graph and graph-break counts, for the tests)."""
+        t = self.trainer
+        if self.step_fn is None or model is not self.model:
+            self.build(model)
+        model.train()
+        args = self.host_inputs(inputs)
+        t._fast_tracing = True
+        try:
+            return torch._dynamo.explain(self._step)(*args)
+        finally:
+            t._fast_tracing = False
