@@ -31,7 +31,7 @@ from transformers.trainer_utils import HubStrategy
 from ..data import BatchAugment, ImageCollator
 from ..metrics import ClassificationMetrics, topk_ids
 from ..models import TimmStudent
-from .fast import FastStep, StepInGraph, check_fast_path_args
+from .fast import FastStep, StepInGraph, check_fast_path_args, find_step_in_graph
 
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer"]
 
@@ -194,7 +194,7 @@ class DistillationTrainer(Trainer):
         if args.fast_path:
             check_fast_path_args(args, args.world_size)
         self._fast = FastStep(self) if args.fast_path else None
-        self._fast_tracing, self._fast_terms = False, None
+        self._fast_tracing, self._fast_terms, self._fast_copies = False, None, None
 
     # --- hooks for methods ----------------------------------------------------------------------------------------
     @property
@@ -266,6 +266,12 @@ class DistillationTrainer(Trainer):
         super().log(logs, start_time)
 
     # --- the fast path (hf_kd.trainers.fast) --------------------------------------------------------------------------
+    @property
+    def fast_step(self) -> Optional[FastStep]:
+        """The fast path's step runner (None when ``fast_path`` is off); ``fast_step.compile_options`` are the
+        ``torch.compile`` arguments."""
+        return self._fast
+
     def fast_objective(self, model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, **extra):
         """The training loss of one augmented batch, traced into the fast path's compiled step (it may call
         ``log_terms``). Methods whose ``compute_loss`` reads per-step host state (epoch, buffers, random draws)
@@ -280,6 +286,11 @@ class DistillationTrainer(Trainer):
     def fast_step_done(self) -> None:
         """Called on the host after each fast step."""
 
+    def fast_copy_after_step(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """In ``fast_objective``: write ``src`` into the persistent device tensor ``dst`` at the end of the step,
+        after the backward (which may still read ``dst``) and the update."""
+        self._fast_copies.append((dst, src))
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._fast is None:
             return super().training_step(model, inputs, num_items_in_batch)
@@ -288,7 +299,7 @@ class DistillationTrainer(Trainer):
     def _prepare_for_training(self, *args, **kwargs):
         if self._fast is not None:  # the compiled step updates the parameters; the Trainer's optimizer.step must not
             self.create_optimizer()
-            if not isinstance(self.optimizer, StepInGraph):
+            if find_step_in_graph(self.optimizer) is None:  # (a second train() finds it inside Accelerate's)
                 self.optimizer = StepInGraph(self.optimizer)
         return super()._prepare_for_training(*args, **kwargs)
 

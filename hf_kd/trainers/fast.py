@@ -24,6 +24,7 @@ Eval runs eager, at ``per_device_eval_batch_size`` (raised from transformers' de
 
 from __future__ import annotations
 
+import types
 from collections import OrderedDict
 from typing import Optional
 
@@ -32,7 +33,7 @@ import torch.nn as nn
 from torch.optim.adam import adam
 from torch.optim.sgd import sgd
 
-__all__ = ["StepInGraph", "FastStep", "check_fast_path_args"]
+__all__ = ["StepInGraph", "FastStep", "check_fast_path_args", "find_step_in_graph"]
 
 try:
     from torch.optim.adamw import adamw
@@ -58,7 +59,7 @@ def check_fast_path_args(args, world_size: int = 1) -> None:
         raise ValueError("fast_path does not support: " + "; ".join(problems) + ". Turn fast_path off for these.")
 
 
-def _step_in_graph(optimizer) -> Optional["StepInGraph"]:
+def find_step_in_graph(optimizer) -> Optional["StepInGraph"]:
     """The ``StepInGraph`` behind the Trainer's optimizer (Accelerate wraps it in ``.optimizer``)."""
     while optimizer is not None and not isinstance(optimizer, StepInGraph):
         optimizer = getattr(optimizer, "optimizer", None)
@@ -215,21 +216,31 @@ class FastStep:
         """Bind the optimizer's groups and state and trace lazily (the first call compiles)."""
         t = self.trainer
         device = t.args.device
-        wrapper = _step_in_graph(t.optimizer)
+        wrapper = find_step_in_graph(t.optimizer)
         if wrapper is None:
             raise RuntimeError("fast_path: the Trainer's optimizer is not a StepInGraph (see _prepare_for_training)")
         opts = list(getattr(wrapper.inner, "optimizers", [wrapper.inner]))  # a CompositeOptimizer's optimizers
         static = device.type == "cuda"
-        self.updates = [_GroupUpdate(o, g, static) for o in opts for g in o.param_groups]
+        updates = [_GroupUpdate(o, g, static) for o in opts for g in o.param_groups]
+        if getattr(self, "updates", None) and len(self.updates) == len(updates):  # a resume: rebind the same objects
+            for old, new in zip(self.updates, updates):  # (new identities would make dynamo recompile the step)
+                old.__dict__.update(new.__dict__)
+        else:
+            self.updates = updates
         self.params = [p for u in self.updates for p in u.params]
         seen = {id(p) for p in self.params}
         missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
         if missing:
             raise RuntimeError(f"fast_path: trainable parameters in no optimizer group: {missing[:5]}")
         self.model = model
-        self.step_fn = self._step
-        torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the graph
-        self.compiled = torch.compile(self._step, fullgraph=True, **self._options(device))
+        if self.step_fn is None:
+            # a code object of its own: dynamo caches compiled graphs per code object, and one shared by every
+            # trainer of a process would hit its recompile limit (and silently run eager) after a few trainers
+            fn = FastStep._step
+            self.step_fn = types.MethodType(types.FunctionType(fn.__code__.replace(), fn.__globals__, "fast_step",
+                                                               fn.__defaults__, fn.__closure__), self)
+            torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the graph
+            self.compiled = torch.compile(self.step_fn, fullgraph=True, **self._options(device))
         self._loads = wrapper.loads
 
     def _step(self, pixels: torch.Tensor, labels: torch.Tensor, aug: tuple, lrs: torch.Tensor, extra: dict):
@@ -238,8 +249,9 @@ class FastStep:
         x = t.augmentation.augment(pixels, aug) if pixels.dtype == torch.uint8 else pixels
         if t.args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        t._fast_copies = []
         loss = t.fast_objective(self.model, x, labels, **extra)
-        terms, t._fast_terms = t._fast_terms, None
+        terms, t._fast_terms = t._fast_terms or {}, None
         grads = list(torch.autograd.grad(loss, self.params, allow_unused=True))
         present = [g for g in grads if g is not None]
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present))) if present else loss.new_zeros(())
@@ -251,6 +263,9 @@ class FastStep:
                 n = len(update.params)
                 update(grads[start:start + n], lrs[k])
                 start += n
+            copies, t._fast_copies = t._fast_copies, None
+            for dst, src in copies:
+                dst.copy_(src)
         stacked = torch.stack([v.detach().float() for v in terms.values()]) if terms else None
         return loss.detach(), stacked, norm.detach(), tuple(terms) if terms else ()
 
@@ -271,7 +286,7 @@ class FastStep:
 
     def __call__(self, model: nn.Module, inputs: dict, compiled: bool = True) -> torch.Tensor:
         t = self.trainer
-        wrapper = _step_in_graph(t.optimizer)
+        wrapper = find_step_in_graph(t.optimizer)
         if self.step_fn is None or wrapper is None or wrapper.loads != self._loads or model is not self.model:
             self.build(model)
         if not model.training:
@@ -312,15 +327,21 @@ class FastStep:
         self.term_counts.clear()
         return {n: sums[n] / counts[n] for n in sums}
 
-    def explain(self, model: nn.Module, inputs: dict):
-        """``torch._dynamo.explain`` of the step on ``inputs`` (graph and graph-break counts, for the tests)."""
+    def explain(self, model: Optional[nn.Module] = None, inputs: Optional[dict] = None):
+        """``torch._dynamo.explain`` of one step (graph and graph-break counts), by default on the trainer's model
+        and its first training batch. It runs the step: the parameters are updated."""
         t = self.trainer
+        if find_step_in_graph(t.optimizer) is None:
+            t.create_optimizer()
+            t.optimizer = StepInGraph(t.optimizer)
+        model = t.model if model is None else model
+        inputs = next(iter(t.get_train_dataloader())) if inputs is None else inputs
         if self.step_fn is None or model is not self.model:
             self.build(model)
         model.train()
         args = self.host_inputs(inputs)
         t._fast_tracing = True
         try:
-            return torch._dynamo.explain(self._step)(*args)
+            return torch._dynamo.explain(self.step_fn)(*args)
         finally:
             t._fast_tracing = False
