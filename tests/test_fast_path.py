@@ -113,6 +113,22 @@ def test_fast_path_resumes_exactly(runs, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_uncompiled_step_matches_eager(data, tmp_path, method):
+    """The step function itself, run without a compiler (what mode="cuda_graph" captures on a GPU; on the CPU it runs
+    eagerly): the eager path's parameters after 3 steps, its logged terms."""
+    eager = make(method, data, tmp_path / "e", False, max_steps=3, logging_steps=3)
+    eager.train()
+    fast = make(method, data, tmp_path / "f", True, max_steps=3, logging_steps=3)
+    fast.fast_step.mode = "cuda_graph"
+    fast.train()
+    assert fast.fast_step.compiled is not None and not fast.fast_step.graphs  # built, never compiled or captured
+    for k, v in snapshot(eager).items():
+        torch.testing.assert_close(snapshot(fast)[k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
+    for a, b in zip(loss_logs(fast), loss_logs(eager)):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_fast_step_has_no_graph_breaks(data, tmp_path, method):
     """torch._dynamo.explain of one training step: a single graph, 0 graph breaks (forward, every loss term,
     torch.autograd.grad and the optimizer update)."""

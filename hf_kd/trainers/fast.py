@@ -33,7 +33,7 @@ import torch.nn as nn
 from torch.optim.adam import adam
 from torch.optim.sgd import sgd
 
-__all__ = ["StepInGraph", "FastStep", "check_fast_path_args", "find_step_in_graph"]
+__all__ = ["StepInGraph", "FastStep", "check_fast_path_args", "find_step_in_graph", "mark_persistent"]
 
 try:
     from torch.optim.adamw import adamw
@@ -128,7 +128,7 @@ class _GroupUpdate:
     """One parameter group's foreach update, with its settings and state tensors bound (state created where the
     optimizer has none yet, exactly as its first eager step would leave it)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, group: dict, static: bool):
+    def __init__(self, optimizer: torch.optim.Optimizer, group: dict):
         self.params = [p for p in group["params"] if p.requires_grad]
         self.group = group
         st = optimizer.state
@@ -159,10 +159,9 @@ class _GroupUpdate:
         else:
             raise ValueError(f"fast_path updates SGD, Adam and AdamW inside the compiled step; got "
                              f"{type(optimizer).__name__}. Use --optim sgd / adamw_torch, or turn fast_path off.")
-        if static:  # CUDA graphs: the state is mutated in place at fixed addresses, never copied in
-            for tensors in self.state:
-                for t in tensors:
-                    torch._dynamo.mark_static_address(t)
+        for tensors in self.state:  # CUDA graphs: mutated in place at fixed addresses, never copied in
+            for t in tensors:
+                mark_persistent(t)
 
     def __call__(self, grads: list[Optional[torch.Tensor]], lr: torch.Tensor):
         keep = [k for k, g in enumerate(grads) if g is not None]  # known when tracing: no gradient, no update
@@ -191,14 +190,19 @@ class _GroupUpdate:
 class FastStep:
     """Runs a ``DistillationTrainer``'s training steps through one compiled function (see the module docstring).
 
-    ``compile_options`` are ``torch.compile`` keyword arguments; default ``mode="reduce-overhead"`` on CUDA (CUDA
-    graphs) and inductor's default elsewhere. Tests pass ``backend="aot_eager"`` to check the traced step on the CPU
-    without inductor's compile time.
+    ``mode``: "compile" (default) traces the step with ``torch.compile(fullgraph=True, **compile_options)``;
+    ``compile_options`` default to ``mode="reduce-overhead"`` on CUDA (inductor + CUDA graphs) and inductor's default
+    elsewhere (tests pass ``backend="aot_eager"`` to check the traced step on the CPU without inductor's compile
+    time). "cuda_graph" captures the *eager* step (the same function, no compiler) into a ``torch.cuda.CUDAGraph``
+    after ``warmup`` eager steps and replays it: no compile time, launches amortised, kernels unfused (off CUDA it
+    runs the eager step).
     """
 
-    def __init__(self, trainer, compile_options: Optional[dict] = None):
+    def __init__(self, trainer, compile_options: Optional[dict] = None, mode: str = "compile", warmup: int = 2):
         self.trainer = trainer
         self.compile_options = compile_options
+        self.mode, self.warmup = mode, warmup
+        self.graphs: dict = {}  # "cuda_graph" mode: input signature -> _CapturedStep
         self.step_fn = None
         self.compiled = None
         self._loads = -1
@@ -220,8 +224,7 @@ class FastStep:
         if wrapper is None:
             raise RuntimeError("fast_path: the Trainer's optimizer is not a StepInGraph (see _prepare_for_training)")
         opts = list(getattr(wrapper.inner, "optimizers", [wrapper.inner]))  # a CompositeOptimizer's optimizers
-        static = device.type == "cuda"
-        updates = [_GroupUpdate(o, g, static) for o in opts for g in o.param_groups]
+        updates = [_GroupUpdate(o, g) for o in opts for g in o.param_groups]
         if getattr(self, "updates", None) and len(self.updates) == len(updates):  # a resume: rebind the same objects
             for old, new in zip(self.updates, updates):  # (new identities would make dynamo recompile the step)
                 old.__dict__.update(new.__dict__)
@@ -233,6 +236,11 @@ class FastStep:
         if missing:
             raise RuntimeError(f"fast_path: trainable parameters in no optimizer group: {missing[:5]}")
         self.model = model
+        aug = t.augmentation  # normalisation statistics on the device: no host-to-device copy inside the step
+        aug.mean, aug.std = aug.mean.to(device), aug.std.to(device)
+        self.graphs.clear()
+        if self.mode not in ("compile", "cuda_graph"):
+            raise ValueError(f"FastStep.mode must be 'compile' or 'cuda_graph', got {self.mode!r}")
         if self.step_fn is None:
             # a code object of its own: dynamo caches compiled graphs per code object, and one shared by every
             # trainer of a process would hit its recompile limit (and silently run eager) after a few trainers
@@ -292,12 +300,15 @@ class FastStep:
         if not model.training:
             model.train()
         args = self.host_inputs(inputs)
-        fn = self.compiled if compiled else self.step_fn
-        if compiled and t.args.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
         t._fast_tracing = True
         try:
-            loss, stacked, norm, names = fn(*args)
+            if self.mode == "cuda_graph" and compiled and t.args.device.type == "cuda":
+                loss, stacked, norm, names = self._graph_for(args)(args)
+            else:
+                fn = self.compiled if compiled and self.mode == "compile" else self.step_fn
+                if fn is self.compiled and t.args.device.type == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()
+                loss, stacked, norm, names = fn(*args)
         finally:
             t._fast_tracing = False
         t.fast_step_done()
@@ -310,6 +321,13 @@ class FastStep:
                 self.term_counts[names] = 1
         self.grad_norm = norm
         return loss
+
+    def _graph_for(self, args) -> "_CapturedStep":
+        key = _signature(args)
+        graph = self.graphs.get(key)
+        if graph is None:
+            graph = self.graphs[key] = _CapturedStep(self.step_fn, self.warmup)
+        return graph
 
     def pop_terms(self) -> dict[str, float]:
         """Mean of each loss term over the steps since the last call (one device-to-host copy)."""
@@ -345,3 +363,75 @@ class FastStep:
             return torch._dynamo.explain(self.step_fn)(*args)
         finally:
             t._fast_tracing = False
+
+
+def _signature(tree):
+    """Structure, shapes and dtypes of the step's inputs: one CUDA graph per distinct signature."""
+    if isinstance(tree, torch.Tensor):
+        return tuple(tree.shape), tree.dtype, tree.device
+    if isinstance(tree, dict):
+        return tuple((k, _signature(v)) for k, v in tree.items())
+    if isinstance(tree, (tuple, list)):
+        return tuple(_signature(v) for v in tree)
+    return tree
+
+
+def _to_static(tree):
+    """Fresh device buffers for the inputs; persistent tensors (``mark_persistent``) are used in place."""
+    if isinstance(tree, torch.Tensor):
+        return tree if getattr(tree, "_hf_kd_persistent", False) else tree.clone()
+    if isinstance(tree, dict):
+        return {k: _to_static(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_to_static(v) for v in tree)
+    return tree
+
+
+def _copy_into(static, tree):
+    if isinstance(tree, torch.Tensor):
+        if static is not tree:
+            static.copy_(tree, non_blocking=True)
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            _copy_into(static[k], v)
+    elif isinstance(tree, (tuple, list)):
+        for a, b in zip(static, tree):
+            _copy_into(a, b)
+
+
+def mark_persistent(t: torch.Tensor) -> torch.Tensor:
+    """A tensor a method keeps across steps and the step mutates (e.g. LightSKD's DSR buffer): a fixed address for
+    CUDA graphs (``torch._dynamo.mark_static_address`` for the compiled step; used in place by ``cuda_graph``)."""
+    t._hf_kd_persistent = True
+    if t.device.type == "cuda":
+        torch._dynamo.mark_static_address(t)
+    return t
+
+
+class _CapturedStep:
+    """The eager step as a ``torch.cuda.CUDAGraph``: ``warmup`` real steps run eagerly (on a side stream, as torch's
+    whole-network capture recipe does), the next one is captured and replayed, and every later one copies its
+    inputs into the captured buffers and replays. The step has no host sync, so it is capturable."""
+
+    def __init__(self, fn, warmup: int):
+        self.fn, self.warmup, self.calls = fn, warmup, 0
+        self.graph = self.static = self.out = None
+
+    def __call__(self, args):
+        if self.graph is None and self.calls < self.warmup:
+            self.calls += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self.fn(*args)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.graph is None:
+            self.static = _to_static(args)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.fn(*self.static)
+        else:
+            _copy_into(self.static, args)
+        self.graph.replay()
+        return self.out

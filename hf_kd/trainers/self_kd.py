@@ -60,6 +60,7 @@ from ..models import TimmStudent
 from ..models.student import MissingStagesError
 from ..modules.self_kd import LightSKDAdapter
 from .base import DistillationArguments, DistillationModel, DistillationTrainer
+from .fast import mark_persistent
 
 __all__ = ["SelfKDArguments", "SelfKDModel", "SelfKDTrainer", "RandomResizedCropAugment", "LIGHTSKD_CIFAR_MEAN",
            "LIGHTSKD_CIFAR_STD"]
@@ -306,9 +307,7 @@ class SelfKDTrainer(DistillationTrainer):
             return {}
         buf = getattr(self, "_dsr_buffer", None)
         if buf is None or buf.shape[0] != batch_size:
-            buf = torch.zeros(batch_size, self.student.config.num_labels, device=self.args.device)
-            if buf.device.type == "cuda":
-                torch._dynamo.mark_static_address(buf)
+            buf = mark_persistent(torch.zeros(batch_size, self.student.config.num_labels, device=self.args.device))
             self._dsr_buffer = buf
         previous = self.dsr_previous
         if previous is not None and previous is not buf:  # restored from a checkpoint
