@@ -88,6 +88,7 @@ class DistillationArguments(TrainingArguments):
         if self.fast_path:
             check_fast_path_args(self)
             self.logging_nan_inf_filter = False  # torch.isnan(loss) in a Python `or`: a host sync every step
+            self.accelerator_config.non_blocking = True  # batches copied to the device without a sync
             if self.per_device_eval_batch_size == 8:  # transformers' default; evaluation is launch-bound too
                 self.per_device_eval_batch_size = 1024
 

@@ -11,15 +11,19 @@ buffers), and the step has no host sync. What is computed is unchanged:
   without a sync; the pixel work runs inside the graph. The Trainer's RNG checkpoint holds the CPU RNG, so a resume is
   exact. On the CPU the draws are the eager path's own draws.
 - gradients: ``torch.autograd.grad`` of the same loss, traced into the graph.
-- optimizer: torch's own foreach SGD / Adam / AdamW update functions (``torch.optim.sgd.sgd``, ...) over the
-  optimizer's own state tensors, one call per parameter group with that group's settings; the learning rates of the
-  Trainer's schedule come in as a device tensor each step. The optimizer object keeps its groups and state, so
+- optimizer: torch's foreach SGD / Adam / AdamW updates (``torch.optim.adam.adam(..., foreach=True,
+  capturable=True)``; SGD as ``_sgd_foreach``, torch's foreach SGD op for op) over the optimizer's own state
+  tensors, one call per parameter group with that group's settings; the learning rates of the Trainer's schedule
+  come in as a device tensor each step. The optimizer object keeps its groups and state, so
   checkpoints are those of the eager path (the Trainer sees it through ``StepInGraph``, whose ``step`` is a no-op).
   Parameters that get no gradient are left alone, as torch's optimizers do.
 - loss terms: returned stacked and summed on the device, read and averaged at logging steps only (``log``); the
   gradient norm is computed in the graph (clipping too, with ``max_grad_norm``).
 
-Eval runs eager, at ``per_device_eval_batch_size`` (raised from transformers' default 8 to 1024 by the fast path).
+``FastStep.mode = "cuda_graph"`` captures the same step, uncompiled, in a ``torch.cuda.CUDAGraph`` instead (no compile
+time, unfused kernels). Eval runs eager, at ``per_device_eval_batch_size`` (raised from transformers' default 8 to
+1024 by the fast path). Dropout inside a network would draw from the device RNG inside the graph (none of hf_kd's
+backbones uses it by default).
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from torch.optim.adam import adam
-from torch.optim.sgd import sgd
 
 __all__ = ["StepInGraph", "FastStep", "check_fast_path_args", "find_step_in_graph", "mark_persistent"]
 
@@ -124,6 +127,25 @@ class StepInGraph(torch.optim.Optimizer):
         return f"StepInGraph({self.inner!r})"
 
 
+def _sgd_foreach(params, grads, bufs, lr: torch.Tensor, weight_decay: float, momentum: float, nesterov: bool,
+                 maximize: bool) -> None:
+    """torch's foreach SGD (``torch.optim.sgd._multi_tensor_sgd``, dampening 0, momentum buffers present), op for op,
+    with the learning rate as a device tensor the way torch applies it under ``torch.compile`` (p += g * -lr): its
+    eager foreach path turns a tensor lr into a Python number (a host sync), which a CUDA graph cannot capture."""
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if momentum != 0:
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, grads, alpha=1.0)
+        if nesterov:
+            grads = torch._foreach_add(grads, bufs, alpha=momentum)
+        else:
+            grads = bufs
+    torch._foreach_add_(params, torch._foreach_mul(grads, -lr))
+
+
 class _GroupUpdate:
     """One parameter group's foreach update, with its settings and state tensors bound (state created where the
     optimizer has none yet, exactly as its first eager step would leave it)."""
@@ -171,9 +193,8 @@ class _GroupUpdate:
         state = [[s[k] for k in keep] for s in self.state]
         g = self.group
         if self.kind == "sgd":
-            sgd(params, grads, state[0] if state else [None] * len(params), foreach=True,
-                weight_decay=g["weight_decay"], momentum=g["momentum"], lr=lr, dampening=g["dampening"],
-                nesterov=g["nesterov"], maximize=g["maximize"])
+            _sgd_foreach(params, grads, state[0] if state else None, lr, g["weight_decay"], g["momentum"],
+                         g["nesterov"], g["maximize"])
             return
         exp_avg, exp_avg_sq, *rest = state
         max_sq, steps = (rest[0], rest[1]) if g["amsgrad"] else ([], rest[0])
@@ -247,7 +268,12 @@ class FastStep:
             fn = FastStep._step
             self.step_fn = types.MethodType(types.FunctionType(fn.__code__.replace(), fn.__globals__, "fast_step",
                                                                fn.__defaults__, fn.__closure__), self)
-            torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the graph
+            if self.mode == "compile":
+                if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+                    raise RuntimeError(f"fast_path's compiled step traces torch.autograd.grad, which needs a torch "
+                                       f"with torch._dynamo.config.trace_autograd_ops (this is {torch.__version__}); "
+                                       "use trainer.fast_step.mode = 'cuda_graph' or upgrade torch.")
+                torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the graph
             self.compiled = torch.compile(self.step_fn, fullgraph=True, **self._options(device))
         self._loads = wrapper.loads
 
