@@ -198,7 +198,10 @@ class _GroupUpdate:
             return
         exp_avg, exp_avg_sq, *rest = state
         max_sq, steps = (rest[0], rest[1]) if g["amsgrad"] else ([], rest[0])
-        kwargs = dict(foreach=True, capturable=True, amsgrad=g["amsgrad"], beta1=g["betas"][0],
+        capturable = lr.device.type != "cpu" or torch.compiler.is_compiling()
+        if not capturable:  # the uncompiled step on the CPU: torch's Adam takes a tensor lr only when capturable
+            lr = lr.item()  # (no device to sync with)
+        kwargs = dict(foreach=True, capturable=capturable, amsgrad=g["amsgrad"], beta1=g["betas"][0],
                       beta2=g["betas"][1], lr=lr, weight_decay=g["weight_decay"], eps=g["eps"],
                       maximize=g["maximize"])
         if self.kind == "adamw":
@@ -373,7 +376,8 @@ class FastStep:
 
     def explain(self, model: Optional[nn.Module] = None, inputs: Optional[dict] = None):
         """``torch._dynamo.explain`` of one step (graph and graph-break counts), by default on the trainer's model
-        and its first training batch. It runs the step: the parameters are updated."""
+        and its first training batch. It runs the step (the parameters are updated) and, as ``explain`` does,
+        resets dynamo's caches (compiled steps of this process compile again on their next call)."""
         t = self.trainer
         if find_step_in_graph(t.optimizer) is None:
             t.create_optimizer()
