@@ -61,7 +61,8 @@ def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     assert "[hf_kd] kd: student cifar_resnet20 exported to" in run.stdout
     assert os.path.isfile(tmp_path / "kd_teacher" / "model.safetensors")  # the teacher, outside the export
-    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "training_args.bin", "training_curves.png"]
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "trainer_state.json",
+                                       "training_args.bin", "training_curves.png"]
     code = textwrap.dedent(f"""
         import hf_kd
         from transformers import AutoModelForImageClassification, pipeline
@@ -74,3 +75,31 @@ def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
     """)
     check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert check.returncode == 0 and "OK" in check.stdout, check.stderr[-3000:]
+
+
+def test_card_names_the_data_title_subset_and_reproduces_them(tmp_path, one_thread):
+    """The card (and its model-index) carry the dataset's title, the eval split and the subset drawn; the reproduce
+    YAML keeps the data flags; trainer_state.json (every evaluation) lands beside the export."""
+    import json
+
+    import yaml
+    from huggingface_hub import ModelCard
+
+    from hf_kd.recipes import run
+    from hf_kd.trainers import SupervisedTrainer
+
+    out = tmp_path / "ce"
+    run(SupervisedTrainer, defaults=dict(student="cifar_resnet20", output_dir=str(out)), argv=[
+        "--max_train_samples", "100", "--max_eval_samples", "50", "--dataset_title", "Digits (scikit-learn)",
+        "--max_steps", "2", "--per_device_train_batch_size", "16", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--save_strategy", "no", "--use_cpu", "true"])
+    card = ModelCard.load(out / "README.md")
+    result = card.data.eval_results[0]
+    assert result.dataset_name == "Digits (scikit-learn)" and result.dataset_type == "sklearn:digits"
+    assert result.dataset_split == "test"
+    assert "train subset: 100 of 1,437 images (class-balanced random subset, seed 0: 10 per class" in card.text
+    assert "eval subset: 50 of 360 images" in card.text
+    cfg = yaml.safe_load(card.text.split("```yaml")[1].split("```")[0])
+    assert cfg["max_train_samples"] == 100 and cfg["dataset_title"] == "Digits (scikit-learn)"
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert sum("eval_top1" in e for e in history) == 1  # the step-2 evaluation is reused, not repeated
