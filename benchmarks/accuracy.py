@@ -333,7 +333,9 @@ def main():
                 teacher.result()  # raises if the teacher failed
             return execute(o, method, seed, teacher_dir, lock)
 
-        futures = [pool.submit(job, m, s) for s in o.seeds for m in o.methods]  # seed by seed: complete sets first
+        # seed by seed (complete sets first); within a seed the runs that wait for the teacher last
+        order = sorted(o.methods, key=lambda m: m in NEEDS_TEACHER)
+        futures = [pool.submit(job, m, s) for s in o.seeds for m in order]
         for f in [teacher, *futures] if teacher else futures:
             try:
                 f.result()
