@@ -90,20 +90,33 @@ def _yaml_to_argv(path: str) -> list[str]:
     return argv
 
 
-def parse_args(args_class, defaults: Optional[dict] = None, argv: Optional[list[str]] = None):
-    """(ModelArguments, DataArguments, args_class) from ``defaults`` < ``--config`` YAML < CLI flags."""
+def parse_args(args_class, defaults: Optional[dict] = None, argv: Optional[list[str]] = None,
+               quick: Optional[dict] = None):
+    """(ModelArguments, DataArguments, args_class) from ``defaults`` < ``--config`` YAML < CLI flags.
+
+    ``quick``: a recipe's settings for its quick offline run only (a smaller network, a gentler schedule). They
+    apply when no ``--config`` is given and the data is the offline default (``digits``); any other run starts from
+    the method's own defaults, so that e.g. ``recipes/mixskd.py --dataset cifar100`` trains the network it names.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in argv:
+    has_config = "--config" in argv
+    if has_config:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise SystemExit("--config needs a YAML file path")
         argv = _yaml_to_argv(argv[i + 1]) + argv[:i] + argv[i + 2:]
-    parser = HfArgumentParser((ModelArguments, DataArguments, args_class))
-    parser.set_defaults(**{**QUICK_DEFAULTS, **(defaults or {})})
-    model_args, data_args, training_args, rest = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True)
-    if rest:
-        raise SystemExit(f"Unknown arguments: {rest}. See --help.")
+
+    def parse(extra: dict):
+        parser = HfArgumentParser((ModelArguments, DataArguments, args_class))
+        parser.set_defaults(**{**QUICK_DEFAULTS, **(defaults or {}), **extra})
+        *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if rest:
+            raise SystemExit(f"Unknown arguments: {rest}. See --help.")
+        return parsed
+
+    model_args, data_args, training_args = parse({})
+    if quick and not has_config and data_args.dataset == QUICK_DEFAULTS["dataset"]:
+        model_args, data_args, training_args = parse(quick)
     return model_args, data_args, training_args
 
 
@@ -173,9 +186,13 @@ def best_and_final(log_history: list[dict]) -> tuple[Optional[float], Optional[f
     return (max(accs), accs[-1]) if accs else (None, None)
 
 
-def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] = None, needs_teacher: bool = False):
-    """Parse, build, train, evaluate, export the student to --output_dir, push if asked. Returns the trainer."""
-    model_args, data_args, training_args = parse_args(trainer_cls.args_class, defaults, argv)
+def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] = None, needs_teacher: bool = False,
+        quick: Optional[dict] = None):
+    """Parse, build, train, evaluate, export the student to --output_dir, push if asked. Returns the trainer.
+
+    ``defaults`` apply to every run of the recipe; ``quick`` only to its no-config run on the offline digits data
+    (see ``parse_args``)."""
+    model_args, data_args, training_args = parse_args(trainer_cls.args_class, defaults, argv, quick)
     set_seed(training_args.seed)
     data = load_data(data_args, training_args.seed)
     teacher, teacher_name = build_teacher(model_args, data, training_args) if needs_teacher else (None, None)

@@ -103,3 +103,50 @@ def test_card_names_the_data_title_subset_and_reproduces_them(tmp_path, one_thre
     assert cfg["max_train_samples"] == 100 and cfg["dataset_title"] == "Digits (scikit-learn)"
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert sum("eval_top1" in e for e in history) == 1  # the step-2 evaluation is reused, not repeated
+
+
+def test_quick_run_settings_do_not_leak_into_other_runs(tmp_path):
+    """MixSKD's quick digits run uses a quarter-width 1-block network and a step schedule; those must not reach a
+    run on other data or from a preset (they did: the accuracy matrix's MixSKD rows trained that network)."""
+    from hf_kd.trainers.mixskd import MixSKDArguments
+
+    quick = dict(model_args='{"blocks": [1, 1, 1, 1]}', warmup_epochs=1, lr_milestones=[3, 4])
+    m, d, a = parse_args(MixSKDArguments, {"output_dir": str(tmp_path)}, [], quick=quick)
+    assert m.model_args == quick["model_args"] and a.lr_milestones == [3, 4] and a.warmup_epochs == 1
+    for argv in (["--dataset", "cifar100"], ["--config", os.path.join(ROOT, "recipes", "configs",
+                                                                         "mixskd_cifar100_resnet18.yaml")]):
+        m, d, a = parse_args(MixSKDArguments, {"output_dir": str(tmp_path)}, argv, quick=quick)
+        assert m.model_args != quick["model_args"] and a.lr_milestones != [3, 4], argv
+
+
+def test_accuracy_benchmark_configs_parse_to_the_common_settings(tmp_path, monkeypatch):
+    """What each recipe really trains from the accuracy benchmark's config: the same student and schedule, none of
+    the recipe's quick-run settings (model_args, milestones, warm-up)."""
+    import argparse
+    import importlib.util
+    import runpy
+
+    import yaml
+
+    import hf_kd.recipes
+
+    spec = importlib.util.spec_from_file_location("accuracy", os.path.join(ROOT, "benchmarks", "accuracy.py"))
+    acc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(acc)
+    o = argparse.Namespace(dataset="digits", dataset_title=None, max_train_samples=128, max_eval_samples=None,
+                           student="cifar_resnet20", teacher_architecture="cifar_resnet56", teacher_epochs=2,
+                           epochs=2, batch_size=32, lr=0.05, weight_decay=5e-4, eval_every=1, bf16=False)
+    for method, (recipe, _, _) in acc.METHODS.items():
+        cfg = tmp_path / f"{method}.yaml"
+        cfg.write_text(yaml.safe_dump(acc.run_config(o, method, 0, tmp_path / method, tmp_path / "t")))
+        parsed = {}
+
+        def fake_run(cls, defaults=None, argv=None, needs_teacher=False, quick=None):
+            parsed["args"] = parse_args(cls.args_class, defaults, ["--config", str(cfg)], quick=quick)
+
+        monkeypatch.setattr(hf_kd.recipes, "run", fake_run)
+        runpy.run_path(os.path.join(ROOT, "recipes", f"{recipe}.py"), run_name="__main__")
+        m, d, a = parsed["args"]
+        assert m.student == "cifar_resnet20" and not m.model_args, method
+        assert not a.lr_milestones and a.warmup_epochs == 0 and a.learning_rate == 0.05, method
+        assert a.weight_decay == 5e-4 and str(a.lr_scheduler_type.value) == "cosine", method
