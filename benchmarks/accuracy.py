@@ -229,6 +229,8 @@ def table(summary: dict) -> str:
     lines += ["", "Top-1/top-5 in %. 'final epoch' is the headline; 'best evaluation' is the maximum over the "
               "evaluations made during the run, reported beside it only. Gain: difference of the final-epoch means, "
               "95 % Welch t-interval over seeds."]
+    if s.get("note"):
+        lines += ["", f"Note: {s['note']}"]
     return "\n".join(lines) + "\n"
 
 
