@@ -29,6 +29,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import HubStrategy
 
 from ..data import BatchAugment, ImageCollator
+from ..losses.precision import upcast_half
 from ..metrics import ClassificationMetrics, topk_ids
 from ..models import TimmStudent
 
@@ -198,8 +199,8 @@ class DistillationTrainer(Trainer):
             raise ValueError(f"{type(self).__name__} needs a teacher: pass teacher=load_student(path).")
         dtype = next(self.teacher.parameters()).dtype
         out = self.teacher.forward_kd(pixel_values.to(dtype), stages=stages)
-        if dtype != torch.float32:  # a bf16/fp16 teacher: hand fp32 targets to the losses
-            out.logits, out.pre_logits = out.logits.float(), out.pre_logits.float()
+        # a bf16/fp16 teacher hands fp32 targets to the losses; a float32/float64 one keeps its dtype
+        out.logits, out.pre_logits = upcast_half(out.logits), upcast_half(out.pre_logits)
         return out
 
     def log_terms(self, terms: dict[str, torch.Tensor]):
