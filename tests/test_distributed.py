@@ -112,7 +112,7 @@ def test_every_recipe_without_a_teacher_under_two_processes(recipe, tmp_path):
         "--use_cpu", "true", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "8",
         "--max_train_samples", "64", "--max_eval_samples", "16", "--teacher_epochs", "0.25", "--logging_steps", "1",
         "--report_to", "none"]
-    run = run_group(cmd, timeout=600, env=ENV, cwd=tmp_path)
+    run = run_group(cmd, timeout=900, env=ENV, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-5000:]
     assert run.stdout.count("exported to") == 1  # the main process reports
     # the quick defaults save a checkpoint per epoch (and at the end); both processes wrote their RNG state into it
