@@ -129,7 +129,7 @@ def push_to_hub(trainer, commit_message: Optional[str] = "End of training", bloc
         except Exception as e:  # noqa: BLE001 - export locally first, then report
             error = e
     trainer._finish_current_push()  # a background push from a checkpoint reads the files the export rewrites
-    trainer.save_model(_internal_call=True)  # every process (gathers sharded states); only the main one writes
+    trainer.save_model(_internal_call=True)  # every process: the main one writes, the others wait until it is done
     if not trainer.is_world_process_zero():
         return None
     if error is not None:

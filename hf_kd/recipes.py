@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import yaml
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from transformers import HfArgumentParser, set_seed
 
 from .data import load_image_data
@@ -121,11 +123,14 @@ def parse_args(args_class, defaults: Optional[dict] = None, argv: Optional[list[
 
 
 def load_data(data_args: DataArguments, seed: int = 0):
-    data = load_image_data(
-        data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column,
-        train_split=data_args.train_split, eval_split=data_args.eval_split, image_size=data_args.image_size,
-        max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
-        subset_seed=data_args.subset_seed, cache_dir=data_args.dataset_cache_dir, seed=seed)
+    # datasets writes its caches (download, Arrow files, split indices) to temporary names and renames them; the
+    # main process of each node goes first, so it writes them once and the others read them (no double download)
+    with PartialState().local_main_process_first():
+        data = load_image_data(
+            data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column,
+            train_split=data_args.train_split, eval_split=data_args.eval_split, image_size=data_args.image_size,
+            max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
+            subset_seed=data_args.subset_seed, cache_dir=data_args.dataset_cache_dir, seed=seed)
     in_memory = data_args.in_memory
     if in_memory is None:
         import torch
@@ -141,14 +146,23 @@ def build_student(model_args: ModelArguments, data, architecture: Optional[str] 
 
 
 def build_teacher(model_args: ModelArguments, data, training_args):
-    """The given teacher, or one trained here with plain CE on the same data (reused when already exported)."""
+    """The given teacher, or one trained here with plain CE on the same data (reused when already exported).
+
+    Under N processes the teacher is trained once, by all of them together (its ``TrainingArguments`` see the same
+    launch, so it runs under DDP like the student); its ``save_model`` returns on every process only once the main
+    process has written the export, and only then does any process read it. Whether to train is the main process's
+    decision, sent to all, so every process takes the same path.
+    """
     if model_args.teacher:
         return load_student(model_args.teacher), model_args.teacher
     out = training_args.output_dir.rstrip("/") + "_teacher"
-    if not os.path.isfile(os.path.join(out, "config.json")):
+    # config.json is moved into an export last (hf_kd.sync.write_atomically): with it, the folder is complete
+    exported = broadcast_object_list([os.path.isfile(os.path.join(out, "config.json"))])[0]
+    if not exported:
         from .trainers import DistillationArguments, SupervisedTrainer
 
-        print(f"[hf_kd] no --teacher given: training a {model_args.teacher_architecture} teacher into {out}")
+        if PartialState().is_main_process:
+            print(f"[hf_kd] no --teacher given: training a {model_args.teacher_architecture} teacher into {out}")
         targs = DistillationArguments(
             output_dir=out, num_train_epochs=model_args.teacher_epochs,
             per_device_train_batch_size=training_args.per_device_train_batch_size,
@@ -163,7 +177,7 @@ def build_teacher(model_args: ModelArguments, data, training_args):
         describe_data(trainer, data)
         trainer.train()
         trainer.evaluate()
-        trainer.save_model()
+        trainer.save_model()  # collective: returns once the main process has written the whole export
     return load_student(out), out
 
 

@@ -6,13 +6,13 @@ import copy
 import math
 import os
 import socket
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from launch import run_group
 from transformers import AutoModelForImageClassification
 
 import hf_kd  # noqa: F401
@@ -507,7 +507,7 @@ def test_two_process_accelerate_launch_of_the_recipe(tmp_path):
            "--per_device_train_batch_size", "8", "--max_train_samples", "64", "--max_eval_samples", "16",
            "--model_args", '{"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]}', "--eval_strategy", "no",
            "--save_strategy", "steps", "--save_steps", "2", "--use_cpu", "true", "--logging_steps", "1"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    run = run_group(cmd, timeout=600, env=env, cwd=tmp_path)  # killed with its workers if the test is interrupted
     assert run.returncode == 0, run.stderr[-5000:]
     assert "[hf_kd] ffsd: student cifar_resnet20 exported to" in run.stdout
     ckpt = out / "checkpoint-2"

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pytest
+from launch import run_group
 
 from hf_kd.recipes import parse_args
 from hf_kd.trainers import DistillationArguments, KDArguments
@@ -57,7 +58,7 @@ def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
            "--output_dir", str(out), "--max_steps", "3", "--teacher_epochs", "0.1", "--teacher_architecture",
            "cifar_resnet20", "--max_train_samples", "128", "--max_eval_samples", "32", "--eval_strategy", "no",
            "--save_strategy", "no", "--use_cpu", "true"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    run = run_group(cmd, timeout=900, cwd=tmp_path)  # killed with its workers if the test is interrupted
     assert run.returncode == 0, run.stderr[-4000:]
     assert "[hf_kd] kd: student cifar_resnet20 exported to" in run.stdout
     assert os.path.isfile(tmp_path / "kd_teacher" / "model.safetensors")  # the teacher, outside the export

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
@@ -32,6 +30,7 @@ from ..data import BatchAugment, ImageCollator
 from ..losses.precision import upcast_half
 from ..metrics import ClassificationMetrics, topk_ids
 from ..models import TimmStudent
+from ..sync import main_process_writes, write_atomically
 
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer"]
 
@@ -302,24 +301,35 @@ class DistillationTrainer(Trainer):
             return super()._save(output_dir, state_dict)
         self.export_student(output_dir or self.args.output_dir)
 
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False):
+        """Inside a checkpoint: Trainer's full-state save. Otherwise export the student (``export_student``) to
+        ``output_dir`` (default ``args.output_dir``).
+
+        Every process calls it; the one that saves (``args.should_save``) writes and the others wait at a barrier
+        until the export is complete (``hf_kd.sync.main_process_writes``), so any process may read the export when
+        this returns (the recipes' auto-trained teacher is read by every process).
+        """
+        if self._in_checkpoint:
+            return super().save_model(output_dir, _internal_call)
+        main_process_writes(output_dir or self.args.output_dir, self._write_export, writer=self.args.should_save,
+                            prefix=".export-")
+        if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
     def export_student(self, output_dir: str):
         """Write the student alone (config + timm-native safetensors + model card) to ``output_dir``.
 
-        Files are written to a temporary folder first and then moved into place, so a failure midway never leaves a
-        half-written export over a previous one.
+        Only the process that saves writes; nothing waits for it (``save_model`` is the collective export). Files are
+        written to a temporary folder first and then moved into place, ``config.json`` last, so a failure midway never
+        leaves a half-written export over a previous one (``hf_kd.sync.write_atomically``).
         """
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".export-", dir=output_dir)
-        try:
-            self.student.save_pretrained(tmp)
-            self.write_model_card(tmp)
-            torch.save(self.args, os.path.join(tmp, "training_args.bin"))
-            for name in os.listdir(tmp):
-                os.replace(os.path.join(tmp, name), os.path.join(output_dir, name))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if self.args.should_save:
+            write_atomically(output_dir, self._write_export, prefix=".export-")
+
+    def _write_export(self, folder: str):
+        self.student.save_pretrained(folder)
+        self.write_model_card(folder)
+        torch.save(self.args, os.path.join(folder, "training_args.bin"))
 
     def write_model_card(self, output_dir: str):
         from ..cards import write_model_card
@@ -328,8 +338,8 @@ class DistillationTrainer(Trainer):
 
     def create_model_card(self, *args, **kwargs):
         """Trainer's card generator needs ``model.config`` (a wrapper has none): write hf_kd's card instead."""
-        if self.is_world_process_zero():
-            self.write_model_card(self.args.output_dir)
+        if self.is_world_process_zero():  # main process only, as Trainer's: nothing to wait for
+            write_atomically(self.args.output_dir, self.write_model_card, prefix=".export-")
 
     def push_to_hub(self, commit_message: Optional[str] = "End of training", blocking: bool = True,
                     token: Optional[str] = None, revision: Optional[str] = None, private: Optional[bool] = None,
