@@ -203,7 +203,7 @@ def test_build_model_and_clear_errors(data, tmp_path):
         FFSDModel.build(tiny(data, model_args=dict(channels=[8, 8], blocks=[1])), 2)
     with pytest.raises(MissingStagesError, match="halve"):  # stem + 2 stages: (8,32,32), (8,32,32), (16,16,16)
         FFSDModel.build(tiny(data, model_args=dict(channels=[8, 8, 16], blocks=[1, 1])), 2)
-    with pytest.raises(ValueError, match="num_students >= 2"):
+    with pytest.raises(ValueError, match="num_students must be >= 2"):
         make_args(tmp_path, num_students=1)
     with pytest.raises(ValueError, match="no pre-trained teacher"):
         FFSDTrainer(model=tiny(data), teacher=tiny(data), args=make_args(tmp_path), train_dataset=data.train)
