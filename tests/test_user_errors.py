@@ -217,3 +217,25 @@ def test_yaml_key_typo_is_an_unknown_argument(tmp_path):
 def test_abbreviated_cli_flag_is_an_unknown_argument():
     with pytest.raises(SystemExit, match=r"--temp \(did you mean"):
         parse_args(KDArguments, {"output_dir": "x"}, ["--temp", "2"])
+
+
+# --- 4. corrupt images ------------------------------------------------------------------------------------------------
+def test_truncated_jpeg_in_an_imagefolder_is_skipped_with_a_warning_naming_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from hf_kd import load_image_data
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.jpg")
+    bad = tmp_path / "dog" / "9.jpg"
+    good = (tmp_path / "dog" / "0.jpg").read_bytes()
+    bad.write_bytes(good[:len(good) // 2])  # PIL: "image file is truncated"
+    with pytest.warns(UserWarning, match=rf"Skipping 1 of 11 train images .*{bad}"):
+        data = load_image_data(str(tmp_path), eval_fraction=0.2)
+    assert len(data.train) + len(data.eval) == 10
+    decoded = data.in_memory()  # decodes every image: no "Truncated File Read" at step N
+    assert decoded.train.pixels.shape[1:] == (3, 32, 32)
