@@ -4,11 +4,12 @@ silently start ONE process) against one process with gradient_accumulation_steps
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
 import torch
+
+from processes import run_process
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_train.py")
 # name (tests/scripts/ddp_train.py) -> largest parameter difference allowed between 2 processes and 1 process with
@@ -39,8 +40,7 @@ def launch(out, procs, grad_accum, names):
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), SCRIPT]
     else:
         cmd = [sys.executable, SCRIPT]
-    run = subprocess.run(cmd + [str(out), str(grad_accum), *names], capture_output=True, text=True, timeout=900,
-                         env=env)
+    run = run_process(cmd + [str(out), str(grad_accum), *names], timeout=900, env=env)
     assert run.returncode == 0, run.stderr[-5000:]
 
 

@@ -6,6 +6,11 @@ from a library below hf_kd).
 
 import dataclasses
 import os
+import signal
+import sys
+import textwrap
+import threading
+import time
 
 import pytest
 import torch
@@ -14,6 +19,8 @@ import hf_kd
 from hf_kd import (DistillationArguments, FFSDArguments, KDArguments, KDTrainer, MixSKDArguments,
                    ProjectorKDArguments, SelfKDArguments, SelfKDTrainer, SupervisedTrainer, create_student)
 from hf_kd.recipes import parse_args, run
+
+from processes import run_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -239,3 +246,149 @@ def test_truncated_jpeg_in_an_imagefolder_is_skipped_with_a_warning_naming_it(tm
     assert len(data.train) + len(data.eval) == 10
     decoded = data.in_memory()  # decodes every image: no "Truncated File Read" at step N
     assert decoded.train.pixels.shape[1:] == (3, 32, 32)
+
+
+# --- 12. import time ------------------------------------------------------------------------------------------------
+def test_import_hf_kd_loads_only_what_registering_the_backbones_needs():
+    """`import hf_kd` registers the cifar_* backbones in timm and imports no Trainer, datasets, evaluate, matplotlib
+    or scikit-learn; every public name still resolves on first use (benchmarks/import_time.py measures the cost)."""
+    code = textwrap.dedent("""
+        import sys, timm
+        import hf_kd
+        heavy = [m for m in ("transformers", "transformers.trainer", "datasets", "evaluate", "matplotlib", "jinja2",
+                             "sklearn", "scipy", "hf_kd.trainers.base", "hf_kd.data.loading") if m in sys.modules]
+        assert not heavy, heavy
+        assert timm.is_model("cifar_resnet20")
+        for name in hf_kd.__all__:
+            getattr(hf_kd, name)
+        from hf_kd.data import digits_dataset
+        from hf_kd.models import MissingStagesError
+        assert "transformers.trainer" in sys.modules and hf_kd.KDTrainer.__name__ == "KDTrainer"
+        print("OK")
+    """)
+    run_ = run_process([sys.executable, "-c", code], timeout=600)
+    assert run_.returncode == 0 and "OK" in run_.stdout, run_.stderr[-3000:]
+
+
+# --- 13. test hygiene: no orphan processes --------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc") or not hasattr(signal, "pthread_kill"), reason="needs Linux /proc")
+def test_interrupting_a_test_ends_the_launched_process_and_its_children(tmp_path):
+    """Like `accelerate launch recipe.py`: a launcher whose child does the work. Ctrl-C during run_process must end
+    both; subprocess.run would kill the launcher only and leave the child running as an orphan."""
+    pid_file = tmp_path / "child.pid"
+    launcher = textwrap.dedent(f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        child.wait()
+    """)
+
+    def interrupt_when_started():
+        deadline = time.monotonic() + 300
+        while not pid_file.exists() or not pid_file.read_text():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C in the test process
+
+    threading.Thread(target=interrupt_when_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_process([sys.executable, "-c", launcher], timeout=600)
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the launched process's child outlived the interrupted test"
+
+
+def test_tests_start_processes_only_through_run_process():
+    here = os.path.dirname(os.path.abspath(__file__))
+    offenders = []
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py") and name != "processes.py":
+            text = open(os.path.join(here, name)).read()
+            offenders += [f"{name}: {call}" for call in ("subprocess.run(", "subprocess.Popen(", "subprocess.call(",
+                                                         "subprocess.check_output(", "os.system(") if call in text
+                          and not (name == os.path.basename(__file__) and call == "subprocess.Popen(")]
+    assert not offenders, f"use processes.run_process (ends the process group on interruption): {offenders}"
+
+
+# --- 9. the model card shows what the run used and how to load it from where it is -------------------------------
+def _card_trainer(data, tmp_path, cls=None, **kw):
+    from hf_kd import FFSDTrainer
+
+    cls = cls or FFSDTrainer
+    args = cls.args_class(output_dir=str(tmp_path / "outputs" / "ffsd"), report_to=[], use_cpu=True, **kw)
+    return cls(model=tiny(data), args=args, train_dataset=data.train, augmentation=data.batch_augment())
+
+
+def test_card_use_snippet_loads_the_local_folder_before_a_push(data, tmp_path):
+    trainer = _card_trainer(data, tmp_path)
+    out = trainer.args.output_dir
+    trainer.write_model_card(str(tmp_path))
+    card = (tmp_path / "README.md").read_text()
+    use = card[card.index("## Use"):]
+    assert f'pipeline("image-classification", model="{out}")' in use
+    assert f'timm.create_model("local-dir:{out}", pretrained=True)' in use
+    assert 'model="ffsd"' not in card and "hf-hub:ffsd" not in card
+    trainer.hub_model_id = "someone/ffsd-resnet"  # what Trainer.init_hf_repo sets when the run pushes
+    trainer.write_model_card(str(tmp_path))
+    use = (tmp_path / "README.md").read_text().split("## Use")[1]
+    assert 'model="someone/ffsd-resnet"' in use and 'timm.create_model("hf-hub:someone/ffsd-resnet"' in use
+
+
+def test_card_shows_the_values_the_run_used_not_none(data, tmp_path):
+    trainer = _card_trainer(data, tmp_path, weight_decay=3e-4)
+    trainer.write_model_card(str(tmp_path))
+    card = (tmp_path / "README.md").read_text()
+    assert "| `decoder_weight_decay` | `0.0003` |" in card  # defaults to weight_decay
+    assert "| `augmentation` | `cifar` |" in card and "batched\naugmentation `cifar`" in card
+    assert "| `pad_mode` | `constant` |" in card
+    assert "`None`" not in card.split("Training hyperparameters:")[0].split("Distillation hyperparameters")[1]
+    from hf_kd import SelfKDTrainer
+
+    self_kd = _card_trainer(data, tmp_path / "s", cls=SelfKDTrainer)
+    self_kd.write_model_card(str(tmp_path))
+    card = (tmp_path / "README.md").read_text()
+    assert "| `random_resized_crop` | `True` |" in card and "| `augmentation` | `random_resized_crop` |" in card
+
+
+# --- 10. readable training curves -------------------------------------------------------------------------------------
+def _ffsd_like_history(epochs: int = 4) -> list[dict]:
+    """What an FFSD run logs: 9 loss terms, one of them (diversity) ~1000x the rest, 8 heads x top-1/top-5."""
+    heads = ["", "student0_", "student1_", "fusion_", "trans_fusion_", "ensemble_", "students_oracle_", "average_"]
+    log = []
+    for e in range(1, epochs + 1):
+        log.append({"epoch": e - 0.5, "loss": 5.0 / e, "loss_diversity": 1200.0 - 100 * e, "loss_ce": 2.0 / e,
+                    **{f"loss_t{i}": 0.1 * i / e for i in range(1, 8)}})
+        log.append({"epoch": float(e), **{f"eval_{h}top1": 0.1 * e + 0.01 * i for i, h in enumerate(heads)},
+                    **{f"eval_{h}top5": 0.3 + 0.1 * e for h in heads}})
+    return log
+
+
+def test_training_curves_are_readable():
+    from matplotlib.colors import to_hex
+
+    from hf_kd.cards import training_curves_figure
+
+    fig = training_curves_figure(_ffsd_like_history())
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    loss, top1, top5 = fig.axes
+    assert loss.get_yscale() == "log"  # diversity (~1000) does not flatten the other terms
+    assert "top-1" in top1.get_title() and "top-5" in top5.get_title()
+    for ax, n in ((loss, 10), (top1, 8), (top5, 8)):
+        colours = [to_hex(line.get_color()) for line in ax.get_lines()]
+        assert len(colours) == n and len(set(colours)) == n, (ax.get_title(), colours)  # one distinct colour each
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert legend.x0 >= ax.get_window_extent(renderer).x1, ax.get_title()  # the legend is outside the panel
+    for ax in top1, top5:
+        assert {line.get_label() for line in ax.get_lines()} >= {"exported model", "students_oracle", "ensemble"}

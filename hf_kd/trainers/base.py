@@ -284,6 +284,15 @@ class DistillationTrainer(Trainer):
     def eval_head_names(self) -> list[str]:
         return ["student"]
 
+    def used_hyperparameters(self) -> dict:
+        """The values this run used for arguments left unset (None: "the data's", "derived"), for the model card."""
+        aug = self.augmentation
+        used = {"augmentation": aug.kind, "norm_mean": [round(float(v), 4) for v in aug.mean.flatten().tolist()],
+                "norm_std": [round(float(v), 4) for v in aug.std.flatten().tolist()]}
+        if aug.kind == "cifar":
+            used["pad_mode"] = aug.pad_mode
+        return used
+
     def build_model(self, student: TimmStudent, args: DistillationArguments) -> DistillationModel:
         return DistillationModel(student)
 

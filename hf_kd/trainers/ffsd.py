@@ -324,6 +324,11 @@ class FFSDTrainer(DistillationTrainer):
     def ffsd_model(self) -> FFSDModel:
         return self.accelerator.unwrap_model(self.model)
 
+    def used_hyperparameters(self) -> dict:
+        a = self.args
+        return {**super().used_hyperparameters(),
+                "decoder_weight_decay": a.weight_decay if a.decoder_weight_decay is None else a.decoder_weight_decay}
+
     # --- optimizer: SGD over the networks, Adam over the decoders, one schedule ---------------------------------------
     def _groups(self, model: nn.Module, prefixes: Sequence[str], weight_decay: float, **extra) -> list[dict]:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n.startswith(tuple(prefixes))]

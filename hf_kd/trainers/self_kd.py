@@ -251,6 +251,10 @@ class SelfKDTrainer(DistillationTrainer):
         if rrc:
             self.augmentation = RandomResizedCropAugment(aug.mean.flatten().tolist(), aug.std.flatten().tolist())
 
+    def used_hyperparameters(self) -> dict:
+        return {**super().used_hyperparameters(),
+                "random_resized_crop": isinstance(self.augmentation, RandomResizedCropAugment)}
+
     @property
     def adapter(self) -> Optional[LightSKDAdapter]:
         aux = self.accelerator.unwrap_model(self.model).aux
