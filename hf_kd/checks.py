@@ -35,8 +35,9 @@ def _previous_run(output_dir: str) -> list[str]:
     if not os.path.isdir(output_dir):
         return []
     found = [f for f in _EXPORT_FILES if os.path.isfile(os.path.join(output_dir, f))]
+    # complete checkpoints only: a folder without trainer_state.json is the residue of a save that was cut short
     found += sorted(os.path.basename(p) for p in glob.glob(os.path.join(output_dir, "checkpoint-*"))
-                    if os.path.isdir(p))
+                    if os.path.isfile(os.path.join(p, "trainer_state.json")))
     return found
 
 
@@ -61,9 +62,8 @@ def check_output_dir(args) -> None:
             "or pick another --output_dir.")
     with args.main_process_first(desc="removing the previous run's checkpoints", local=False):
         if args.process_index == 0:
-            for name in found:
-                if name.startswith("checkpoint-"):
-                    shutil.rmtree(os.path.join(args.output_dir, name), ignore_errors=True)
+            for path in glob.glob(os.path.join(args.output_dir, "checkpoint-*")):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 # --- enough data for one step ----------------------------------------------------------------------------------------
