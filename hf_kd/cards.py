@@ -104,7 +104,8 @@ def run_config(trainer) -> dict:
             "do_eval", "do_predict"}  # do_*: derived by TrainingArguments, not used by Trainer
     for name, value in args.to_dict().items():  # to_dict: enums as values, nested configs as dicts
         f = fields.get(name)
-        if f is None or name in skip or any(s in name for s in _SECRET) or _is_default(name, value, f):
+        if f is None or name in skip or name in getattr(args, "_quieted", ()) or any(s in name for s in _SECRET) \
+                or _is_default(name, value, f):
             continue
         cfg[name] = value if isinstance(value, (bool, int, float, str, list, dict)) else str(value)
     return cfg

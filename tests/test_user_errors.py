@@ -352,6 +352,7 @@ def test_card_shows_the_values_the_run_used_not_none(data, tmp_path):
     assert "| `decoder_weight_decay` | `0.0003` |" in card  # defaults to weight_decay
     assert "| `augmentation` | `cifar` |" in card and "batched\naugmentation `cifar`" in card
     assert "| `pad_mode` | `constant` |" in card
+    assert "dataloader_pin_memory" not in card and "ddp_find_unused_parameters" not in card  # machine-decided
     assert "`None`" not in card.split("Training hyperparameters:")[0].split("Distillation hyperparameters")[1]
     from hf_kd import SelfKDTrainer
 

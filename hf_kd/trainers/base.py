@@ -113,10 +113,13 @@ class DistillationArguments(TrainingArguments):
         """
         accel = getattr(torch, "accelerator", None)
         has_accelerator = accel.is_available() if accel is not None else torch.cuda.is_available()
+        self._quieted = []  # left out of the card's reproduce YAML: the same run on a GPU machine decides anew
         if self.dataloader_pin_memory and (self.use_cpu or not has_accelerator):
             self.dataloader_pin_memory = False
+            self._quieted.append("dataloader_pin_memory")
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = False
+            self._quieted.append("ddp_find_unused_parameters")
 
     def _declared(self, name: str):
         """The union of a range declaration (``temperature_fields``, ...) over this class and its parents."""
