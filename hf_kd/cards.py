@@ -231,7 +231,8 @@ def training_curves_figure(log_history: list[dict]):
     train = [e for e in log_history if "loss" in e and "epoch" in e]
     evals = [e for e in log_history if "eval_top1" in e and "epoch" in e]
     loss_keys = ["loss"] + sorted({k for e in train for k in e if k.startswith("loss_")})
-    losses = {("total (weighted)" if k == "loss" else k[len("loss_"):]): [(e["epoch"], e[k]) for e in train if k in e]
+    total = "total (weighted)" if len(loss_keys) > 1 else "loss"
+    losses = {(total if k == "loss" else k[len("loss_"):]): [(e["epoch"], e[k]) for e in train if k in e]
               for k in loss_keys}
     losses = {k: v for k, v in losses.items() if v}
     accuracy = {}
@@ -249,8 +250,9 @@ def training_curves_figure(log_history: list[dict]):
     if losses:
         values = [v for pts in losses.values() for _, v in pts]
         log = min(values) > 0 and max(values) / min(values) > 100
-        _panel(axes[i], losses, "total (weighted)", "Training loss terms",
-               "loss (unweighted terms" + (", log scale)" if log else ")"))
+        _panel(axes[i], losses, total, "Training loss terms" if len(losses) > 1 else "Training loss",
+               ("loss (unweighted terms" + (", log scale)" if log else ")")) if len(losses) > 1
+               else "loss" + (" (log scale)" if log else ""))
         if log:
             axes[i].set_yscale("log")
         i += 1
