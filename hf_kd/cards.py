@@ -68,7 +68,7 @@ def method_hyperparameters(args) -> tuple[list[tuple[str, object]], list[tuple[s
     weights, ...). Training: the ``DistillationArguments`` fields (schedule, augmentation) + key ``TrainingArguments``.
     """
     base = {f.name for f in dataclasses.fields(DistillationArguments)}
-    own = base - {f.name for f in dataclasses.fields(TrainingArguments)}
+    own = base - {f.name for f in dataclasses.fields(TrainingArguments)} - {"overwrite_output_dir"}
     method = [(f.name, _plain(getattr(args, f.name))) for f in dataclasses.fields(args) if f.name not in base]
     training = [(n, _plain(getattr(args, n))) for n in (*sorted(own), *_SHOWN_TRAINING_ARGS) if hasattr(args, n)]
     return method, training
