@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import shlex
 from pathlib import Path
@@ -214,7 +215,16 @@ def _panel(ax, series: dict[str, list[tuple[float, float]]], emphasise: str, tit
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: labels[i] != emphasise)  # the emphasised line first
     ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              fontsize=8, frameon=False, borderaxespad=0.0)
+              fontsize=8, frameon=False, borderaxespad=0.0, ncol=_legend_columns(len(labels)))
+
+
+def _legend_columns(n: int) -> int:
+    return math.ceil(n / 10)
+
+
+def _panel_height(n: int) -> float:
+    """Inches a panel needs so that its legend (``n`` entries, 10 per column) stays beside it."""
+    return max(2.8, 0.2 * math.ceil(n / _legend_columns(n)) + 0.9)
 
 
 def training_curves_figure(log_history: list[dict]):
@@ -243,9 +253,10 @@ def training_curves_figure(log_history: list[dict]):
     panels = [p for p in (losses, accuracy["top1"], accuracy["top5"]) if p]
     if not panels:
         return None
-    fig = Figure(figsize=(9, 2.8 * len(panels)), dpi=100)
+    heights = [_panel_height(len(p)) for p in panels]
+    fig = Figure(figsize=(9, sum(heights)), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     i = 0
     if losses:
         values = [v for pts in losses.values() for _, v in pts]

@@ -364,12 +364,12 @@ def test_card_shows_the_values_the_run_used_not_none(data, tmp_path):
 
 # --- 10. readable training curves -------------------------------------------------------------------------------------
 def _ffsd_like_history(epochs: int = 4) -> list[dict]:
-    """What an FFSD run logs: 9 loss terms, one of them (diversity) ~1000x the rest, 8 heads x top-1/top-5."""
+    """What an FFSD run logs: 19 loss terms, one of them (diversity) ~1000x the rest, 8 heads x top-1/top-5."""
     heads = ["", "student0_", "student1_", "fusion_", "trans_fusion_", "ensemble_", "students_oracle_", "average_"]
     log = []
     for e in range(1, epochs + 1):
         log.append({"epoch": e - 0.5, "loss": 5.0 / e, "loss_diversity": 1200.0 - 100 * e, "loss_ce": 2.0 / e,
-                    **{f"loss_t{i}": 0.1 * i / e for i in range(1, 8)}})
+                    **{f"loss_t{i}": 0.1 * i / e for i in range(1, 17)}})
         log.append({"epoch": float(e), **{f"eval_{h}top1": 0.1 * e + 0.01 * i for i, h in enumerate(heads)},
                     **{f"eval_{h}top5": 0.3 + 0.1 * e for h in heads}})
     return log
@@ -386,13 +386,15 @@ def test_training_curves_are_readable():
     loss, top1, top5 = fig.axes
     assert loss.get_yscale() == "log"  # diversity (~1000) does not flatten the other terms
     assert "top-1" in top1.get_title() and "top-5" in top5.get_title()
-    for ax, n in ((loss, 10), (top1, 8), (top5, 8)):
+    for ax, n in ((loss, 19), (top1, 8), (top5, 8)):
         colours = [to_hex(line.get_color()) for line in ax.get_lines()]
         assert len(colours) == n and len(set(colours)) == n, (ax.get_title(), colours)  # one distinct colour each
         legend = ax.get_legend().get_window_extent(renderer)
         assert legend.x0 >= ax.get_window_extent(renderer).x1, ax.get_title()  # the legend is outside the panel
     for ax in top1, top5:
         assert {line.get_label() for line in ax.get_lines()} >= {"exported model", "students_oracle", "ensemble"}
+    boxes = [ax.get_legend().get_window_extent(renderer) for ax in fig.axes]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])  # no legend covers another
 
 
 # --- 11. noise hf_kd causes -----------------------------------------------------------------------------------------
