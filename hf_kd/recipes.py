@@ -13,6 +13,7 @@ import os
 import shlex
 import sys
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -21,6 +22,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import HfArgumentParser, set_seed
 
+from .checks import check_dataset, check_enough_examples, check_output_dir, check_teacher
 from .data import load_image_data
 from .models import create_student, load_student
 
@@ -92,6 +94,28 @@ def _yaml_to_argv(path: str) -> list[str]:
     return argv
 
 
+def make_parser(args_class) -> HfArgumentParser:
+    """The recipes' parser. ``allow_abbrev=False``: argparse would otherwise take any unambiguous prefix of a flag
+    (a YAML typo ``num_train_epoch``, a CLI ``--lr``) as the full name; here every such key is an unknown argument."""
+    return HfArgumentParser((ModelArguments, DataArguments, args_class), allow_abbrev=False)
+
+
+def unknown_arguments_error(rest: list[str], parser: HfArgumentParser, config: Optional[str] = None) -> str:
+    """Name every unknown key, where it came from (the YAML or the command line) and the closest known flags."""
+    known = sorted({"--" + o[2:].replace("-", "_") for a in parser._actions for o in a.option_strings
+                    if o.startswith("--")})
+    lines = []
+    for word in rest:
+        if not word.startswith("-"):
+            continue
+        key = word.split("=", 1)[0]
+        close = difflib.get_close_matches(key, known, n=1)
+        lines.append(f"{key}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    where = f" (from the command line or the YAML {config})" if config else ""
+    return (f"Unknown arguments{where}: {', '.join(lines) or rest}. Flags must be spelled out in full (no "
+            "abbreviations); see --help for the list.")
+
+
 def parse_args(args_class, defaults: Optional[dict] = None, argv: Optional[list[str]] = None,
                quick: Optional[dict] = None):
     """(ModelArguments, DataArguments, args_class) from ``defaults`` < ``--config`` YAML < CLI flags.
@@ -101,23 +125,24 @@ def parse_args(args_class, defaults: Optional[dict] = None, argv: Optional[list[
     the method's own defaults, so that e.g. ``recipes/mixskd.py --dataset cifar100`` trains the network it names.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    has_config = "--config" in argv
-    if has_config:
+    config = None
+    if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise SystemExit("--config needs a YAML file path")
-        argv = _yaml_to_argv(argv[i + 1]) + argv[:i] + argv[i + 2:]
+        config = argv[i + 1]
+        argv = _yaml_to_argv(config) + argv[:i] + argv[i + 2:]
 
     def parse(extra: dict):
-        parser = HfArgumentParser((ModelArguments, DataArguments, args_class))
+        parser = make_parser(args_class)
         parser.set_defaults(**{**QUICK_DEFAULTS, **(defaults or {}), **extra})
         *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
         if rest:
-            raise SystemExit(f"Unknown arguments: {rest}. See --help.")
+            raise SystemExit(unknown_arguments_error(rest, parser, config))
         return parsed
 
     model_args, data_args, training_args = parse({})
-    if quick and not has_config and data_args.dataset == QUICK_DEFAULTS["dataset"]:
+    if quick and config is None and data_args.dataset == QUICK_DEFAULTS["dataset"]:
         model_args, data_args, training_args = parse(quick)
     return model_args, data_args, training_args
 
@@ -195,6 +220,14 @@ def describe_data(trainer, data, data_args: Optional[DataArguments] = None) -> N
                                if f.name != "dataset" and getattr(data_args, f.name) != f.default}
 
 
+def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_args, needs_teacher: bool) -> None:
+    """Fail in seconds, before any data loads, on a taken output_dir, a missing teacher or an unknown dataset."""
+    check_output_dir(training_args)
+    if needs_teacher and model_args.teacher:
+        check_teacher(model_args.teacher)
+    check_dataset(data_args.dataset, data_args.dataset_cache_dir)
+
+
 def best_and_final(log_history: list[dict]) -> tuple[Optional[float], Optional[float]]:
     accs = [e["eval_top1"] for e in log_history if "eval_top1" in e]
     return (max(accs), accs[-1]) if accs else (None, None)
@@ -207,8 +240,10 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
     ``defaults`` apply to every run of the recipe; ``quick`` only to its no-config run on the offline digits data
     (see ``parse_args``)."""
     model_args, data_args, training_args = parse_args(trainer_cls.args_class, defaults, argv, quick)
+    check_inputs(model_args, data_args, training_args, needs_teacher)
     set_seed(training_args.seed)
     data = load_data(data_args, training_args.seed)
+    check_enough_examples(len(data.train), training_args)
     teacher, teacher_name = build_teacher(model_args, data, training_args) if needs_teacher else (None, None)
     set_seed(training_args.seed)
     trainer = trainer_cls(model=build_student(model_args, data), teacher=teacher, args=training_args,

@@ -13,13 +13,14 @@ import safetensors.torch
 import torch
 import yaml
 from huggingface_hub import ModelCard
-from launch import run_group
+from processes import run_process
 
 import hf_kd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "ddp_train.py")
-EXPORT = ["README.md", "config.json", "model.safetensors", "training_args.bin", "training_curves.png"]
+EXPORT = ["README.md", "config.json", "model.safetensors", "trainer_state.json", "training_args.bin",
+          "training_curves.png"]
 # name (tests/scripts/ddp_train.py) -> largest parameter difference allowed between 2 processes and 1 process with
 # gradient_accumulation_steps=2, after 3 steps. BN running buffers are not compared: accumulation updates them once
 # per micro-batch, DDP once per step on each rank (rank 0's are broadcast).
@@ -52,7 +53,7 @@ ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
 
 def launch(out, procs, grad_accum, names):
-    run = run_group(launch_cmd(procs, SCRIPT) + [str(out), str(grad_accum), *names], timeout=900, env=ENV)
+    run = run_process(launch_cmd(procs, SCRIPT) + [str(out), str(grad_accum), *names], timeout=900, env=ENV)
     assert run.returncode == 0, run.stderr[-5000:]
 
 
@@ -112,7 +113,7 @@ def test_every_recipe_without_a_teacher_under_two_processes(recipe, tmp_path):
         "--use_cpu", "true", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "8",
         "--max_train_samples", "64", "--max_eval_samples", "16", "--teacher_epochs", "0.25", "--logging_steps", "1",
         "--report_to", "none"]
-    run = run_group(cmd, timeout=900, env=ENV, cwd=tmp_path)
+    run = run_process(cmd, timeout=900, env=ENV, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-5000:]
     assert run.stdout.count("exported to") == 1  # the main process reports
     # the quick defaults save a checkpoint per epoch (and at the end); both processes wrote their RNG state into it

@@ -2,12 +2,11 @@
 
 import glob
 import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
-from launch import run_group
+from processes import run_process
 
 from hf_kd.recipes import parse_args
 from hf_kd.trainers import DistillationArguments, KDArguments
@@ -15,6 +14,8 @@ from hf_kd.trainers.ffsd import FFSDArguments
 from hf_kd.trainers.mixskd import MixSKDArguments
 from hf_kd.trainers.projector_kd import ProjectorKDArguments
 from hf_kd.trainers.self_kd import SelfKDArguments
+
+from processes import run_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # preset file prefix -> the arguments class of the recipe that reads it
@@ -58,7 +59,7 @@ def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
            "--output_dir", str(out), "--max_steps", "3", "--teacher_epochs", "0.1", "--teacher_architecture",
            "cifar_resnet20", "--max_train_samples", "128", "--max_eval_samples", "32", "--eval_strategy", "no",
            "--save_strategy", "no", "--use_cpu", "true"]
-    run = run_group(cmd, timeout=900, cwd=tmp_path)  # killed with its workers if the test is interrupted
+    run = run_process(cmd, timeout=900, cwd=tmp_path)  # killed with its workers if the test is interrupted
     assert run.returncode == 0, run.stderr[-4000:]
     assert "[hf_kd] kd: student cifar_resnet20 exported to" in run.stdout
     assert os.path.isfile(tmp_path / "kd_teacher" / "model.safetensors")  # the teacher, outside the export
@@ -74,7 +75,7 @@ def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
         assert len(res) == 5 and all(r["label"] in [str(i) for i in range(10)] for r in res), res
         print("OK")
     """)
-    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    check = run_process([sys.executable, "-c", code], timeout=300)
     assert check.returncode == 0 and "OK" in check.stdout, check.stderr[-3000:]
 
 

@@ -13,11 +13,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import pickle
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import safetensors.torch
 import torch
@@ -37,8 +39,26 @@ __all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer"]
 
 @dataclass
 class DistillationArguments(TrainingArguments):
-    """``TrainingArguments`` plus what every distillation run shares. Method trainers subclass it."""
+    """``TrainingArguments`` plus what every distillation run shares. Method trainers subclass it.
 
+    Value ranges are declared per class and checked once, for every method, in ``__post_init__``
+    (``check_ranges``): ``temperature_fields`` must be > 0, ``loss_weight_fields`` >= 0 with at least one > 0 unless
+    the loss has a term no weight switches off (``unweighted_loss_terms``), ``minimum_values`` are lower bounds, and a
+    field's ``metadata["choices"]`` (also read by argparse) lists its allowed values. A subclass's declarations add
+    to its parents'. They are class attributes, not field metadata, because ``HfArgumentParser`` hands every
+    metadata key to ``argparse.add_argument``.
+    """
+
+    temperature_fields: ClassVar[tuple[str, ...]] = ()
+    loss_weight_fields: ClassVar[tuple[str, ...]] = ()
+    unweighted_loss_terms: ClassVar[tuple[str, ...]] = ()
+    minimum_values: ClassVar[dict[str, float]] = {"warmup_epochs": 0, "lr_gamma": 0}
+
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start a new run in an output_dir that already holds an export or checkpoints "
+                                         "of another run: its checkpoint-* folders are deleted and its export is "
+                                         "replaced. Without it (and without --resume_from_checkpoint) a recipe "
+                                         "refuses such a folder. (transformers 5 dropped this TrainingArguments flag.)"})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the image column is decoded by the dataset transform."})
     max_grad_norm: float = field(
@@ -72,11 +92,74 @@ class DistillationArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_ranges()
+        self.quiet_defaults()
         if (self.norm_mean is None) != (self.norm_std is None):
             raise ValueError("Give both norm_mean and norm_std (or neither).")
         if self.norm_mean is not None and (len(self.norm_mean) != len(self.norm_std) or min(self.norm_std) <= 0):
             raise ValueError(f"norm_mean/norm_std need one value per channel each and std > 0, got "
                              f"{self.norm_mean}, {self.norm_std}")
+
+
+    def quiet_defaults(self):
+        """Defaults that only silence warnings hf_kd itself would cause (values the user set are kept).
+
+        - ``dataloader_pin_memory`` off when training on the CPU: torch warns on every DataLoader that there is no
+          accelerator to pin memory for.
+        - ``ddp_find_unused_parameters`` False when unset: Trainer sets it True for a model that is not a
+          ``PreTrainedModel`` (our ``DistillationModel``), and every DDP rank then warns that no parameter was unused
+          (each method's forward uses every trainable module) and pays an extra graph traversal per step. A custom
+          model with unused parameters gets DDP's own error, which says to pass --ddp_find_unused_parameters true.
+        """
+        accel = getattr(torch, "accelerator", None)
+        has_accelerator = accel.is_available() if accel is not None else torch.cuda.is_available()
+        self._quieted = []  # left out of the card's reproduce YAML: the same run on a GPU machine decides anew
+        if self.dataloader_pin_memory and (self.use_cpu or not has_accelerator):
+            self.dataloader_pin_memory = False
+            self._quieted.append("dataloader_pin_memory")
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = False
+            self._quieted.append("ddp_find_unused_parameters")
+
+    def _declared(self, name: str):
+        """The union of a range declaration (``temperature_fields``, ...) over this class and its parents."""
+        merged = {}
+        for cls in reversed(type(self).__mro__):
+            value = vars(cls).get(name)
+            if isinstance(value, dict):
+                merged.update(value)
+            elif value:
+                merged.update(dict.fromkeys(value))
+        return merged
+
+    def check_ranges(self):
+        """Check every declared range at once; one ``ValueError`` lists every bad value and how to fix it."""
+        problems = []
+        for name in self._declared("temperature_fields"):
+            v = getattr(self, name)
+            if v is None or not v > 0:
+                problems.append(f"--{name} is a softmax temperature and must be > 0, got {v}")
+        weights = list(self._declared("loss_weight_fields"))
+        for name in weights:
+            v = getattr(self, name)
+            if v is None or not v >= 0:
+                problems.append(f"--{name} is a loss weight and must be >= 0 (0 switches its term off), got {v}")
+        for name, low in self._declared("minimum_values").items():
+            v = getattr(self, name)
+            if v is not None and not v >= low:
+                problems.append(f"--{name} must be >= {low}, got {v}")
+        inherited = {f.name for f in dataclasses.fields(TrainingArguments)}  # TrainingArguments checks its own
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and f.name not in inherited and getattr(self, f.name) not in choices:
+                problems.append(f"--{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
+        if weights and not self._declared("unweighted_loss_terms") and not problems and \
+                not any(getattr(self, n) > 0 for n in weights):
+            problems.append(f"every loss weight is 0 ({', '.join(f'--{n}' for n in weights)}): the loss would be 0 "
+                            "and nothing would train; give at least one of them a value > 0")
+        if problems:
+            raise ValueError(f"Invalid {type(self).__name__}:\n  - " + "\n  - ".join(problems) +
+                             "\nSee --help for each argument's meaning and default.")
 
 
 class DistillationModel(nn.Module):
@@ -115,6 +198,26 @@ def check_same_labels(student, teacher, what: str = "teacher"):
         diff = [(i, a, b) for i, (a, b) in enumerate(zip(sl, tl)) if a != b][:5]
         raise ValueError(f"The {what} and the student disagree on label names, e.g. (id, student, {what}) {diff}. "
                          "They must index the same classes in the same order.")
+
+
+def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -> ValueError:
+    """The error for a checkpoint file that cannot be read: which file, that the checkpoint is damaged (e.g. the run
+    was killed while saving it, or the disk filled up) and the previous checkpoint to resume from, if any."""
+    parent = os.path.dirname(os.path.normpath(checkpoint))
+    this = os.path.basename(os.path.normpath(checkpoint))
+
+    def step(name: str) -> int:
+        tail = name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    earlier = sorted((n for n in os.listdir(parent or ".") if n.startswith("checkpoint-") and 0 <= step(n) < step(this)
+                      and os.path.isdir(os.path.join(parent, n))), key=step) if os.path.isdir(parent or ".") else []
+    hint = (f"Resume from the previous checkpoint instead: --resume_from_checkpoint {os.path.join(parent, earlier[-1])}"
+            if earlier else "No earlier checkpoint is in the same folder: start the run again (without "
+                            "--resume_from_checkpoint, with --overwrite_output_dir).")
+    return ValueError(f"Checkpoint {checkpoint} is damaged: {path} cannot be read ({type(error).__name__}: "
+                      f"{str(error)[:300]}); it was probably cut short while being written (run killed, disk full). "
+                      f"{hint}")
 
 
 class DistillationTrainer(Trainer):
@@ -183,6 +286,15 @@ class DistillationTrainer(Trainer):
     @property
     def eval_head_names(self) -> list[str]:
         return ["student"]
+
+    def used_hyperparameters(self) -> dict:
+        """The values this run used for arguments left unset (None: "the data's", "derived"), for the model card."""
+        aug = self.augmentation
+        used = {"augmentation": aug.kind, "norm_mean": [round(float(v), 4) for v in aug.mean.flatten().tolist()],
+                "norm_std": [round(float(v), 4) for v in aug.std.flatten().tolist()]}
+        if aug.kind == "cifar":
+            used["pad_mode"] = aug.pad_mode
+        return used
 
     def build_model(self, student: TimmStudent, args: DistillationArguments) -> DistillationModel:
         return DistillationModel(student)
@@ -370,13 +482,32 @@ class DistillationTrainer(Trainer):
 
         self.push_in_progress = push_folder(self, checkpoint_folder)
 
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """``Trainer.train``, refusing up front a training set too small for one optimizer step."""
+        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
+            from ..checks import check_enough_examples
+
+            check_enough_examples(len(self.train_dataset), self.args)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        except (EOFError, RuntimeError, pickle.UnpicklingError) as e:  # torch.load of a truncated optimizer.pt
+            if isinstance(e, RuntimeError) and not any(m in str(e) for m in ("PytorchStreamReader", "zip archive")):
+                raise
+            raise damaged_checkpoint_error(checkpoint, "its optimizer.pt / scheduler.pt", e) from None
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
         """Strict load of the full ``DistillationModel`` state, with an error that says what does not match."""
         model = self.model if model is None else model
         path = os.path.join(resume_from_checkpoint, "model.safetensors")
         if not os.path.isfile(path):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        state = safetensors.torch.load_file(path, device="cpu")
+        try:
+            state = safetensors.torch.load_file(path, device="cpu")
+        except Exception as e:  # noqa: BLE001 - SafetensorError "incomplete metadata", truncated or corrupt file
+            raise damaged_checkpoint_error(resume_from_checkpoint, path, e) from None
         hint = "Resume with the same method, backbone and method arguments as the run that wrote it."
         try:
             result = model.load_state_dict(state, strict=False)
