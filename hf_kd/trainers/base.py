@@ -114,7 +114,7 @@ class DistillationArguments(TrainingArguments):
         accel = getattr(torch, "accelerator", None)
         has_accelerator = accel.is_available() if accel is not None else torch.cuda.is_available()
         self._quieted = []  # left out of the card's reproduce YAML: the same run on a GPU machine decides anew
-        if self.dataloader_pin_memory and (self.use_cpu or not has_accelerator):
+        if self.use_cpu or not has_accelerator:  # (transformers may already have turned it off for use_cpu)
             self.dataloader_pin_memory = False
             self._quieted.append("dataloader_pin_memory")
         if self.ddp_find_unused_parameters is None:
