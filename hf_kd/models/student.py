@@ -188,6 +188,7 @@ def load_student(path_or_repo: str, num_labels: int | None = None, **kwargs) -> 
         kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     config = TimmWrapperConfig.from_pretrained(path_or_repo, **{k: v for k, v in kwargs.items() if k == "revision"})
     if config.model_type != "timm_wrapper":
-        raise ValueError(f"{path_or_repo} holds a '{config.model_type}' model; hf_kd loads timm backbones "
-                         "(model_type 'timm_wrapper').")
+        raise ValueError(f"{path_or_repo} holds a '{config.model_type}' model; hf_kd students are timm backbones "
+                         "(model_type 'timm_wrapper'). To use it as a teacher, load it with "
+                         "hf_kd.load_teacher(path_or_id).")
     return TimmStudent.from_pretrained(path_or_repo, **kwargs)

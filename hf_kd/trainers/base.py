@@ -31,6 +31,7 @@ from transformers.trainer_utils import HubStrategy
 from ..data import BatchAugment, ImageCollator
 from ..metrics import ClassificationMetrics, topk_ids
 from ..models import TimmStudent
+from ..models.teacher import bind_student_input
 
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer"]
 
@@ -166,6 +167,7 @@ class DistillationTrainer(Trainer):
             self.model.to(memory_format=torch.channels_last)
         self.teacher = None
         if teacher is not None:
+            bind_student_input(teacher, student_cfg["mean"], student_cfg["std"])  # a transformers teacher's input
             teacher = teacher.eval().requires_grad_(False)
             # a frozen teacher only runs forward: keep it in the mixed-precision dtype, no fp32 copy on the device
             # (--bf16/--fp16, or `accelerate launch --mixed_precision ...`, which TrainingArguments reads)

@@ -83,7 +83,7 @@ class ProjectorKDTrainer(DistillationTrainer):
         # build_model runs inside the base __init__ before the teacher is stored; it needs the teacher's d_t.
         if teacher is None and model is not None and not isinstance(model, DistillationModel):
             raise ValueError(f"{type(self).__name__} distils a teacher's features and needs one: pass "
-                             "teacher=load_student(path) (recipes: --teacher <dir>, or leave it unset to train one).")
+                             "teacher=load_teacher(path_or_hub_id) (recipes: --teacher <dir or id>, or leave it unset to train one).")
         self._teacher_for_build = teacher
         try:
             super().__init__(model=model, args=args, teacher=teacher, **kwargs)
