@@ -15,6 +15,7 @@ The subclass adds only what the stock class lacks (measured, HF_NOTES §1.3-1.4)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -68,6 +69,22 @@ class TimmStudent(TimmWrapperForImageClassification):
     @property
     def architecture(self) -> str:
         return self.config.architecture
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers', plus for hf_kd's ``cifar_*`` backbones the ``auto_map`` and generated
+        ``modeling_hf_kd.py`` that let the folder load without hf_kd (``hf_kd.models.remote_code``)."""
+        from . import remote_code
+
+        if not remote_code.needs_remote_code(self.architecture):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            os.makedirs(save_directory, exist_ok=True)
+            remote_code.write_modeling_file(save_directory)
+        self.config.auto_map = remote_code.auto_map()
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            del self.config.auto_map  # only the saved config carries it
 
     def forward_kd(self, pixel_values: torch.Tensor, stages: bool = True) -> KDOutput:
         """Logits, stage feature maps (shallow -> deep) and pre-logits in a single forward pass.
