@@ -91,7 +91,9 @@ class ProjectorKDTrainer(DistillationTrainer):
             self._teacher_for_build = None
 
     def build_model(self, student: TimmStudent, args: ProjectorKDArguments) -> ProjectorKDModel:
-        teacher = self._teacher_for_build
+        # in __init__ the teacher is not stored yet; per hyperparameter-search trial (call_model_init) it is
+        teacher = getattr(self, "_teacher_for_build", None)
+        teacher = teacher if teacher is not None else getattr(self, "teacher", None)
         input_size = student.config.pretrained_cfg["input_size"]
         d_s, d_t = pre_logits_dim(student, input_size), pre_logits_dim(teacher, input_size)
         return ProjectorKDModel(student, ProjectorEnsemble(d_s, d_t, args.num_projectors))
