@@ -176,6 +176,10 @@ def test_load_teacher_errors_and_timm_wrapper_passthrough(data, tmp_path):
     s = student(data)
     s.save_pretrained(tmp_path / "timm")
     assert type(load_teacher(str(tmp_path / "timm"))).__name__ == "TimmStudent"
+    from hf_kd import load_student
+
+    with pytest.raises(ValueError, match="load_teacher"):  # was a TypeError from TimmWrapperConfig
+        load_student(str(folder))
     teacher = load_teacher(save_vit(tmp_path / "vit3", ["a", "b", "c"]))
     with pytest.raises(ValueError, match="classes"):
         KDTrainer(model=student(data), teacher=teacher, args=kd_args(tmp_path), train_dataset=data.train)

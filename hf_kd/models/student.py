@@ -203,9 +203,10 @@ def load_student(path_or_repo: str, num_labels: int | None = None, **kwargs) -> 
         return student
     if num_labels is not None:  # a new classifier for a different label set
         kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
-    config = TimmWrapperConfig.from_pretrained(path_or_repo, **{k: v for k, v in kwargs.items() if k == "revision"})
-    if config.model_type != "timm_wrapper":
-        raise ValueError(f"{path_or_repo} holds a '{config.model_type}' model; hf_kd students are timm backbones "
+    revision = {k: v for k, v in kwargs.items() if k == "revision"}
+    model_type = TimmWrapperConfig.get_config_dict(path_or_repo, **revision)[0].get("model_type")
+    if model_type not in (None, "timm_wrapper"):  # timm's own Hub configs have no model_type
+        raise ValueError(f"{path_or_repo} holds a '{model_type}' model; hf_kd students are timm backbones "
                          "(model_type 'timm_wrapper'). To use it as a teacher, load it with "
                          "hf_kd.load_teacher(path_or_id).")
     return TimmStudent.from_pretrained(path_or_repo, **kwargs)

@@ -196,6 +196,9 @@ class DistillationTrainer(Trainer):
     def call_model_init(self, trial=None) -> DistillationModel:
         """A fresh student from ``model_init`` (per hyperparameter-search trial), wrapped by ``build_model`` with the
         method's auxiliary modules built afresh from the trial's arguments."""
+        if trial is not None and self.hp_search_backend is not None:
+            # Trainer.train applies the trial's arguments only after model_init; the aux modules need them now
+            self._hp_search_setup(trial)
         model = super().call_model_init(trial)
         if isinstance(model, DistillationModel):
             return model
