@@ -54,7 +54,8 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path):
         assert info == {"world_size": 2, "steps": 3}, (name, info)  # really two processes
         export = tmp_path / "ddp" / name
         assert sorted(p for p in os.listdir(export) if not p.startswith(".")) == \
-            ["README.md", "config.json", "model.safetensors", "training_args.bin", "training_curves.png"], name  # one export, main only
+            ["README.md", "config.json", "model.safetensors", "modeling_hf_kd.py", "training_args.bin",
+             "training_curves.png"], name  # one export, main only
     for name, tol in PARITY.items():
         a = torch.load(tmp_path / "ddp" / f"{name}_student.pt")
         b = torch.load(tmp_path / "single" / f"{name}_student.pt")
