@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 _LAZY = {
     **dict.fromkeys(["BatchAugment", "ImageCollator", "ImageData", "load_image_data"], ".data"),
     "kd_kl_div": ".losses",
-    **dict.fromkeys(["TimmStudent", "create_student", "load_student"], ".models"),
+    **dict.fromkeys(["TimmStudent", "TransformersTeacher", "create_student", "load_student", "load_teacher"],
+                   ".models"),
     **dict.fromkeys(["DistillationArguments", "DistillationModel", "DistillationTrainer", "FFSDArguments",
                      "FFSDTrainer", "KDArguments", "KDTrainer", "MixSKDArguments", "MixSKDTrainer",
                      "ProjectorKDArguments", "ProjectorKDTrainer", "SelfKDArguments", "SelfKDTrainer",

@@ -24,7 +24,7 @@ from transformers import HfArgumentParser, set_seed
 
 from .checks import check_dataset, check_enough_examples, check_output_dir, check_teacher
 from .data import load_image_data
-from .models import create_student, load_student
+from .models import create_student, load_student, load_teacher
 
 __all__ = ["ModelArguments", "DataArguments", "QUICK_DEFAULTS", "parse_args", "run", "build_teacher"]
 
@@ -42,8 +42,10 @@ class ModelArguments:
     student: str = field(default="cifar_resnet20", metadata={"help": "timm architecture of the student "
                                                                      "(cifar_* backbones are hf_kd's)."})
     teacher: Optional[str] = field(default=None, metadata={
-        "help": "Frozen teacher: an exported hf_kd/timm_wrapper folder or Hub id. If unset, a KD recipe trains "
-                "teacher_architecture on the same data first (into <output_dir>_teacher, reused if present)."})
+        "help": "Frozen teacher: a Hub id or local folder of any image classifier (an hf_kd/timm_wrapper export, "
+                "or any transformers AutoModelForImageClassification model type: ViT, ConvNeXt, ...; it keeps its "
+                "own preprocessing). If unset, a KD recipe trains teacher_architecture on the same data first (into "
+                "<output_dir>_teacher, reused if present)."})
     teacher_architecture: str = field(default="cifar_resnet32x4", metadata={"help": "Architecture of an auto-"
                                                                                      "trained teacher."})
     teacher_epochs: float = field(default=10.0, metadata={"help": "Epochs of an auto-trained teacher."})
@@ -179,7 +181,7 @@ def build_teacher(model_args: ModelArguments, data, training_args):
     decision, sent to all, so every process takes the same path.
     """
     if model_args.teacher:
-        return load_student(model_args.teacher), model_args.teacher
+        return load_teacher(model_args.teacher), model_args.teacher
     out = training_args.output_dir.rstrip("/") + "_teacher"
     # config.json is moved into an export last (hf_kd.sync.write_atomically): with it, the folder is complete
     exported = broadcast_object_list([os.path.isfile(os.path.join(out, "config.json"))])[0]

@@ -19,7 +19,8 @@ import hf_kd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "ddp_train.py")
-EXPORT = ["README.md", "config.json", "model.safetensors", "training_args.bin", "training_curves.png"]
+EXPORT = ["README.md", "config.json", "model.safetensors", "modeling_hf_kd.py", "training_args.bin",
+          "training_curves.png"]  # cifar_* students carry their modeling code (trust_remote_code)
 # name (tests/scripts/ddp_train.py) -> largest parameter difference allowed between 2 processes and 1 process with
 # gradient_accumulation_steps=2, after 3 steps. BN running buffers are not compared: accumulation updates them once
 # per micro-batch, DDP once per step on each rank (rank 0's are broadcast).

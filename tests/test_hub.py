@@ -30,7 +30,8 @@ REPO, PRIVATE, BRANCH = "testuser/kd-student", "testuser/kd-private", "v1"
 STALE = "stale weights of an earlier push"
 CKPT_REPO, END_REPO, NEW_REPO = "testuser/kd-ckpt", "testuser/kd-end", "testuser/kd-new"
 # the run passes --hub_token, so training_args.bin (a pickle of the arguments, token included) stays local
-EXPORT = {".gitattributes", "README.md", "config.json", "model.safetensors", "training_curves.png"}
+EXPORT = {".gitattributes", "README.md", "config.json", "model.safetensors", "training_curves.png",
+          "modeling_hf_kd.py"}  # cifar_* students carry their generated remote code
 BIBTEX = {  # method -> what its card's BibTeX must say (supervised training has no paper)
     "kd": ["Distilling the Knowledge in a Neural Network", "Hinton, Geoffrey", "arXiv:1503.02531", "2015"],
     "projector_kd": ["Improved Feature Distillation via Projector Ensemble", "Chen, Yudong",

@@ -63,8 +63,8 @@ def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     assert "[hf_kd] kd: student cifar_resnet20 exported to" in run.stdout
     assert os.path.isfile(tmp_path / "kd_teacher" / "model.safetensors")  # the teacher, outside the export
-    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "trainer_state.json",
-                                       "training_args.bin", "training_curves.png"]
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "modeling_hf_kd.py",
+                                       "trainer_state.json", "training_args.bin", "training_curves.png"]
     code = textwrap.dedent(f"""
         import hf_kd
         from transformers import AutoModelForImageClassification, pipeline

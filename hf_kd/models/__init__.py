@@ -6,8 +6,10 @@ use."""
 from .._lazy import lazy_getattr
 from .cifar import CIFAR_ARCHITECTURES, CifarResNet, CifarWideResNet
 
-_LAZY = dict.fromkeys(["KDOutput", "MissingStagesError", "TimmStudent", "create_student", "load_student"],
-                      ".student")
+_LAZY = {**dict.fromkeys(["KDOutput", "MissingStagesError", "TimmStudent", "create_student", "load_student"],
+                         ".student"),
+         **dict.fromkeys(["TeacherPreprocess", "TransformersTeacher", "load_teacher"], ".teacher")}
 __getattr__ = lazy_getattr(__name__, _LAZY)
 __all__ = ["CIFAR_ARCHITECTURES", "CifarResNet", "CifarWideResNet", "KDOutput", "MissingStagesError",
-           "TimmStudent", "create_student", "load_student"]
+           "TeacherPreprocess", "TimmStudent", "TransformersTeacher", "create_student", "load_student",
+           "load_teacher"]

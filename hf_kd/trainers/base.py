@@ -26,13 +26,14 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import HubStrategy
+from transformers.trainer_utils import HubStrategy, number_of_arguments
 
 from ..data import BatchAugment, ImageCollator
 from ..losses.precision import upcast_half
 from ..metrics import ClassificationMetrics, topk_ids
 from ..models import TimmStudent
 from ..sync import main_process_writes, write_atomically
+from ..models.teacher import bind_student_input
 
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer"]
 
@@ -234,6 +235,9 @@ class DistillationTrainer(Trainer):
     def __init__(self, model: TimmStudent | DistillationModel = None, args: DistillationArguments = None,
                  teacher: Optional[TimmStudent] = None, augmentation: Optional[BatchAugment] = None,
                  data_collator=None, compute_metrics=None, preprocess_logits_for_metrics=None, **kwargs):
+        model_init = kwargs.pop("model_init", None)
+        if model is None and model_init is not None:  # hyperparameter search: the first student, from model_init
+            model = model_init() if number_of_arguments(model_init) == 0 else model_init(None)
         if model is None:
             raise ValueError(f"{type(self).__name__} needs a student: model=create_student(...) or load_student(...)")
         if args is None:
@@ -269,6 +273,7 @@ class DistillationTrainer(Trainer):
             self.model.to(memory_format=torch.channels_last)
         self.teacher = None
         if teacher is not None:
+            bind_student_input(teacher, student_cfg["mean"], student_cfg["std"])  # a transformers teacher's input
             teacher = teacher.eval().requires_grad_(False)
             # a frozen teacher only runs forward: keep it in the mixed-precision dtype, no fp32 copy on the device
             # (--bf16/--fp16, or `accelerate launch --mixed_precision ...`, which TrainingArguments reads)
@@ -281,6 +286,7 @@ class DistillationTrainer(Trainer):
             self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         self._terms = defaultdict(list)
         self._in_checkpoint = False
+        self.model_init = model_init  # Trainer.train rebuilds the model per trial through call_model_init
 
     # --- hooks for methods ----------------------------------------------------------------------------------------
     @property
@@ -298,6 +304,22 @@ class DistillationTrainer(Trainer):
 
     def build_model(self, student: TimmStudent, args: DistillationArguments) -> DistillationModel:
         return DistillationModel(student)
+
+    def call_model_init(self, trial=None) -> DistillationModel:
+        """A fresh student from ``model_init`` (per hyperparameter-search trial), wrapped by ``build_model`` with the
+        method's auxiliary modules built afresh from the trial's arguments."""
+        if trial is not None and self.hp_search_backend is not None:
+            # Trainer.train applies the trial's arguments only after model_init; the aux modules need them now
+            self._hp_search_setup(trial)
+        model = super().call_model_init(trial)
+        if isinstance(model, DistillationModel):
+            return model
+        if self.teacher is not None:
+            check_same_labels(model, self.teacher)
+        cfg = model.config.pretrained_cfg  # what pipeline must feed the exported student, as in __init__
+        cfg["mean"], cfg["std"] = self.augmentation.mean.flatten().tolist(), self.augmentation.std.flatten().tolist()
+        wrapper = self.build_model(model, self.args)
+        return wrapper.to(memory_format=torch.channels_last) if self.args.channels_last else wrapper
 
     @property
     def student(self) -> TimmStudent:

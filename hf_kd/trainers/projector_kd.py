@@ -80,7 +80,7 @@ class ProjectorKDTrainer(DistillationTrainer):
         # build_model runs inside the base __init__ before the teacher is stored; it needs the teacher's d_t.
         if teacher is None and model is not None and not isinstance(model, DistillationModel):
             raise ValueError(f"{type(self).__name__} distils a teacher's features and needs one: pass "
-                             "teacher=load_student(path) (recipes: --teacher <dir>, or leave it unset to train one).")
+                             "teacher=load_teacher(path_or_hub_id) (recipes: --teacher <dir or id>, or leave it unset to train one).")
         self._teacher_for_build = teacher
         try:
             super().__init__(model=model, args=args, teacher=teacher, **kwargs)
@@ -88,7 +88,9 @@ class ProjectorKDTrainer(DistillationTrainer):
             self._teacher_for_build = None
 
     def build_model(self, student: TimmStudent, args: ProjectorKDArguments) -> ProjectorKDModel:
-        teacher = self._teacher_for_build
+        # in __init__ the teacher is not stored yet; per hyperparameter-search trial (call_model_init) it is
+        teacher = getattr(self, "_teacher_for_build", None)
+        teacher = teacher if teacher is not None else getattr(self, "teacher", None)
         input_size = student.config.pretrained_cfg["input_size"]
         d_s, d_t = pre_logits_dim(student, input_size), pre_logits_dim(teacher, input_size)
         return ProjectorKDModel(student, ProjectorEnsemble(d_s, d_t, args.num_projectors))
