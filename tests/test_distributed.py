@@ -53,7 +53,8 @@ ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
 
 def launch(out, procs, grad_accum, names):
-    run = run_process(launch_cmd(procs, SCRIPT) + [str(out), str(grad_accum), *names], timeout=900, env=ENV)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}  # read now: callers may add variables
+    run = run_process(launch_cmd(procs, SCRIPT) + [str(out), str(grad_accum), *names], timeout=900, env=env)
     assert run.returncode == 0, run.stderr[-5000:]
 
 

@@ -3,12 +3,12 @@ hf_kd's, in a process where `import hf_kd` fails; timm-shipped architectures sta
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from processes import run_process
 
 from hf_kd import create_student
 from hf_kd.models import cifar
@@ -64,8 +64,8 @@ def test_cifar_export_loads_without_hf_kd_with_identical_logits(data, tmp_path):
         expected = student(pixel_values=x).logits
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", NO_HF_KD, str(folder), str(tmp_path)], capture_output=True,
-                         text=True, timeout=600, env=env, cwd=str(tmp_path))
+    run = run_process([sys.executable, "-c", NO_HF_KD, str(folder), str(tmp_path)], timeout=600, env=env,
+                      cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr[-4000:]
     info = json.load(open(tmp_path / "info.json"))
     assert info["stock"] != "loaded"  # without the remote code transformers cannot build it

@@ -57,4 +57,4 @@ def test_save_model_exports_through_the_collective_helper(data, tmp_path, monkey
     tr.save_model(str(tmp_path / "export"))
     assert calls == [(str(tmp_path / "export"), {"writer": True, "prefix": ".export-"})]
     assert sorted(os.listdir(tmp_path / "export")) == ["README.md", "config.json", "model.safetensors",
-                                                        "training_args.bin"]
+                                                        "modeling_hf_kd.py", "training_args.bin"]

@@ -7,8 +7,9 @@ checkpoint exact (HF_NOTES §3.3, §6).
 
 Sources: the presets below (Hub ids, the same code path a user with internet runs), any other Hub id, a local folder
 written by ``save_to_disk``, a local folder of data files in the layout of a downloaded Hub dataset (parquet shards
-such as ``train-00000-of-00003.parquet``, also under ``data/``), an ``imagefolder`` directory, and ``"digits"``: an offline default of real images (the
-8x8 handwritten digits bundled with scikit-learn, upsampled to 32x32 RGB) that needs no download.
+such as ``train-00000-of-00003.parquet``, also under ``data/``), an ``imagefolder`` directory, and ``"digits"``: an
+offline default of real images (the 8x8 handwritten digits bundled with scikit-learn, upsampled to 32x32 RGB) that
+needs no download.
 """
 
 from __future__ import annotations
