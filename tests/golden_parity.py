@@ -236,9 +236,10 @@ def compare(fixture: dict, result: dict, rtol: float = RTOL) -> tuple[list[str],
     """Every disagreement between the fixture (official) and ``result`` (hf_kd) beyond ``rtol``, and the largest
     relative error per category.
 
-    Relative errors: a loss term to |official| (+ TERM_ATOL / rtol); a tensor update's sum to its sum of |.|, its sum of squares and sum
-    of |.| to themselves, a sampled entry to max(|entry|, rms of the update). Initial states must agree to 1e-12
-    (the same code builds them; a difference means hf_kd's initialisation changed and the fixture is stale)."""
+    Relative errors: a loss term to |official| (+ TERM_ATOL / rtol); a tensor update's sum to its sum of |.|, its
+    sum of squares and sum of |.| to themselves, a sampled entry to max(|entry|, rms of the update). Initial states
+    must agree to 1e-12 (the same code builds them; a difference means hf_kd's initialisation changed and the fixture
+    is stale)."""
     problems, worst = [], {"terms": 0.0, "delta": 0.0, "init": 0.0}
 
     def check(category, what, rel, tol):
@@ -249,8 +250,9 @@ def compare(fixture: dict, result: dict, rtol: float = RTOL) -> tuple[list[str],
     for part in ("init", "teacher_init"):
         ref_init, got_init = fixture.get(part) or {}, result.get(part) or {}
         if set(ref_init) != set(got_init):
-            problems.append(f"{part}: state keys differ: only in the fixture {sorted(set(ref_init) - set(got_init))[:8]}"
-                            f", only in hf_kd {sorted(set(got_init) - set(ref_init))[:8]}")
+            only_fixture, only_hf_kd = sorted(set(ref_init) - set(got_init)), sorted(set(got_init) - set(ref_init))
+            problems.append(f"{part}: state keys differ: only in the fixture {only_fixture[:8]}, only in hf_kd "
+                            f"{only_hf_kd[:8]}")
         for key in sorted(set(ref_init) & set(got_init)):
             r, g = ref_init[key], got_init[key]
             if r["shape"] != g["shape"]:
