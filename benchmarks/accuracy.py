@@ -130,7 +130,8 @@ def execute(o, method: str, seed: int, teacher_dir: Path | None, lock: threading
         cmd += ["--resume_from_checkpoint", str(ckpt)]
     timing = run_dir / "wall_time.json"
     spent = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
-    env = dict(os.environ, OMP_NUM_THREADS=str(o.threads), PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS=str(o.threads), PYTHONPATH=path, TOKENIZERS_PARALLELISM="false")
     with lock:
         print(f"[accuracy] start {method} seed {seed}" + (f" (resuming {ckpt.name})" if ckpt else ""), flush=True)
     start = time.perf_counter()
@@ -200,6 +201,7 @@ def summarize(out: Path, settings: dict) -> dict:
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     (out / "results.md").write_text(table(summary))
     plot(summary, out / "accuracy.png")
+    plot_loss_terms(summary, out / "loss_terms.png")
     return summary
 
 
@@ -227,6 +229,8 @@ def table(summary: dict) -> str:
     lines += ["", "Top-1/top-5 in %. 'final epoch' is the headline; 'best evaluation' is the maximum over the "
               "evaluations made during the run, reported beside it only. Gain: difference of the final-epoch means, "
               "95 % Welch t-interval over seeds."]
+    if s.get("note"):
+        lines += ["", f"Note: {s['note']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -260,6 +264,46 @@ def plot(summary: dict, path: Path) -> None:
     ax_curve.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     for ax in (ax_bar, ax_curve):
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_loss_terms(summary: dict, path: Path) -> None:
+    """One panel per method: every logged loss term (unweighted, as logged) per epoch, mean over seeds, log scale.
+
+    What to read against the method: e.g. that a distillation term falls, that CE of a distilled student keeps up
+    with the baseline's, where a warm-up switches a term on."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    by = {}
+    for run in summary["runs"]:
+        if run["losses"]:
+            by.setdefault(run["method"], []).append(run)
+    if not by:
+        return
+    from matplotlib import colormaps
+
+    cols = 2
+    rows = math.ceil(len(by) / cols)
+    fig = Figure(figsize=(8 * cols, 3.6 * rows), dpi=80)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (m, runs) in zip(axes, by.items()):
+        keys = sorted({k for r in runs for e in r["losses"] for k in e if k != "epoch"})
+        for i, k in enumerate(keys):
+            n = min(len(r["losses"]) for r in runs)
+            pts = [(runs[0]["losses"][j]["epoch"],
+                    sum(r["losses"][j].get(k, float("nan")) for r in runs) / len(runs)) for j in range(n)]
+            pts = [(x, y) for x, y in pts if y == y and y > 0]
+            if pts:
+                ax.plot(*zip(*pts), color=colormaps["tab20"](i % 20),
+                        label="total (weighted)" if k == "loss" else k[5:])
+        ax.set(yscale="log", xlabel="epoch", title=LABELS.get(m, m))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(keys) // 12)
+    for ax in axes[len(by):]:
+        ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(path)
 
@@ -333,7 +377,9 @@ def main():
                 teacher.result()  # raises if the teacher failed
             return execute(o, method, seed, teacher_dir, lock)
 
-        futures = [pool.submit(job, m, s) for s in o.seeds for m in o.methods]  # seed by seed: complete sets first
+        # seed by seed (complete sets first); within a seed the runs that wait for the teacher last
+        order = sorted(o.methods, key=lambda m: m in NEEDS_TEACHER)
+        futures = [pool.submit(job, m, s) for s in o.seeds for m in order]
         for f in [teacher, *futures] if teacher else futures:
             try:
                 f.result()

@@ -1,15 +1,26 @@
-"""hf_kd: knowledge distillation for image classification, native to the HuggingFace stack."""
+"""hf_kd: knowledge distillation for image classification, native to the HuggingFace stack.
 
-from .data import BatchAugment, ImageCollator, ImageData, load_image_data
-from .losses import kd_kl_div
-from .models import CIFAR_ARCHITECTURES, TimmStudent, create_student, load_student
-from .trainers import (DistillationArguments, DistillationModel, DistillationTrainer, FFSDArguments, FFSDTrainer,
-                       KDArguments, KDTrainer, MixSKDArguments, MixSKDTrainer, ProjectorKDArguments,
-                       ProjectorKDTrainer, SelfKDArguments, SelfKDTrainer, SupervisedTrainer)
+``import hf_kd`` registers the CIFAR backbones (``cifar_*``) in timm and nothing more; every other name below is
+imported on first use (``hf_kd._lazy``), so loading an exported model needs no Trainer, datasets or plotting import.
+"""
+
+from ._lazy import lazy_getattr
+from .models.cifar import CIFAR_ARCHITECTURES  # registers the cifar_* archs in timm
 
 __version__ = "0.1.0"
-__all__ = ["BatchAugment", "CIFAR_ARCHITECTURES", "DistillationArguments", "DistillationModel", "DistillationTrainer",
-           "FFSDArguments", "FFSDTrainer", "ImageCollator", "ImageData", "KDArguments", "KDTrainer", "MixSKDArguments",
-           "MixSKDTrainer", "ProjectorKDArguments", "ProjectorKDTrainer", "SelfKDArguments", "SelfKDTrainer",
-           "SupervisedTrainer", "TimmStudent",
-           "create_student", "kd_kl_div", "load_image_data", "load_student"]
+_LAZY = {
+    **dict.fromkeys(["BatchAugment", "ImageCollator", "ImageData", "load_image_data"], ".data"),
+    "kd_kl_div": ".losses",
+    **dict.fromkeys(["TimmStudent", "TransformersTeacher", "create_student", "load_student", "load_teacher"],
+                   ".models"),
+    **dict.fromkeys(["DistillationArguments", "DistillationModel", "DistillationTrainer", "FFSDArguments",
+                     "FFSDTrainer", "KDArguments", "KDTrainer", "MixSKDArguments", "MixSKDTrainer",
+                     "ProjectorKDArguments", "ProjectorKDTrainer", "SelfKDArguments", "SelfKDTrainer",
+                     "SupervisedTrainer"], ".trainers"),
+}
+__getattr__ = lazy_getattr(__name__, _LAZY)
+__all__ = sorted(["CIFAR_ARCHITECTURES", *_LAZY])
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

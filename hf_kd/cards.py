@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import shlex
 from pathlib import Path
@@ -31,7 +32,7 @@ from transformers import TrainingArguments
 
 from .trainers.base import DistillationArguments
 
-__all__ = ["write_model_card", "plot_training_curves", "method_hyperparameters", "final_and_best", "TEMPLATES",
+__all__ = ["write_model_card", "plot_training_curves", "training_curves_figure", "method_hyperparameters", "final_and_best", "TEMPLATES",
            "CURVES_FILE"]
 
 TEMPLATES = Path(__file__).parent / "model_cards"
@@ -68,7 +69,7 @@ def method_hyperparameters(args) -> tuple[list[tuple[str, object]], list[tuple[s
     weights, ...). Training: the ``DistillationArguments`` fields (schedule, augmentation) + key ``TrainingArguments``.
     """
     base = {f.name for f in dataclasses.fields(DistillationArguments)}
-    own = base - {f.name for f in dataclasses.fields(TrainingArguments)}
+    own = base - {f.name for f in dataclasses.fields(TrainingArguments)} - {"overwrite_output_dir"}
     method = [(f.name, _plain(getattr(args, f.name))) for f in dataclasses.fields(args) if f.name not in base]
     training = [(n, _plain(getattr(args, n))) for n in (*sorted(own), *_SHOWN_TRAINING_ARGS) if hasattr(args, n)]
     return method, training
@@ -104,7 +105,8 @@ def run_config(trainer) -> dict:
             "do_eval", "do_predict"}  # do_*: derived by TrainingArguments, not used by Trainer
     for name, value in args.to_dict().items():  # to_dict: enums as values, nested configs as dicts
         f = fields.get(name)
-        if f is None or name in skip or any(s in name for s in _SECRET) or _is_default(name, value, f):
+        if f is None or name in skip or name in getattr(args, "_quieted", ()) or any(s in name for s in _SECRET) \
+                or _is_default(name, value, f):
             continue
         cfg[name] = value if isinstance(value, (bool, int, float, str, list, dict)) else str(value)
     return cfg
@@ -166,6 +168,29 @@ def _teacher_name(trainer) -> Optional[str]:
                                                       else None) or None
 
 
+def _teacher_architecture(teacher) -> str:
+    """timm architecture of a ``timm_wrapper`` teacher, else the transformers class (``ViTForImageClassification``)."""
+    return getattr(teacher.config, "architecture", None) or getattr(teacher, "architecture", None) or \
+        (getattr(teacher.config, "architectures", None) or [type(teacher).__name__])[0]
+
+
+def _teacher_preprocessing(teacher) -> Optional[str]:
+    """How a transformers teacher's input is rebuilt from the student's batch (None for timm_wrapper teachers)."""
+    p = getattr(teacher, "preprocess", None)
+    if p is None:
+        return None
+    steps = []
+    if p.resize is not None:
+        steps.append(f"resize to {list(p.resize[1])}" if p.resize[0] == "size" else
+                     f"resize the shorter side to {p.resize[1]}")
+        steps[-1] += f" ({p.resample_name})"
+    if p.crop is not None:
+        steps.append(f"centre crop {list(p.crop)}")
+    if p.mean is not None:
+        steps.append(f"mean {_rounded(p.mean)}, std {_rounded(p.std)}")
+    return ", ".join(steps) or "none"
+
+
 def _teacher_accuracy(trainer, name: Optional[str]) -> Optional[float]:
     """``trainer.teacher_accuracy``, else the Top-1 in the teacher's own model card (local export or Hub cache)."""
     acc = getattr(trainer, "teacher_accuracy", None)
@@ -188,42 +213,101 @@ def _teacher_accuracy(trainer, name: Optional[str]) -> Optional[float]:
     return top1[0] if top1 else None
 
 
-def plot_training_curves(log_history: list[dict], path: str) -> bool:
-    """Loss terms (``loss``, ``loss_*``) and eval accuracy (``eval_*top1``/``top5``) per epoch, to a PNG.
+def _colours(n: int) -> list:
+    """``n`` distinct colours: tab10 up to 10 lines, tab20 up to 20, then evenly spaced hues."""
+    from matplotlib import colormaps
 
-    Uses matplotlib's Agg canvas directly (no pyplot, so no global backend change). Returns False (nothing written)
-    without matplotlib or without logged values.
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["hsv"](i / n) for i in range(n)]
+
+
+def _panel(ax, series: dict[str, list[tuple[float, float]]], emphasise: str, title: str, ylabel: str):
+    """One line per series in a distinct colour, ``emphasise`` black and thicker, the legend outside the axes."""
+    others = [k for k in series if k != emphasise]
+    for key, colour in zip(others, _colours(len(others))):
+        pts = series[key]
+        ax.plot(*zip(*pts), color=colour, lw=1.2, marker="." if len(pts) < 30 else None, label=key)
+    if emphasise in series:
+        pts = series[emphasise]
+        ax.plot(*zip(*pts), color="black", lw=2.2, marker="o" if len(pts) < 30 else None, label=emphasise, zorder=3)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i] != emphasise)  # the emphasised line first
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              fontsize=8, frameon=False, borderaxespad=0.0, ncol=_legend_columns(len(labels)))
+
+
+def _legend_columns(n: int) -> int:
+    return math.ceil(n / 10)
+
+
+def _panel_height(n: int) -> float:
+    """Inches a panel needs so that its legend (``n`` entries, 10 per column) stays beside it."""
+    return max(2.8, 0.2 * math.ceil(n / _legend_columns(n)) + 0.9)
+
+
+def training_curves_figure(log_history: list[dict]):
+    """The training-curves figure (matplotlib ``Figure``) of a run's ``log_history``, or None if nothing was logged.
+
+    One panel per quantity, stacked, each with its legend outside the axes and a distinct colour per line:
+    the logged loss terms (unweighted, as logged; log scale when they span more than two decades, since terms such
+    as FFSD's diversity loss are orders of magnitude above the rest), then the evaluation top-1 and top-5 of every
+    head, the exported model in black.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     train = [e for e in log_history if "loss" in e and "epoch" in e]
     evals = [e for e in log_history if "eval_top1" in e and "epoch" in e]
-    if not train and not evals:
-        return False
+    loss_keys = ["loss"] + sorted({k for e in train for k in e if k.startswith("loss_")})
+    total = "total (weighted)" if len(loss_keys) > 1 else "loss"
+    losses = {(total if k == "loss" else k[len("loss_"):]): [(e["epoch"], e[k]) for e in train if k in e]
+              for k in loss_keys}
+    losses = {k: v for k, v in losses.items() if v}
+    accuracy = {}
+    for metric in ("top1", "top5"):
+        keys = sorted({k for e in evals for k in e if k.startswith("eval_") and k.endswith(metric)})
+        accuracy[metric] = {("exported model" if k == f"eval_{metric}" else k[len("eval_"):-len(metric) - 1]):
+                            [(e["epoch"], e[k]) for e in evals if k in e] for k in keys}
+    panels = [p for p in (losses, accuracy["top1"], accuracy["top5"]) if p]
+    if not panels:
+        return None
+    heights = [_panel_height(len(p)) for p in panels]
+    fig = Figure(figsize=(9, sum(heights)), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    i = 0
+    if losses:
+        values = [v for pts in losses.values() for _, v in pts]
+        log = min(values) > 0 and max(values) / min(values) > 100
+        _panel(axes[i], losses, total, "Training loss terms" if len(losses) > 1 else "Training loss",
+               ("loss (unweighted terms" + (", log scale)" if log else ")")) if len(losses) > 1
+               else "loss" + (" (log scale)" if log else ""))
+        if log:
+            axes[i].set_yscale("log")
+        i += 1
+    for metric, title in (("top1", "Evaluation top-1 accuracy"), ("top5", "Evaluation top-5 accuracy")):
+        if accuracy[metric]:
+            _panel(axes[i], accuracy[metric], "exported model", title, "accuracy")
+            i += 1
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(log_history: list[dict], path: str) -> bool:
+    """Draw ``training_curves_figure`` to a PNG. Uses matplotlib's Agg canvas directly (no pyplot, so no global
+    backend change). Returns False (nothing written) without matplotlib or without logged values."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        fig = training_curves_figure(log_history)
     except ImportError:
         return False
-    fig = Figure(figsize=(10, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    loss_keys = ["loss"] + sorted({k for e in train for k in e if k.startswith("loss_")})
-    for k in loss_keys:
-        pts = [(e["epoch"], e[k]) for e in train if k in e]
-        if pts:
-            label = "total (weighted)" if k == "loss" else k[len("loss_"):]
-            ax_loss.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=label)
-    ax_loss.set(xlabel="epoch", ylabel="training loss (unweighted terms)", title="Loss terms")
-    acc_keys = sorted({k for e in evals for k in e if k.startswith("eval_") and k.endswith(("top1", "top5"))})
-    for k in acc_keys:
-        pts = [(e["epoch"], e[k]) for e in evals if k in e]
-        ax_acc.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, label=k[len("eval_"):])
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Evaluation")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    if fig is None:
+        return False
+    fig.savefig(path, bbox_inches="tight")  # "tight": the legends outside the axes are kept
     return True
 
 
@@ -247,8 +331,9 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
     dataset_id = getattr(trainer, "dataset_name", None)
     dataset = getattr(trainer, "dataset_title", None) or dataset_id
     split = getattr(trainer, "dataset_split", None)
-    repo = getattr(trainer, "hub_model_id", None) or args.hub_model_id or \
-        os.path.basename(os.path.abspath(args.output_dir))
+    hub_id = getattr(trainer, "hub_model_id", None)  # set once the trainer pushes (Trainer.init_hf_repo)
+    repo = hub_id or os.path.basename(os.path.abspath(args.output_dir))  # the card's title and model-index name
+    where = hub_id or args.output_dir  # what the Use snippet loads: the Hub id after a push, else the local folder
     names = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy"}
     eval_results = [EvalResult(task_type="image-classification", task_name="Image Classification",
                                dataset_type=dataset_id or "custom", dataset_name=dataset or "custom",
@@ -262,13 +347,17 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
     teacher = getattr(trainer, "teacher", None)
     teacher_name = _teacher_name(trainer)
     method_hp, training_hp = method_hyperparameters(args)
+    used = trainer.used_hyperparameters() if hasattr(trainer, "used_hyperparameters") else {}
+    method_hp = [(n, _plain(used.get(n, v))) for n, v in method_hp]
+    training_hp = [(n, _plain(used.get(n, v))) for n, v in training_hp]
     curves = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, CURVES_FILE))
     ws = max(1, getattr(args, "world_size", 1))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
                              trim_blocks=False)
     name = f"{trainer.method_name}.md" if (TEMPLATES / f"{trainer.method_name}.md").exists() else "default.md"
     content = env.get_template(name).render(
-        card_data=data.to_yaml(), model_name=repo, repo_id=repo, method_name=trainer.method_name,
+        card_data=data.to_yaml(), model_name=repo, repo_id=where, on_hub=bool(hub_id),
+        timm_id=f"hf-hub:{hub_id}" if hub_id else f"local-dir:{where}", method_name=trainer.method_name,
         method_title=getattr(trainer, "method_title", trainer.method_name),
         method_description=(type(trainer).__doc__ or "").strip().split("\n\n")[0],
         citation=(getattr(trainer, "citation", None) or "").strip() or None,
@@ -284,7 +373,9 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
         best=f"{best:.4f}" if best is not None else None,
         baseline=_baseline(trainer, final),
         teacher=(teacher_name or "(in-memory model, no id recorded)") if teacher is not None else None,
-        teacher_architecture=teacher.config.architecture if teacher is not None else None,
+        teacher_architecture=_teacher_architecture(teacher) if teacher is not None else None,
+        teacher_model_type=getattr(teacher.config, "model_type", None) if teacher is not None else None,
+        teacher_preprocessing=_teacher_preprocessing(teacher) if teacher is not None else None,
         teacher_parameters=sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
         teacher_accuracy=_teacher_accuracy(trainer, teacher_name) if teacher is not None else None,
         method_hyperparameters=method_hp, training_hyperparameters=training_hp,

@@ -13,14 +13,18 @@ import os
 import shlex
 import sys
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Optional
 
 import yaml
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from transformers import HfArgumentParser, set_seed
 
+from .checks import check_dataset, check_enough_examples, check_output_dir, check_teacher
 from .data import load_image_data
-from .models import create_student, load_student
+from .models import create_student, load_student, load_teacher
 
 __all__ = ["ModelArguments", "DataArguments", "QUICK_DEFAULTS", "parse_args", "run", "build_teacher"]
 
@@ -38,8 +42,10 @@ class ModelArguments:
     student: str = field(default="cifar_resnet20", metadata={"help": "timm architecture of the student "
                                                                      "(cifar_* backbones are hf_kd's)."})
     teacher: Optional[str] = field(default=None, metadata={
-        "help": "Frozen teacher: an exported hf_kd/timm_wrapper folder or Hub id. If unset, a KD recipe trains "
-                "teacher_architecture on the same data first (into <output_dir>_teacher, reused if present)."})
+        "help": "Frozen teacher: a Hub id or local folder of any image classifier (an hf_kd/timm_wrapper export, "
+                "or any transformers AutoModelForImageClassification model type: ViT, ConvNeXt, ...; it keeps its "
+                "own preprocessing). If unset, a KD recipe trains teacher_architecture on the same data first (into "
+                "<output_dir>_teacher, reused if present)."})
     teacher_architecture: str = field(default="cifar_resnet32x4", metadata={"help": "Architecture of an auto-"
                                                                                      "trained teacher."})
     teacher_epochs: float = field(default=10.0, metadata={"help": "Epochs of an auto-trained teacher."})
@@ -90,29 +96,68 @@ def _yaml_to_argv(path: str) -> list[str]:
     return argv
 
 
-def parse_args(args_class, defaults: Optional[dict] = None, argv: Optional[list[str]] = None):
-    """(ModelArguments, DataArguments, args_class) from ``defaults`` < ``--config`` YAML < CLI flags."""
+def make_parser(args_class) -> HfArgumentParser:
+    """The recipes' parser. ``allow_abbrev=False``: argparse would otherwise take any unambiguous prefix of a flag
+    (a YAML typo ``num_train_epoch``, a CLI ``--lr``) as the full name; here every such key is an unknown argument."""
+    return HfArgumentParser((ModelArguments, DataArguments, args_class), allow_abbrev=False)
+
+
+def unknown_arguments_error(rest: list[str], parser: HfArgumentParser, config: Optional[str] = None) -> str:
+    """Name every unknown key, where it came from (the YAML or the command line) and the closest known flags."""
+    known = sorted({"--" + o[2:].replace("-", "_") for a in parser._actions for o in a.option_strings
+                    if o.startswith("--")})
+    lines = []
+    for word in rest:
+        if not word.startswith("-"):
+            continue
+        key = word.split("=", 1)[0]
+        close = difflib.get_close_matches(key, known, n=1)
+        lines.append(f"{key}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    where = f" (from the command line or the YAML {config})" if config else ""
+    return (f"Unknown arguments{where}: {', '.join(lines) or rest}. Flags must be spelled out in full (no "
+            "abbreviations); see --help for the list.")
+
+
+def parse_args(args_class, defaults: Optional[dict] = None, argv: Optional[list[str]] = None,
+               quick: Optional[dict] = None):
+    """(ModelArguments, DataArguments, args_class) from ``defaults`` < ``--config`` YAML < CLI flags.
+
+    ``quick``: a recipe's settings for its quick offline run only (a smaller network, a gentler schedule). They
+    apply when no ``--config`` is given and the data is the offline default (``digits``); any other run starts from
+    the method's own defaults, so that e.g. ``recipes/mixskd.py --dataset cifar100`` trains the network it names.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    config = None
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise SystemExit("--config needs a YAML file path")
-        argv = _yaml_to_argv(argv[i + 1]) + argv[:i] + argv[i + 2:]
-    parser = HfArgumentParser((ModelArguments, DataArguments, args_class))
-    parser.set_defaults(**{**QUICK_DEFAULTS, **(defaults or {})})
-    model_args, data_args, training_args, rest = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True)
-    if rest:
-        raise SystemExit(f"Unknown arguments: {rest}. See --help.")
+        config = argv[i + 1]
+        argv = _yaml_to_argv(config) + argv[:i] + argv[i + 2:]
+
+    def parse(extra: dict):
+        parser = make_parser(args_class)
+        parser.set_defaults(**{**QUICK_DEFAULTS, **(defaults or {}), **extra})
+        *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if rest:
+            raise SystemExit(unknown_arguments_error(rest, parser, config))
+        return parsed
+
+    model_args, data_args, training_args = parse({})
+    if quick and config is None and data_args.dataset == QUICK_DEFAULTS["dataset"]:
+        model_args, data_args, training_args = parse(quick)
     return model_args, data_args, training_args
 
 
 def load_data(data_args: DataArguments, seed: int = 0):
-    data = load_image_data(
-        data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column,
-        train_split=data_args.train_split, eval_split=data_args.eval_split, image_size=data_args.image_size,
-        max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
-        subset_seed=data_args.subset_seed, cache_dir=data_args.dataset_cache_dir, seed=seed)
+    # datasets writes its caches (download, Arrow files, split indices) to temporary names and renames them; the
+    # main process of each node goes first, so it writes them once and the others read them (no double download)
+    with PartialState().local_main_process_first():
+        data = load_image_data(
+            data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column,
+            train_split=data_args.train_split, eval_split=data_args.eval_split, image_size=data_args.image_size,
+            max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
+            subset_seed=data_args.subset_seed, cache_dir=data_args.dataset_cache_dir, seed=seed)
     in_memory = data_args.in_memory
     if in_memory is None:
         import torch
@@ -128,14 +173,23 @@ def build_student(model_args: ModelArguments, data, architecture: Optional[str] 
 
 
 def build_teacher(model_args: ModelArguments, data, training_args):
-    """The given teacher, or one trained here with plain CE on the same data (reused when already exported)."""
+    """The given teacher, or one trained here with plain CE on the same data (reused when already exported).
+
+    Under N processes the teacher is trained once, by all of them together (its ``TrainingArguments`` see the same
+    launch, so it runs under DDP like the student); its ``save_model`` returns on every process only once the main
+    process has written the export, and only then does any process read it. Whether to train is the main process's
+    decision, sent to all, so every process takes the same path.
+    """
     if model_args.teacher:
-        return load_student(model_args.teacher), model_args.teacher
+        return load_teacher(model_args.teacher), model_args.teacher
     out = training_args.output_dir.rstrip("/") + "_teacher"
-    if not os.path.isfile(os.path.join(out, "config.json")):
+    # config.json is moved into an export last (hf_kd.sync.write_atomically): with it, the folder is complete
+    exported = broadcast_object_list([os.path.isfile(os.path.join(out, "config.json"))])[0]
+    if not exported:
         from .trainers import DistillationArguments, SupervisedTrainer
 
-        print(f"[hf_kd] no --teacher given: training a {model_args.teacher_architecture} teacher into {out}")
+        if PartialState().is_main_process:
+            print(f"[hf_kd] no --teacher given: training a {model_args.teacher_architecture} teacher into {out}")
         targs = DistillationArguments(
             output_dir=out, num_train_epochs=model_args.teacher_epochs,
             per_device_train_batch_size=training_args.per_device_train_batch_size,
@@ -150,7 +204,7 @@ def build_teacher(model_args: ModelArguments, data, training_args):
         describe_data(trainer, data)
         trainer.train()
         trainer.evaluate()
-        trainer.save_model()
+        trainer.save_model()  # collective: returns once the main process has written the whole export
     return load_student(out), out
 
 
@@ -168,16 +222,30 @@ def describe_data(trainer, data, data_args: Optional[DataArguments] = None) -> N
                                if f.name != "dataset" and getattr(data_args, f.name) != f.default}
 
 
+def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_args, needs_teacher: bool) -> None:
+    """Fail in seconds, before any data loads, on a taken output_dir, a missing teacher or an unknown dataset."""
+    check_output_dir(training_args)
+    if needs_teacher and model_args.teacher:
+        check_teacher(model_args.teacher)
+    check_dataset(data_args.dataset, data_args.dataset_cache_dir)
+
+
 def best_and_final(log_history: list[dict]) -> tuple[Optional[float], Optional[float]]:
     accs = [e["eval_top1"] for e in log_history if "eval_top1" in e]
     return (max(accs), accs[-1]) if accs else (None, None)
 
 
-def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] = None, needs_teacher: bool = False):
-    """Parse, build, train, evaluate, export the student to --output_dir, push if asked. Returns the trainer."""
-    model_args, data_args, training_args = parse_args(trainer_cls.args_class, defaults, argv)
+def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] = None, needs_teacher: bool = False,
+        quick: Optional[dict] = None):
+    """Parse, build, train, evaluate, export the student to --output_dir, push if asked. Returns the trainer.
+
+    ``defaults`` apply to every run of the recipe; ``quick`` only to its no-config run on the offline digits data
+    (see ``parse_args``)."""
+    model_args, data_args, training_args = parse_args(trainer_cls.args_class, defaults, argv, quick)
+    check_inputs(model_args, data_args, training_args, needs_teacher)
     set_seed(training_args.seed)
     data = load_data(data_args, training_args.seed)
+    check_enough_examples(len(data.train), training_args)
     teacher, teacher_name = build_teacher(model_args, data, training_args) if needs_teacher else (None, None)
     set_seed(training_args.seed)
     trainer = trainer_cls(model=build_student(model_args, data), teacher=teacher, args=training_args,

@@ -1,6 +1,7 @@
 """Data layer on local copies: CIFAR-format datasets, the Hub path, save_to_disk, imagefolder, digits; augmentation."""
 
 import dataclasses
+import os
 
 import datasets
 import numpy as np
@@ -158,3 +159,84 @@ def test_in_memory_fast_path_trains_identically(tmp_path):
         assert torch.equal(states[0][k], states[1][k]), k
     with pytest.raises(ValueError, match="in_memory is for small images"):
         dataclasses.replace(data, input_size=(3, 224, 224)).in_memory()
+
+
+SHARED_CIFAR100 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "cifar100")
+
+
+@pytest.mark.parametrize("subdir", ["", "data"])
+def test_local_parquet_folder_in_hub_layout(tmp_path, subdir):
+    """A downloaded Hub dataset (`hf download ... --local-dir`): parquet shards, read with their splits and features.
+
+    Before, any local folder was read as an imagefolder: "Instruction "train" corresponds to no data!"."""
+    ds = cifar_like(n=12)
+    folder = tmp_path / "c100"
+    (folder / subdir).mkdir(parents=True)
+    ds["train"].to_parquet(str(folder / subdir / "train-00000-of-00001.parquet"))
+    ds["test"].to_parquet(str(folder / subdir / "test-00000-of-00001.parquet"))
+    data = load_image_data(str(folder))
+    assert (len(data.train), len(data.eval)) == (12, 6)
+    assert data.source["image_column"] == "img" and data.source["label_column"] == "fine_label"
+    assert data.label_names == FINE and data.source["eval_split"] == "test"
+    assert data.train[4]["labels"] == 4 and data.train[4]["pixel_values"].shape == (3, 32, 32)
+    assert "copy_of" not in data.source and data.mean == loading.IMAGENET_MEAN  # 5 classes: no preset's copy
+
+
+def test_local_copy_of_cifar100_takes_the_preset_settings(tmp_path):
+    """Columns img/fine_label with 100 ClassLabel names and train/test splits: a local copy of uoft-cs/cifar100."""
+    names = [f"class_{i}" for i in range(100)]
+    feats = Features({"img": ImageFeature(), "fine_label": ClassLabel(names=names)})
+    img = Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))
+    part = Dataset.from_dict({"img": [img] * 4, "fine_label": [0, 1, 2, 99]}, features=feats)
+    for split in ("train", "test"):
+        part.to_parquet(str(tmp_path / f"{split}-00000-of-00001.parquet"))
+    data = load_image_data(str(tmp_path))
+    assert data.source["copy_of"] == "uoft-cs/cifar100" and data.source["dataset"] == str(tmp_path)
+    assert data.mean == loading.CIFAR100_MEAN and data.augmentation == "cifar" and data.label_names == names
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_CIFAR100), reason="../shared/data/cifar100 not on this machine")
+def test_shared_real_cifar100_loads():
+    data = load_image_data(SHARED_CIFAR100)
+    assert (len(data.train), len(data.eval)) == (50_000, 10_000)
+    assert data.num_labels == 100 and data.label_names[:3] == ["apple", "aquarium_fish", "baby"]
+    assert data.label_names[-1] == "worm" and data.source["copy_of"] == "uoft-cs/cifar100"
+    row = data.eval[0]
+    assert row["pixel_values"].shape == (3, 32, 32) and 0 <= row["labels"] < 100
+
+
+def class_sorted_folder(root, classes=5, per_class=6):
+    """An imagefolder sorted by class (as on disk): a prefix of it holds the first classes only."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", 2)):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_max_train_samples_is_a_balanced_random_sample_not_a_prefix(tmp_path):
+    folder = class_sorted_folder(tmp_path / "sorted")
+    labels = lambda d: sorted(d.train[i]["labels"] for i in range(len(d.train)))  # noqa: E731
+    data = load_image_data(str(folder), max_train_samples=10, max_eval_samples=5)
+    assert labels(data) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # every class, 2 each (a prefix: classes 0 and 1 only)
+    assert sorted(data.eval[i]["labels"] for i in range(5)) == [0, 1, 2, 3, 4]
+    sub = data.source["train_subset"]
+    assert sub == dict(size=10, of=30, seed=0, classes=5, per_class_min=2, per_class_max=2)
+    assert loading.describe_subset(sub) == ("10 of 30 images (class-balanced random subset, seed 0: 2 per class, "
+                                            "5 classes)")
+    again = load_image_data(str(folder), max_train_samples=10)
+    other = load_image_data(str(folder), max_train_samples=10, subset_seed=1)
+    pix = lambda d: torch.stack([d.train[i]["pixel_values"] for i in range(10)])  # noqa: E731
+    assert torch.equal(pix(data), pix(again)) and not torch.equal(pix(data), pix(other))
+
+
+def test_balanced_subset_uneven_classes():
+    labels = np.array([0] * 50 + [1] * 3 + [2] * 20)
+    idx = loading.balanced_subset(labels, 30, seed=3)
+    counts = np.bincount(labels[idx], minlength=3)
+    assert len(set(idx)) == 30 and counts[1] == 3 and sorted(counts[[0, 2]]) == [13, 14]  # short class gives all
+    assert list(idx) == sorted(idx) and np.array_equal(idx, loading.balanced_subset(labels, 30, seed=3))
+    assert len(loading.balanced_subset(labels, 100)) == 73

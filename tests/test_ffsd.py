@@ -6,13 +6,13 @@ import copy
 import math
 import os
 import socket
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from processes import run_process
 from transformers import AutoModelForImageClassification
 
 import hf_kd  # noqa: F401
@@ -24,6 +24,8 @@ from hf_kd.models import create_student
 from hf_kd.models.student import MissingStagesError
 from hf_kd.modules.ffsd import FusionModule, SelfDistillationDecoder, TransFusionModule
 from hf_kd.trainers.ffsd import CompositeOptimizer, FFSDArguments, FFSDMetrics, FFSDModel, FFSDTrainer
+
+from processes import run_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])  # stages (8,32,32), (16,16,16), (32,8,8)
@@ -203,7 +205,7 @@ def test_build_model_and_clear_errors(data, tmp_path):
         FFSDModel.build(tiny(data, model_args=dict(channels=[8, 8], blocks=[1])), 2)
     with pytest.raises(MissingStagesError, match="halve"):  # stem + 2 stages: (8,32,32), (8,32,32), (16,16,16)
         FFSDModel.build(tiny(data, model_args=dict(channels=[8, 8, 16], blocks=[1, 1])), 2)
-    with pytest.raises(ValueError, match="num_students >= 2"):
+    with pytest.raises(ValueError, match="num_students must be >= 2"):
         make_args(tmp_path, num_students=1)
     with pytest.raises(ValueError, match="no pre-trained teacher"):
         FFSDTrainer(model=tiny(data), teacher=tiny(data), args=make_args(tmp_path), train_dataset=data.train)
@@ -507,7 +509,7 @@ def test_two_process_accelerate_launch_of_the_recipe(tmp_path):
            "--per_device_train_batch_size", "8", "--max_train_samples", "64", "--max_eval_samples", "16",
            "--model_args", '{"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]}', "--eval_strategy", "no",
            "--save_strategy", "steps", "--save_steps", "2", "--use_cpu", "true", "--logging_steps", "1"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    run = run_process(cmd, timeout=600, env=env, cwd=tmp_path)  # killed with its workers if the test is interrupted
     assert run.returncode == 0, run.stderr[-5000:]
     assert "[hf_kd] ffsd: student cifar_resnet20 exported to" in run.stdout
     ckpt = out / "checkpoint-2"

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import traceback
 import urllib.request
@@ -24,12 +23,15 @@ from pathlib import Path
 
 import pytest
 
+from processes import run_process
+
 TEMPLATES = Path(__file__).parents[1] / "hf_kd" / "model_cards"
 REPO, PRIVATE, BRANCH = "testuser/kd-student", "testuser/kd-private", "v1"
 STALE = "stale weights of an earlier push"
 CKPT_REPO, END_REPO, NEW_REPO = "testuser/kd-ckpt", "testuser/kd-end", "testuser/kd-new"
 # the run passes --hub_token, so training_args.bin (a pickle of the arguments, token included) stays local
-EXPORT = {".gitattributes", "README.md", "config.json", "model.safetensors", "training_curves.png"}
+EXPORT = {".gitattributes", "README.md", "config.json", "model.safetensors", "training_curves.png",
+          "modeling_hf_kd.py"}  # cifar_* students carry their generated remote code
 BIBTEX = {  # method -> what its card's BibTeX must say (supervised training has no paper)
     "kd": ["Distilling the Knowledge in a Neural Network", "Hinton, Geoffrey", "arXiv:1503.02531", "2015"],
     "projector_kd": ["Improved Feature Distillation via Projector Ensemble", "Chen, Yudong",
@@ -167,8 +169,8 @@ def _client(work: Path):  # runs in the subprocess, environment already pointing
         res["export_sha_after_failure"] = hashlib.sha256(Path(out, "model.safetensors").read_bytes()).hexdigest()
         cli = next(line.strip() for line in res["failure"].splitlines() if line.strip().startswith("hf upload "))
         argv = shlex.split(cli)
-        done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "hf"), *argv[1:]], capture_output=True,
-                              text=True, timeout=120)  # the retry the error message gives, as a user would run it
+        # the retry the error message gives, as a user would run it
+        done = run_process([os.path.join(os.path.dirname(sys.executable), "hf"), *argv[1:]], timeout=120)
         res["cli_retry"] = [done.returncode, done.stdout[-2000:] + done.stderr[-2000:]]
         res["cli_retry_equal"] = same(AutoModelForImageClassification.from_pretrained(REPO))
 
@@ -223,8 +225,7 @@ def hub(tmp_path_factory):
                    TQDM_DISABLE="1", OMP_NUM_THREADS="1",  # tiny models: one thread is faster on a shared CPU
                    PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                             os.environ.get("PYTHONPATH")])))
-        proc = subprocess.run([sys.executable, __file__, str(work)], env=env, capture_output=True, text=True,
-                              timeout=600, cwd=work)
+        proc = run_process([sys.executable, __file__, str(work)], env=env, timeout=600, cwd=work)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
         yield server, json.loads((work / "results.json").read_text()), work
 

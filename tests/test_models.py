@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -14,6 +13,8 @@ from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassif
 
 import hf_kd  # noqa: F401
 from hf_kd.models import CIFAR_ARCHITECTURES, MissingStagesError, TimmStudent, create_student, load_student
+
+from processes import run_process
 
 # Parameter counts (millions) reported by the papers: He et al. 2016 Table 6 (CIFAR ResNets, CIFAR-10 heads, so
 # counted here with 10 classes), CRD (Tian et al. 2020) Table 1 (resnet8x4/32x4, WRNs, CIFAR-100 heads),
@@ -138,7 +139,7 @@ def test_round_trip_fresh_process(exported, tmp_path):
         assert {{r["label"] for r in res}} == {{"cat", "dog", "fox"}}
         print("OK")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = run_process([sys.executable, "-c", code], timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
@@ -163,7 +164,7 @@ def test_timm_arch_export_loads_without_hf_kd(tmp_path):
         assert "hf_kd" not in sys.modules
         print("OK")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = run_process([sys.executable, "-c", code], timeout=300, cwd=tmp_path)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 

@@ -2,11 +2,11 @@
 
 import glob
 import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
+from processes import run_process
 
 from hf_kd.recipes import parse_args
 from hf_kd.trainers import DistillationArguments, KDArguments
@@ -14,6 +14,8 @@ from hf_kd.trainers.ffsd import FFSDArguments
 from hf_kd.trainers.mixskd import MixSKDArguments
 from hf_kd.trainers.projector_kd import ProjectorKDArguments
 from hf_kd.trainers.self_kd import SelfKDArguments
+
+from processes import run_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # preset file prefix -> the arguments class of the recipe that reads it
@@ -57,11 +59,12 @@ def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
            "--output_dir", str(out), "--max_steps", "3", "--teacher_epochs", "0.1", "--teacher_architecture",
            "cifar_resnet20", "--max_train_samples", "128", "--max_eval_samples", "32", "--eval_strategy", "no",
            "--save_strategy", "no", "--use_cpu", "true"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    run = run_process(cmd, timeout=900, cwd=tmp_path)  # killed with its workers if the test is interrupted
     assert run.returncode == 0, run.stderr[-4000:]
     assert "[hf_kd] kd: student cifar_resnet20 exported to" in run.stdout
     assert os.path.isfile(tmp_path / "kd_teacher" / "model.safetensors")  # the teacher, outside the export
-    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "training_args.bin", "training_curves.png"]
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "modeling_hf_kd.py",
+                                       "trainer_state.json", "training_args.bin", "training_curves.png"]
     code = textwrap.dedent(f"""
         import hf_kd
         from transformers import AutoModelForImageClassification, pipeline
@@ -72,5 +75,80 @@ def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
         assert len(res) == 5 and all(r["label"] in [str(i) for i in range(10)] for r in res), res
         print("OK")
     """)
-    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    check = run_process([sys.executable, "-c", code], timeout=300)
     assert check.returncode == 0 and "OK" in check.stdout, check.stderr[-3000:]
+
+
+def test_card_names_the_data_title_subset_and_reproduces_them(tmp_path, one_thread):
+    """The card (and its model-index) carry the dataset's title, the eval split and the subset drawn; the reproduce
+    YAML keeps the data flags; trainer_state.json (every evaluation) lands beside the export."""
+    import json
+
+    import yaml
+    from huggingface_hub import ModelCard
+
+    from hf_kd.recipes import run
+    from hf_kd.trainers import SupervisedTrainer
+
+    out = tmp_path / "ce"
+    run(SupervisedTrainer, defaults=dict(student="cifar_resnet20", output_dir=str(out)), argv=[
+        "--max_train_samples", "100", "--max_eval_samples", "50", "--dataset_title", "Digits (scikit-learn)",
+        "--max_steps", "2", "--per_device_train_batch_size", "16", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--save_strategy", "no", "--use_cpu", "true"])
+    card = ModelCard.load(out / "README.md")
+    result = card.data.eval_results[0]
+    assert result.dataset_name == "Digits (scikit-learn)" and result.dataset_type == "sklearn:digits"
+    assert result.dataset_split == "test"
+    assert "train subset: 100 of 1,437 images (class-balanced random subset, seed 0: 10 per class" in card.text
+    assert "eval subset: 50 of 360 images" in card.text
+    cfg = yaml.safe_load(card.text.split("```yaml")[1].split("```")[0])
+    assert cfg["max_train_samples"] == 100 and cfg["dataset_title"] == "Digits (scikit-learn)"
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert sum("eval_top1" in e for e in history) == 1  # the step-2 evaluation is reused, not repeated
+
+
+def test_quick_run_settings_do_not_leak_into_other_runs(tmp_path):
+    """MixSKD's quick digits run uses a quarter-width 1-block network and a step schedule; those must not reach a
+    run on other data or from a preset (they did: the accuracy matrix's MixSKD rows trained that network)."""
+    from hf_kd.trainers.mixskd import MixSKDArguments
+
+    quick = dict(model_args='{"blocks": [1, 1, 1, 1]}', warmup_epochs=1, lr_milestones=[3, 4])
+    m, d, a = parse_args(MixSKDArguments, {"output_dir": str(tmp_path)}, [], quick=quick)
+    assert m.model_args == quick["model_args"] and a.lr_milestones == [3, 4] and a.warmup_epochs == 1
+    for argv in (["--dataset", "cifar100"], ["--config", os.path.join(ROOT, "recipes", "configs",
+                                                                         "mixskd_cifar100_resnet18.yaml")]):
+        m, d, a = parse_args(MixSKDArguments, {"output_dir": str(tmp_path)}, argv, quick=quick)
+        assert m.model_args != quick["model_args"] and a.lr_milestones != [3, 4], argv
+
+
+def test_accuracy_benchmark_configs_parse_to_the_common_settings(tmp_path, monkeypatch):
+    """What each recipe really trains from the accuracy benchmark's config: the same student and schedule, none of
+    the recipe's quick-run settings (model_args, milestones, warm-up)."""
+    import argparse
+    import importlib.util
+    import runpy
+
+    import yaml
+
+    import hf_kd.recipes
+
+    spec = importlib.util.spec_from_file_location("accuracy", os.path.join(ROOT, "benchmarks", "accuracy.py"))
+    acc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(acc)
+    o = argparse.Namespace(dataset="digits", dataset_title=None, max_train_samples=128, max_eval_samples=None,
+                           student="cifar_resnet20", teacher_architecture="cifar_resnet56", teacher_epochs=2,
+                           epochs=2, batch_size=32, lr=0.05, weight_decay=5e-4, eval_every=1, bf16=False)
+    for method, (recipe, _, _) in acc.METHODS.items():
+        cfg = tmp_path / f"{method}.yaml"
+        cfg.write_text(yaml.safe_dump(acc.run_config(o, method, 0, tmp_path / method, tmp_path / "t")))
+        parsed = {}
+
+        def fake_run(cls, defaults=None, argv=None, needs_teacher=False, quick=None):
+            parsed["args"] = parse_args(cls.args_class, defaults, ["--config", str(cfg)], quick=quick)
+
+        monkeypatch.setattr(hf_kd.recipes, "run", fake_run)
+        runpy.run_path(os.path.join(ROOT, "recipes", f"{recipe}.py"), run_name="__main__")
+        m, d, a = parsed["args"]
+        assert m.student == "cifar_resnet20" and not m.model_args, method
+        assert not a.lr_milestones and a.warmup_epochs == 0 and a.learning_rate == 0.05, method
+        assert a.weight_decay == 5e-4 and str(a.lr_scheduler_type.value) == "cosine", method

@@ -86,7 +86,8 @@ def test_kd_run_export_contract(data, teacher, tmp_path):
 
     export = tmp_path / "export"
     tr.save_model(str(export))
-    assert sorted(os.listdir(export)) == ["README.md", "config.json", "model.safetensors", "training_args.bin", "training_curves.png"]
+    assert sorted(os.listdir(export)) == ["README.md", "config.json", "model.safetensors", "modeling_hf_kd.py",
+                                          "training_args.bin", "training_curves.png"]
     keys = set(load_file(export / "model.safetensors"))
     assert keys == set(tr.student.timm_model.state_dict())  # the student alone, timm-native keys
     loaded = AutoModelForImageClassification.from_pretrained(str(export)).eval()

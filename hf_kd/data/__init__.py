@@ -1,8 +1,12 @@
-"""HF ``datasets`` loading (Hub ids, imagefolder, save_to_disk, offline default), transforms, collator."""
+"""HF ``datasets`` loading (Hub ids, imagefolder, save_to_disk, offline default), transforms, collator.
 
-from .augment import BatchAugment, ImageCollator
-from .memory import InMemoryImages
-from .loading import PRESETS, ImageData, balanced_subset, digits_dataset, image_transform, load_image_data
+Names load on first use (``datasets`` and torchvision's transforms are heavy imports)."""
 
+from .._lazy import lazy_getattr
+
+_LAZY = {"BatchAugment": ".augment", "ImageCollator": ".augment", "InMemoryImages": ".memory",
+         **dict.fromkeys(["PRESETS", "ImageData", "balanced_subset", "digits_dataset", "image_transform",
+                          "load_image_data"], ".loading")}
+__getattr__ = lazy_getattr(__name__, _LAZY)
 __all__ = ["BatchAugment", "ImageCollator", "ImageData", "InMemoryImages", "PRESETS", "balanced_subset",
            "digits_dataset", "image_transform", "load_image_data"]

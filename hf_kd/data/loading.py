@@ -7,14 +7,17 @@ checkpoint exact (HF_NOTES §3.3, §6).
 
 Sources: the presets below (Hub ids, the same code path a user with internet runs), any other Hub id, a local folder
 written by ``save_to_disk``, a local folder of data files in the layout of a downloaded Hub dataset (parquet shards
-such as ``train-00000-of-00003.parquet``, also under ``data/``), an ``imagefolder`` directory, and ``"digits"``: an offline default of real images (the
-8x8 handwritten digits bundled with scikit-learn, upsampled to 32x32 RGB) that needs no download.
+such as ``train-00000-of-00003.parquet``, also under ``data/``), an ``imagefolder`` directory, and ``"digits"``: an
+offline default of real images (the 8x8 handwritten digits bundled with scikit-learn, upsampled to 32x32 RGB) that
+needs no download.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -142,8 +145,50 @@ def _load_source(dataset: str, cache_dir: Optional[str], revision: Optional[str]
             # Hub layout on disk: datasets infers the splits from the file names (train-*, test-*) or from the
             # README's `configs`, and the features (ClassLabel names, Image) from the parquet schema.
             return datasets.load_dataset(dataset, cache_dir=cache_dir)
-        return datasets.load_dataset("imagefolder", data_dir=dataset, cache_dir=cache_dir)
+        return drop_unreadable_images(datasets.load_dataset("imagefolder", data_dir=dataset, cache_dir=cache_dir))
     return datasets.load_dataset(dataset, cache_dir=cache_dir, revision=revision)
+
+
+def _readable(batch: dict, column: str) -> dict:
+    """Whether each image of a batch decodes completely (``decode=False`` rows: ``{"path", "bytes"}``)."""
+    from PIL import Image
+
+    ok = []
+    for ref in batch[column]:
+        try:
+            with Image.open(io.BytesIO(ref["bytes"]) if ref.get("bytes") else ref["path"]) as img:
+                img.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale; still reads every byte, so truncation shows
+                img.load()
+            ok.append(True)
+        except Exception:  # noqa: BLE001 - truncated, corrupt, not an image: all unreadable
+            ok.append(False)
+    return {"_readable": ok}
+
+
+def drop_unreadable_images(raw: DatasetDict, column: str = "image") -> DatasetDict:
+    """Drop the images of an ``imagefolder`` that do not decode (a truncated JPEG, a corrupt file), with a warning
+    naming them, so that training never stops at step N on PIL's "image file is truncated".
+
+    Every image is decoded once (JPEGs at 1/8 scale); ``datasets`` caches the result with the dataset, so later runs
+    on the same folder skip the work.
+    """
+    out = {}
+    for split, ds in raw.items():
+        if column not in ds.column_names or not isinstance(ds.features[column], ImageFeature):
+            out[split] = ds
+            continue
+        refs = ds.cast_column(column, ImageFeature(decode=False))
+        flags = refs.map(_readable, batched=True, batch_size=256, fn_kwargs=dict(column=column),
+                         remove_columns=refs.column_names, desc=f"checking {split} images")["_readable"]
+        bad = [i for i, good in enumerate(flags) if not good]
+        if bad:
+            names = [refs[i][column].get("path") or f"row {i}" for i in bad[:10]]
+            warnings.warn(f"Skipping {len(bad)} of {len(ds)} {split} images that cannot be decoded (truncated or "
+                          f"corrupt): {', '.join(map(str, names))}{', ...' if len(bad) > 10 else ''}. Replace or "
+                          "delete those files to use them.", stacklevel=2)
+            ds = ds.select([i for i, good in enumerate(flags) if good])
+        out[split] = ds
+    return DatasetDict(out)
 
 
 def _pick_column(ds: Dataset, given: Optional[str], names: Sequence[str], feature_type, what: str) -> str:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .kd import kd_kl_div
+from .precision import upcast_half
 
 __all__ = ["attention_map", "attention_loss", "shifted_attention", "diversity_loss", "diversity_target", "dml_loss",
            "self_distillation_loss", "fusion_module_loss", "leader_fusion_loss", "trans_fusion_loss",
@@ -26,8 +27,8 @@ __all__ = ["attention_map", "attention_loss", "shifted_attention", "diversity_lo
 
 
 def attention_map(f: torch.Tensor) -> torch.Tensor:
-    """att(F) = mean_c F_c^2: (B, C, H, W) -> (B, 1, H, W), in float32."""
-    return f.float().pow(2).mean(1, keepdim=True)
+    """att(F) = mean_c F_c^2: (B, C, H, W) -> (B, 1, H, W), at least in float32 (``upcast_half``)."""
+    return upcast_half(f).pow(2).mean(1, keepdim=True)
 
 
 def attention_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -36,8 +37,8 @@ def attention_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     The official ``attention_loss`` / ``fusion_loss``; used on attention maps and (in the decoder objective) on full
     C*H*W feature maps. No detach here: callers detach the target side.
     """
-    x = F.normalize(x.float().flatten(1), dim=1)
-    y = F.normalize(y.float().flatten(1), dim=1)
+    x = F.normalize(upcast_half(x).flatten(1), dim=1)
+    y = F.normalize(upcast_half(y).flatten(1), dim=1)
     return (x - y).pow(2).mean()
 
 
@@ -63,10 +64,10 @@ def diversity_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     official call site does). n = ||y_b||, then D = mean over elements of (nrm(x) - shifted_attention(nrm(y), n))^2.
     Raw values are O(10-1000), hence lambda_div = 1e-5.
     """
-    y = y.detach().float().flatten(1)
+    y = upcast_half(y.detach()).flatten(1)
     norm = y.norm(dim=1, keepdim=True)
     target = shifted_attention(F.normalize(y, dim=1), norm)
-    return (F.normalize(x.float().flatten(1), dim=1) - target).pow(2).mean()
+    return (F.normalize(upcast_half(x).flatten(1), dim=1) - target).pow(2).mean()
 
 
 def diversity_target(f: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .kd import kd_kl_div
+from .precision import upcast_half
 
 __all__ = ["draw_mixup", "mixup_images", "interpolate", "mixup_cross_entropy", "mixskd_classification", "mixskd_kl",
            "mixskd_feature_mse", "discriminator_targets", "discriminator_bce"]
@@ -133,6 +134,7 @@ def discriminator_bce(d_logits: Sequence[torch.Tensor], fool: bool = False) -> t
     for d in d_logits:
         if d.shape[0] % 2:
             raise ValueError(f"discriminator logits need 2B rows (interpolated then mixup), got {tuple(d.shape)}")
-        target = discriminator_targets(d.shape[0] // 2, d.device, torch.float32, fool)
-        loss = loss + F.binary_cross_entropy_with_logits(d.float(), target)
+        d = upcast_half(d)
+        target = discriminator_targets(d.shape[0] // 2, d.device, d.dtype, fool)
+        loss = loss + F.binary_cross_entropy_with_logits(d, target)
     return loss

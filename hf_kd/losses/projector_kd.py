@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import upcast_half
+
 __all__ = ["projector_cosine_loss", "DEFAULT_NORM_EPS"]
 
 # Deviation from the official code (METHODS.md "Decisions for hf_kd", PEFD): the official loss divides by the plain L2
@@ -28,11 +30,12 @@ def projector_cosine_loss(projected: torch.Tensor, teacher_features: torch.Tenso
     """1 - cos(g_b, f_t,b), averaged over the batch. Shapes: projected, teacher_features (B, D) -> scalar.
 
     The teacher side is detached (the official code computes it under ``torch.no_grad()``), so it never receives a
-    gradient whatever the caller passes. Computed in float32 so that bf16/fp16 autocast does not degrade the norms.
+    gradient whatever the caller passes. Half-precision inputs are upcast to float32 (``upcast_half``) so that
+    bf16/fp16 autocast does not degrade the norms; float32 and float64 are kept.
     """
     if projected.shape != teacher_features.shape or projected.dim() != 2:
         raise ValueError(f"PEFD loss needs projected student and teacher features of the same shape (B, D), got "
                          f"{tuple(projected.shape)} and {tuple(teacher_features.shape)}")
-    g = F.normalize(projected.float(), dim=1, eps=eps)
-    t = F.normalize(teacher_features.detach().float(), dim=1, eps=eps)
+    g = F.normalize(upcast_half(projected), dim=1, eps=eps)
+    t = F.normalize(upcast_half(teacher_features.detach()), dim=1, eps=eps)
     return (1.0 - (g * t).sum(dim=1)).mean()

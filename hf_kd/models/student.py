@@ -15,6 +15,7 @@ The subclass adds only what the stock class lacks (measured, HF_NOTES §1.3-1.4)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -68,6 +69,22 @@ class TimmStudent(TimmWrapperForImageClassification):
     @property
     def architecture(self) -> str:
         return self.config.architecture
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers', plus for hf_kd's ``cifar_*`` backbones the ``auto_map`` and generated
+        ``modeling_hf_kd.py`` that let the folder load without hf_kd (``hf_kd.models.remote_code``)."""
+        from . import remote_code
+
+        if not remote_code.needs_remote_code(self.architecture):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            os.makedirs(save_directory, exist_ok=True)
+            remote_code.write_modeling_file(save_directory)
+        self.config.auto_map = remote_code.auto_map()
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            del self.config.auto_map  # only the saved config carries it
 
     def forward_kd(self, pixel_values: torch.Tensor, stages: bool = True) -> KDOutput:
         """Logits, stage feature maps (shallow -> deep) and pre-logits in a single forward pass.
@@ -186,8 +203,10 @@ def load_student(path_or_repo: str, num_labels: int | None = None, **kwargs) -> 
         return student
     if num_labels is not None:  # a new classifier for a different label set
         kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
-    config = TimmWrapperConfig.from_pretrained(path_or_repo, **{k: v for k, v in kwargs.items() if k == "revision"})
-    if config.model_type != "timm_wrapper":
-        raise ValueError(f"{path_or_repo} holds a '{config.model_type}' model; hf_kd loads timm backbones "
-                         "(model_type 'timm_wrapper').")
+    revision = {k: v for k, v in kwargs.items() if k == "revision"}
+    model_type = TimmWrapperConfig.get_config_dict(path_or_repo, **revision)[0].get("model_type")
+    if model_type not in (None, "timm_wrapper"):  # timm's own Hub configs have no model_type
+        raise ValueError(f"{path_or_repo} holds a '{model_type}' model; hf_kd students are timm backbones "
+                         "(model_type 'timm_wrapper'). To use it as a teacher, load it with "
+                         "hf_kd.load_teacher(path_or_id).")
     return TimmStudent.from_pretrained(path_or_repo, **kwargs)

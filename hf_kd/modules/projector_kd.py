@@ -57,7 +57,8 @@ class ProjectorEnsemble(nn.Module):
 
 @torch.no_grad()
 def pre_logits_dim(model, input_size: Sequence[int]) -> int:
-    """Width D of a ``TimmStudent``'s pooled pre-logits feature (B, D), from a one-image dry run in eval mode.
+    """Width D of a model's pooled pre-logits feature (B, D) (a ``TimmStudent`` or a ``TransformersTeacher``, whose
+    ``forward_kd`` takes the student's input), from a one-image dry run in eval mode.
 
     Eval mode and no_grad, so BN running statistics and the RNG are left untouched; the training flag is restored.
     """
@@ -71,6 +72,6 @@ def pre_logits_dim(model, input_size: Sequence[int]) -> int:
     pre = out.pre_logits
     if pre is None or pre.dim() != 2:
         shape = None if pre is None else tuple(pre.shape)
-        raise ValueError(f"'{model.config.architecture}' gives pre-logits of shape {shape}; PEFD needs a pooled "
+        raise ValueError(f"'{getattr(model, 'architecture', type(model).__name__)}' gives pre-logits of shape {shape}; PEFD needs a pooled "
                          "(B, D) penultimate feature. Use a backbone with global pooling before its classifier.")
     return int(pre.shape[1])

@@ -1,12 +1,15 @@
-"""Trainers: the shared ``DistillationTrainer`` base and one file per method."""
+"""Trainers: the shared ``DistillationTrainer`` base and one file per method (loaded on first use: they import
+transformers' Trainer)."""
 
-from .base import DistillationArguments, DistillationModel, DistillationTrainer
-from .ffsd import FFSDArguments, FFSDTrainer
-from .kd import KDArguments, KDTrainer, SupervisedTrainer
-from .mixskd import MixSKDArguments, MixSKDTrainer
-from .projector_kd import ProjectorKDArguments, ProjectorKDTrainer
-from .self_kd import SelfKDArguments, SelfKDTrainer
+from .._lazy import lazy_getattr
 
+_LAZY = {**dict.fromkeys(["DistillationArguments", "DistillationModel", "DistillationTrainer"], ".base"),
+         "FFSDArguments": ".ffsd", "FFSDTrainer": ".ffsd",
+         **dict.fromkeys(["KDArguments", "KDTrainer", "SupervisedTrainer"], ".kd"),
+         "MixSKDArguments": ".mixskd", "MixSKDTrainer": ".mixskd",
+         "ProjectorKDArguments": ".projector_kd", "ProjectorKDTrainer": ".projector_kd",
+         "SelfKDArguments": ".self_kd", "SelfKDTrainer": ".self_kd"}
+__getattr__ = lazy_getattr(__name__, _LAZY)
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer", "FFSDArguments", "FFSDTrainer",
            "KDArguments", "KDTrainer", "MixSKDArguments", "MixSKDTrainer", "ProjectorKDArguments",
            "ProjectorKDTrainer", "SelfKDArguments", "SelfKDTrainer", "SupervisedTrainer"]

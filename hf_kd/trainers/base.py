@@ -13,24 +13,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-import shutil
-import tempfile
+import pickle
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import safetensors.torch
 import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import HubStrategy
+from transformers.trainer_utils import HubStrategy, number_of_arguments
 
 from ..data import BatchAugment, ImageCollator
+from ..losses.precision import upcast_half
 from ..metrics import ClassificationMetrics, topk_ids
 from ..models import TimmStudent
+from ..sync import main_process_writes, write_atomically
+from ..models.teacher import bind_student_input
 from .fast import FastStep, StepInGraph, check_fast_path_args, find_step_in_graph
 
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer"]
@@ -38,8 +41,26 @@ __all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer"]
 
 @dataclass
 class DistillationArguments(TrainingArguments):
-    """``TrainingArguments`` plus what every distillation run shares. Method trainers subclass it."""
+    """``TrainingArguments`` plus what every distillation run shares. Method trainers subclass it.
 
+    Value ranges are declared per class and checked once, for every method, in ``__post_init__``
+    (``check_ranges``): ``temperature_fields`` must be > 0, ``loss_weight_fields`` >= 0 with at least one > 0 unless
+    the loss has a term no weight switches off (``unweighted_loss_terms``), ``minimum_values`` are lower bounds, and a
+    field's ``metadata["choices"]`` (also read by argparse) lists its allowed values. A subclass's declarations add
+    to its parents'. They are class attributes, not field metadata, because ``HfArgumentParser`` hands every
+    metadata key to ``argparse.add_argument``.
+    """
+
+    temperature_fields: ClassVar[tuple[str, ...]] = ()
+    loss_weight_fields: ClassVar[tuple[str, ...]] = ()
+    unweighted_loss_terms: ClassVar[tuple[str, ...]] = ()
+    minimum_values: ClassVar[dict[str, float]] = {"warmup_epochs": 0, "lr_gamma": 0}
+
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start a new run in an output_dir that already holds an export or checkpoints "
+                                         "of another run: its checkpoint-* folders are deleted and its export is "
+                                         "replaced. Without it (and without --resume_from_checkpoint) a recipe "
+                                         "refuses such a folder. (transformers 5 dropped this TrainingArguments flag.)"})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the image column is decoded by the dataset transform."})
     max_grad_norm: float = field(
@@ -80,6 +101,8 @@ class DistillationArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_ranges()
+        self.quiet_defaults()
         if (self.norm_mean is None) != (self.norm_std is None):
             raise ValueError("Give both norm_mean and norm_std (or neither).")
         if self.norm_mean is not None and (len(self.norm_mean) != len(self.norm_std) or min(self.norm_std) <= 0):
@@ -91,6 +114,67 @@ class DistillationArguments(TrainingArguments):
             self.accelerator_config.non_blocking = True  # batches copied to the device without a sync
             if self.per_device_eval_batch_size == 8:  # transformers' default; evaluation is launch-bound too
                 self.per_device_eval_batch_size = 1024
+
+
+    def quiet_defaults(self):
+        """Defaults that only silence warnings hf_kd itself would cause (values the user set are kept).
+
+        - ``dataloader_pin_memory`` off when training on the CPU: torch warns on every DataLoader that there is no
+          accelerator to pin memory for.
+        - ``ddp_find_unused_parameters`` False when unset: Trainer sets it True for a model that is not a
+          ``PreTrainedModel`` (our ``DistillationModel``), and every DDP rank then warns that no parameter was unused
+          (each method's forward uses every trainable module) and pays an extra graph traversal per step. A custom
+          model with unused parameters gets DDP's own error, which says to pass --ddp_find_unused_parameters true.
+        """
+        accel = getattr(torch, "accelerator", None)
+        has_accelerator = accel.is_available() if accel is not None else torch.cuda.is_available()
+        self._quieted = []  # left out of the card's reproduce YAML: the same run on a GPU machine decides anew
+        if self.use_cpu or not has_accelerator:  # (transformers may already have turned it off for use_cpu)
+            self.dataloader_pin_memory = False
+            self._quieted.append("dataloader_pin_memory")
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = False
+            self._quieted.append("ddp_find_unused_parameters")
+
+    def _declared(self, name: str):
+        """The union of a range declaration (``temperature_fields``, ...) over this class and its parents."""
+        merged = {}
+        for cls in reversed(type(self).__mro__):
+            value = vars(cls).get(name)
+            if isinstance(value, dict):
+                merged.update(value)
+            elif value:
+                merged.update(dict.fromkeys(value))
+        return merged
+
+    def check_ranges(self):
+        """Check every declared range at once; one ``ValueError`` lists every bad value and how to fix it."""
+        problems = []
+        for name in self._declared("temperature_fields"):
+            v = getattr(self, name)
+            if v is None or not v > 0:
+                problems.append(f"--{name} is a softmax temperature and must be > 0, got {v}")
+        weights = list(self._declared("loss_weight_fields"))
+        for name in weights:
+            v = getattr(self, name)
+            if v is None or not v >= 0:
+                problems.append(f"--{name} is a loss weight and must be >= 0 (0 switches its term off), got {v}")
+        for name, low in self._declared("minimum_values").items():
+            v = getattr(self, name)
+            if v is not None and not v >= low:
+                problems.append(f"--{name} must be >= {low}, got {v}")
+        inherited = {f.name for f in dataclasses.fields(TrainingArguments)}  # TrainingArguments checks its own
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and f.name not in inherited and getattr(self, f.name) not in choices:
+                problems.append(f"--{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
+        if weights and not self._declared("unweighted_loss_terms") and not problems and \
+                not any(getattr(self, n) > 0 for n in weights):
+            problems.append(f"every loss weight is 0 ({', '.join(f'--{n}' for n in weights)}): the loss would be 0 "
+                            "and nothing would train; give at least one of them a value > 0")
+        if problems:
+            raise ValueError(f"Invalid {type(self).__name__}:\n  - " + "\n  - ".join(problems) +
+                             "\nSee --help for each argument's meaning and default.")
 
 
 class DistillationModel(nn.Module):
@@ -131,6 +215,26 @@ def check_same_labels(student, teacher, what: str = "teacher"):
                          "They must index the same classes in the same order.")
 
 
+def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -> ValueError:
+    """The error for a checkpoint file that cannot be read: which file, that the checkpoint is damaged (e.g. the run
+    was killed while saving it, or the disk filled up) and the previous checkpoint to resume from, if any."""
+    parent = os.path.dirname(os.path.normpath(checkpoint))
+    this = os.path.basename(os.path.normpath(checkpoint))
+
+    def step(name: str) -> int:
+        tail = name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    earlier = sorted((n for n in os.listdir(parent or ".") if n.startswith("checkpoint-") and 0 <= step(n) < step(this)
+                      and os.path.isdir(os.path.join(parent, n))), key=step) if os.path.isdir(parent or ".") else []
+    hint = (f"Resume from the previous checkpoint instead: --resume_from_checkpoint {os.path.join(parent, earlier[-1])}"
+            if earlier else "No earlier checkpoint is in the same folder: start the run again (without "
+                            "--resume_from_checkpoint, with --overwrite_output_dir).")
+    return ValueError(f"Checkpoint {checkpoint} is damaged: {path} cannot be read ({type(error).__name__}: "
+                      f"{str(error)[:300]}); it was probably cut short while being written (run killed, disk full). "
+                      f"{hint}")
+
+
 class DistillationTrainer(Trainer):
     """``Trainer`` for a student (a ``TimmStudent``) and the modules a distillation method adds.
 
@@ -145,6 +249,9 @@ class DistillationTrainer(Trainer):
     def __init__(self, model: TimmStudent | DistillationModel = None, args: DistillationArguments = None,
                  teacher: Optional[TimmStudent] = None, augmentation: Optional[BatchAugment] = None,
                  data_collator=None, compute_metrics=None, preprocess_logits_for_metrics=None, **kwargs):
+        model_init = kwargs.pop("model_init", None)
+        if model is None and model_init is not None:  # hyperparameter search: the first student, from model_init
+            model = model_init() if number_of_arguments(model_init) == 0 else model_init(None)
         if model is None:
             raise ValueError(f"{type(self).__name__} needs a student: model=create_student(...) or load_student(...)")
         if args is None:
@@ -180,6 +287,7 @@ class DistillationTrainer(Trainer):
             self.model.to(memory_format=torch.channels_last)
         self.teacher = None
         if teacher is not None:
+            bind_student_input(teacher, student_cfg["mean"], student_cfg["std"])  # a transformers teacher's input
             teacher = teacher.eval().requires_grad_(False)
             # a frozen teacher only runs forward: keep it in the mixed-precision dtype, no fp32 copy on the device
             # (--bf16/--fp16, or `accelerate launch --mixed_precision ...`, which TrainingArguments reads)
@@ -192,6 +300,7 @@ class DistillationTrainer(Trainer):
             self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         self._terms = defaultdict(list)
         self._in_checkpoint = False
+        self.model_init = model_init  # Trainer.train rebuilds the model per trial through call_model_init
         if args.fast_path:
             check_fast_path_args(args, args.world_size)
         self._fast = FastStep(self) if args.fast_path else None
@@ -202,8 +311,33 @@ class DistillationTrainer(Trainer):
     def eval_head_names(self) -> list[str]:
         return ["student"]
 
+    def used_hyperparameters(self) -> dict:
+        """The values this run used for arguments left unset (None: "the data's", "derived"), for the model card."""
+        aug = self.augmentation
+        used = {"augmentation": aug.kind, "norm_mean": [round(float(v), 4) for v in aug.mean.flatten().tolist()],
+                "norm_std": [round(float(v), 4) for v in aug.std.flatten().tolist()]}
+        if aug.kind == "cifar":
+            used["pad_mode"] = aug.pad_mode
+        return used
+
     def build_model(self, student: TimmStudent, args: DistillationArguments) -> DistillationModel:
         return DistillationModel(student)
+
+    def call_model_init(self, trial=None) -> DistillationModel:
+        """A fresh student from ``model_init`` (per hyperparameter-search trial), wrapped by ``build_model`` with the
+        method's auxiliary modules built afresh from the trial's arguments."""
+        if trial is not None and self.hp_search_backend is not None:
+            # Trainer.train applies the trial's arguments only after model_init; the aux modules need them now
+            self._hp_search_setup(trial)
+        model = super().call_model_init(trial)
+        if isinstance(model, DistillationModel):
+            return model
+        if self.teacher is not None:
+            check_same_labels(model, self.teacher)
+        cfg = model.config.pretrained_cfg  # what pipeline must feed the exported student, as in __init__
+        cfg["mean"], cfg["std"] = self.augmentation.mean.flatten().tolist(), self.augmentation.std.flatten().tolist()
+        wrapper = self.build_model(model, self.args)
+        return wrapper.to(memory_format=torch.channels_last) if self.args.channels_last else wrapper
 
     @property
     def student(self) -> TimmStudent:
@@ -216,8 +350,8 @@ class DistillationTrainer(Trainer):
             raise ValueError(f"{type(self).__name__} needs a teacher: pass teacher=load_student(path).")
         dtype = next(self.teacher.parameters()).dtype
         out = self.teacher.forward_kd(pixel_values.to(dtype), stages=stages)
-        if dtype != torch.float32:  # a bf16/fp16 teacher: hand fp32 targets to the losses
-            out.logits, out.pre_logits = out.logits.float(), out.pre_logits.float()
+        # a bf16/fp16 teacher hands fp32 targets to the losses; a float32/float64 one keeps its dtype
+        out.logits, out.pre_logits = upcast_half(out.logits), upcast_half(out.pre_logits)
         return out
 
     def log_terms(self, terms: dict[str, torch.Tensor]):
@@ -372,24 +506,35 @@ class DistillationTrainer(Trainer):
             return super()._save(output_dir, state_dict)
         self.export_student(output_dir or self.args.output_dir)
 
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False):
+        """Inside a checkpoint: Trainer's full-state save. Otherwise export the student (``export_student``) to
+        ``output_dir`` (default ``args.output_dir``).
+
+        Every process calls it; the one that saves (``args.should_save``) writes and the others wait at a barrier
+        until the export is complete (``hf_kd.sync.main_process_writes``), so any process may read the export when
+        this returns (the recipes' auto-trained teacher is read by every process).
+        """
+        if self._in_checkpoint:
+            return super().save_model(output_dir, _internal_call)
+        main_process_writes(output_dir or self.args.output_dir, self._write_export, writer=self.args.should_save,
+                            prefix=".export-")
+        if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
     def export_student(self, output_dir: str):
         """Write the student alone (config + timm-native safetensors + model card) to ``output_dir``.
 
-        Files are written to a temporary folder first and then moved into place, so a failure midway never leaves a
-        half-written export over a previous one.
+        Only the process that saves writes; nothing waits for it (``save_model`` is the collective export). Files are
+        written to a temporary folder first and then moved into place, ``config.json`` last, so a failure midway never
+        leaves a half-written export over a previous one (``hf_kd.sync.write_atomically``).
         """
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".export-", dir=output_dir)
-        try:
-            self.student.save_pretrained(tmp)
-            self.write_model_card(tmp)
-            torch.save(self.args, os.path.join(tmp, "training_args.bin"))
-            for name in os.listdir(tmp):
-                os.replace(os.path.join(tmp, name), os.path.join(output_dir, name))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if self.args.should_save:
+            write_atomically(output_dir, self._write_export, prefix=".export-")
+
+    def _write_export(self, folder: str):
+        self.student.save_pretrained(folder)
+        self.write_model_card(folder)
+        torch.save(self.args, os.path.join(folder, "training_args.bin"))
 
     def write_model_card(self, output_dir: str):
         from ..cards import write_model_card
@@ -398,8 +543,8 @@ class DistillationTrainer(Trainer):
 
     def create_model_card(self, *args, **kwargs):
         """Trainer's card generator needs ``model.config`` (a wrapper has none): write hf_kd's card instead."""
-        if self.is_world_process_zero():
-            self.write_model_card(self.args.output_dir)
+        if self.is_world_process_zero():  # main process only, as Trainer's: nothing to wait for
+            write_atomically(self.args.output_dir, self.write_model_card, prefix=".export-")
 
     def push_to_hub(self, commit_message: Optional[str] = "End of training", blocking: bool = True,
                     token: Optional[str] = None, revision: Optional[str] = None, private: Optional[bool] = None,
@@ -430,13 +575,32 @@ class DistillationTrainer(Trainer):
 
         self.push_in_progress = push_folder(self, checkpoint_folder)
 
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """``Trainer.train``, refusing up front a training set too small for one optimizer step."""
+        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
+            from ..checks import check_enough_examples
+
+            check_enough_examples(len(self.train_dataset), self.args)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        except (EOFError, RuntimeError, pickle.UnpicklingError) as e:  # torch.load of a truncated optimizer.pt
+            if isinstance(e, RuntimeError) and not any(m in str(e) for m in ("PytorchStreamReader", "zip archive")):
+                raise
+            raise damaged_checkpoint_error(checkpoint, "its optimizer.pt / scheduler.pt", e) from None
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
         """Strict load of the full ``DistillationModel`` state, with an error that says what does not match."""
         model = self.model if model is None else model
         path = os.path.join(resume_from_checkpoint, "model.safetensors")
         if not os.path.isfile(path):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        state = safetensors.torch.load_file(path, device="cpu")
+        try:
+            state = safetensors.torch.load_file(path, device="cpu")
+        except Exception as e:  # noqa: BLE001 - SafetensorError "incomplete metadata", truncated or corrupt file
+            raise damaged_checkpoint_error(resume_from_checkpoint, path, e) from None
         hint = "Resume with the same method, backbone and method arguments as the run that wrote it."
         try:
             result = model.load_state_dict(state, strict=False)

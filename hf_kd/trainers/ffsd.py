@@ -24,7 +24,7 @@ import contextlib
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -45,6 +45,13 @@ __all__ = ["FFSDArguments", "FFSDModel", "FFSDTrainer", "FFSDMetrics", "Composit
 @dataclass
 class FFSDArguments(DistillationArguments):
     """Defaults follow SJLeo/FFSD ``options/options.py`` and the README command (CIFAR-100)."""
+
+    temperature_fields: ClassVar[tuple[str, ...]] = ("temperature",)
+    loss_weight_fields: ClassVar[tuple[str, ...]] = ("lambda_diversity", "lambda_fusion", "lambda_self_distillation")
+    unweighted_loss_terms: ClassVar[tuple[str, ...]] = ("cross-entropy of every network",)
+    minimum_values: ClassVar[dict[str, float]] = {"num_students": 2, "lambda_warmup_epochs": 0,
+                                                  "fusion_weight_decay": 0, "decoder_learning_rate": 0,
+                                                  "decoder_weight_decay": 0}
 
     num_students: int = field(default=2, metadata={
         "help": "M, common students trained beside the leader (official --model_num 2). Needs >= 2 (DML)."})
@@ -71,15 +78,6 @@ class FFSDArguments(DistillationArguments):
                                                                 "trans-fusion branch."})
     optim: Union[OptimizerNames, str] = field(default="sgd", metadata={"help": "Optimizer of the networks."})
     optim_args: Optional[str] = field(default="momentum=0.9,nesterov=True", metadata={"help": "Its arguments."})
-    def __post_init__(self):
-        super().__post_init__()
-        if self.num_students < 2:
-            raise ValueError(f"FFSD needs num_students >= 2 common students (mutual learning), got "
-                             f"{self.num_students}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.lambda_warmup_epochs < 0:
-            raise ValueError(f"lambda_warmup_epochs must be >= 0, got {self.lambda_warmup_epochs}")
 
 
 @contextlib.contextmanager
@@ -328,6 +326,11 @@ class FFSDTrainer(DistillationTrainer):
     @property
     def ffsd_model(self) -> FFSDModel:
         return self.accelerator.unwrap_model(self.model)
+
+    def used_hyperparameters(self) -> dict:
+        a = self.args
+        return {**super().used_hyperparameters(),
+                "decoder_weight_decay": a.weight_decay if a.decoder_weight_decay is None else a.decoder_weight_decay}
 
     # --- optimizer: SGD over the networks, Adam over the decoders, one schedule ---------------------------------------
     def _groups(self, model: nn.Module, prefixes: Sequence[str], weight_decay: float, **extra) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch.nn.functional as F
 
@@ -13,6 +14,9 @@ from .base import DistillationArguments, DistillationTrainer
 @dataclass
 class KDArguments(DistillationArguments):
     """Defaults follow the KD baseline of CRD/RepDistiller on CIFAR-100 (gamma 0.1, alpha 0.9, T 4)."""
+
+    temperature_fields: ClassVar[tuple[str, ...]] = ("temperature",)
+    loss_weight_fields: ClassVar[tuple[str, ...]] = ("ce_weight", "kd_weight")
 
     temperature: float = field(default=4.0, metadata={"help": "Softmax temperature T of the KD term."})
     ce_weight: float = field(default=0.1, metadata={"help": "Weight of the cross-entropy on the labels."})

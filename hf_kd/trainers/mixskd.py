@@ -30,7 +30,7 @@ heads and epochs), the branches as ``branch{k}_top1``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn as nn
@@ -53,24 +53,21 @@ DISCRIMINATOR_MODES = ("fixed", "adversarial", "off")
 class MixSKDArguments(DistillationArguments):
     """Defaults follow winycg/Self-KD-Lib ``main_mixskd_cifar.py`` (alpha 0.4, kd_T 3)."""
 
+    temperature_fields: ClassVar[tuple[str, ...]] = ("temperature",)
+    minimum_values: ClassVar[dict[str, float]] = {"discriminator_hidden": 1}
+
     mixup_alpha: float = field(default=0.4, metadata={
         "help": "alpha of lambda ~ Beta(alpha, alpha), one lambda per batch (CIFAR 0.4; the ImageNet shell script "
                 "0.2). alpha <= 0 gives lambda = 0.5, as the CIFAR script."})
     temperature: float = field(default=3.0, metadata={"help": "T of every KL term (kd_T)."})
     discriminator: str = field(default="fixed", metadata={
-        "help": "fixed: random discriminators that are never trained, the network minimises their BCE (the released "
+        "choices": DISCRIMINATOR_MODES, "help": "fixed: random discriminators that are never trained, the network minimises their BCE (the released "
                 "code); adversarial: discriminators trained to separate interpolated from mixup features while the "
                 "network learns to fool them (non-saturating GAN loss); off: no discriminator term."})
     mixup_ce: bool = field(default=True, metadata={
         "help": "Add L_mixcls (mixup CE of every head and of the self-teacher) to the total, as the official ImageNet "
                 "script (default). False = the released CIFAR script: logged only, the self-teacher stays random."})
     discriminator_hidden: int = field(default=128, metadata={"help": "Hidden width of each discriminator MLP."})
-    def __post_init__(self):
-        super().__post_init__()
-        if self.discriminator not in DISCRIMINATOR_MODES:
-            raise ValueError(f"discriminator must be one of {DISCRIMINATOR_MODES}, got '{self.discriminator}'")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 @dataclass

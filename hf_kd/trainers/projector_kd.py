@@ -15,7 +15,7 @@ optimizer group, saved in checkpoints) and are never exported; the teacher is fr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,10 @@ __all__ = ["ProjectorKDArguments", "ProjectorKDModel", "ProjectorKDTrainer"]
 class ProjectorKDArguments(DistillationArguments):
     """Defaults follow chenyd7/PEFD ``scripts/run_cifar.sh`` (``--distill ours -a 0 -b 25``, gamma 1, kd_T 4)."""
 
+    temperature_fields: ClassVar[tuple[str, ...]] = ("temperature",)
+    loss_weight_fields: ClassVar[tuple[str, ...]] = ("ce_weight", "kd_weight", "feature_weight")
+    minimum_values: ClassVar[dict[str, float]] = {"num_projectors": 1}
+
     num_projectors: int = field(default=3, metadata={
         "help": "Number q of projectors Linear(d_s, d_t)+ReLU in the ensemble, averaged after the ReLU (PEFD: 3)."})
     ce_weight: float = field(default=1.0, metadata={"help": "gamma: weight of the cross-entropy on the labels."})
@@ -41,13 +45,6 @@ class ProjectorKDArguments(DistillationArguments):
     feature_weight: float = field(default=25.0, metadata={
         "help": "beta: weight of the projector-ensemble loss 1 - cos(projected student, teacher feature)."})
     temperature: float = field(default=4.0, metadata={"help": "Softmax temperature T of the optional KD term."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.num_projectors < 1:
-            raise ValueError(f"num_projectors must be >= 1, got {self.num_projectors}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 class ProjectorKDModel(DistillationModel):
@@ -83,7 +80,7 @@ class ProjectorKDTrainer(DistillationTrainer):
         # build_model runs inside the base __init__ before the teacher is stored; it needs the teacher's d_t.
         if teacher is None and model is not None and not isinstance(model, DistillationModel):
             raise ValueError(f"{type(self).__name__} distils a teacher's features and needs one: pass "
-                             "teacher=load_student(path) (recipes: --teacher <dir>, or leave it unset to train one).")
+                             "teacher=load_teacher(path_or_hub_id) (recipes: --teacher <dir or id>, or leave it unset to train one).")
         self._teacher_for_build = teacher
         try:
             super().__init__(model=model, args=args, teacher=teacher, **kwargs)
@@ -91,7 +88,9 @@ class ProjectorKDTrainer(DistillationTrainer):
             self._teacher_for_build = None
 
     def build_model(self, student: TimmStudent, args: ProjectorKDArguments) -> ProjectorKDModel:
-        teacher = self._teacher_for_build
+        # in __init__ the teacher is not stored yet; per hyperparameter-search trial (call_model_init) it is
+        teacher = getattr(self, "_teacher_for_build", None)
+        teacher = teacher if teacher is not None else getattr(self, "teacher", None)
         input_size = student.config.pretrained_cfg["input_size"]
         d_s, d_t = pre_logits_dim(student, input_size), pre_logits_dim(teacher, input_size)
         return ProjectorKDModel(student, ProjectorEnsemble(d_s, d_t, args.num_projectors))

@@ -47,7 +47,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,11 @@ DSR_STATE_FILE = "self_kd_dsr_state_rank{rank}.pt"
 class SelfKDArguments(DistillationArguments):
     """Defaults follow xucong-parsifal/LightSKD ``train.py`` and its README (alpha 0.2, beta 1.0, T 4)."""
 
+    temperature_fields: ClassVar[tuple[str, ...]] = ("temperature",)
+    loss_weight_fields: ClassVar[tuple[str, ...]] = ("alpha", "beta")
+    unweighted_loss_terms: ClassVar[tuple[str, ...]] = ("cross-entropy",)
+    minimum_values: ClassVar[dict[str, float]] = {"adapter_stage": 0}
+
     use_drg: bool = field(default=True, metadata={
         "help": "DRG: distil the layer-2 adapter's detached predictions into the final head (alpha * T^2 KL)."})
     use_dsr: bool = field(default=True, metadata={
@@ -98,12 +103,6 @@ class SelfKDArguments(DistillationArguments):
         "help": "Drop the last incomplete training batch. Required by DSR (consecutive batches of equal size)."})
     def __post_init__(self):
         super().__post_init__()
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.alpha < 0 or self.beta < 0:
-            raise ValueError(f"alpha and beta must be >= 0, got alpha={self.alpha}, beta={self.beta}")
-        if self.adapter_stage < 0:
-            raise ValueError(f"adapter_stage must be >= 0, got {self.adapter_stage}")
         if self.use_dsr and not self.dataloader_drop_last:
             raise ValueError(
                 "LightSKD's DSR compares each training batch with the previous one and needs batches of equal size: "
@@ -260,6 +259,10 @@ class SelfKDTrainer(DistillationTrainer):
             rrc = aug.kind == "cifar" and not a.augmentation and not a.pad_mode
         if rrc:
             self.augmentation = RandomResizedCropAugment(aug.mean.flatten().tolist(), aug.std.flatten().tolist())
+
+    def used_hyperparameters(self) -> dict:
+        return {**super().used_hyperparameters(),
+                "random_resized_crop": isinstance(self.augmentation, RandomResizedCropAugment)}
 
     @property
     def adapter(self) -> Optional[LightSKDAdapter]:

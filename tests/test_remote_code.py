@@ -1,0 +1,94 @@
+"""Exports of cifar_* students load with transformers + timm alone (trust_remote_code=True), logits identical to
+hf_kd's, in a process where `import hf_kd` fails; timm-shipped architectures stay plain exports."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from processes import run_process
+
+from hf_kd import create_student
+from hf_kd.models import cifar
+from hf_kd.models.remote_code import MODELING_FILE, modeling_source
+
+# runs in a fresh interpreter: hf_kd made unimportable before anything else is imported
+NO_HF_KD = r"""
+import sys
+sys.modules["hf_kd"] = None  # `import hf_kd` raises ImportError from here on
+import json, numpy as np, timm, torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+
+folder, out = sys.argv[1], sys.argv[2]
+try:
+    import hf_kd  # noqa: F401
+    raise SystemExit("hf_kd is importable")
+except ImportError:
+    pass
+assert not timm.is_model("cifar_resnet8x4")
+try:  # the stock path must fail: this is what the remote code fixes
+    AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=False)
+    stock = "loaded"
+except Exception as e:
+    stock = type(e).__name__
+model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+x = torch.from_numpy(np.load(folder + "/x.npy"))
+with torch.no_grad():
+    logits = model(pixel_values=x).logits
+np.save(out + "/logits.npy", logits.numpy())
+clf = pipeline("image-classification", model=folder, trust_remote_code=True, top_k=3)
+preds = clf(Image.fromarray(np.load(folder + "/img.npy")))
+json.dump({"stock": stock, "class": type(model).__name__, "module": type(model).__module__,
+           "pipeline": preds}, open(out + "/info.json", "w"))
+"""
+
+
+def test_cifar_export_loads_without_hf_kd_with_identical_logits(data, tmp_path):
+    torch.manual_seed(0)
+    student = create_student("cifar_resnet8x4", data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                             model_args={"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]}).eval()
+    folder = tmp_path / "export"
+    student.save_pretrained(folder)
+    cfg = json.load(open(folder / "config.json"))
+    assert cfg["auto_map"] == {"AutoModelForImageClassification": "modeling_hf_kd.HfKdTimmForImageClassification"}
+    assert not hasattr(student.config, "auto_map") or student.config.auto_map is None  # in memory: untouched
+    source = (folder / MODELING_FILE).read_text()
+    assert source == modeling_source() and cifar.CifarResNet.__doc__ in source  # generated from hf_kd's code
+    x = torch.randn(4, 3, 32, 32)
+    np.save(folder / "x.npy", x.numpy())
+    np.save(folder / "img.npy", np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    with torch.no_grad():
+        expected = student(pixel_values=x).logits
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    run = run_process([sys.executable, "-c", NO_HF_KD, str(folder), str(tmp_path)], timeout=600, env=env,
+                      cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr[-4000:]
+    info = json.load(open(tmp_path / "info.json"))
+    assert info["stock"] != "loaded"  # without the remote code transformers cannot build it
+    assert info["class"] == "HfKdTimmForImageClassification" and "modeling_hf_kd" in info["module"]
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "logits.npy")), expected)
+    assert len(info["pipeline"]) == 3 and {p["label"] for p in info["pipeline"]} <= set(data.label_names)
+
+
+def test_timm_shipped_architecture_stays_plain(data, tmp_path):
+    student = create_student("resnet10t", data.num_labels, data.label_names)
+    student.save_pretrained(tmp_path)
+    assert "auto_map" not in json.load(open(tmp_path / "config.json"))
+    assert not (tmp_path / MODELING_FILE).exists()
+
+
+def test_hf_kd_process_still_loads_cifar_export_without_remote_code(data, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    torch.manual_seed(0)
+    student = create_student("cifar_resnet8x4", data.num_labels, data.label_names,
+                             model_args={"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]}).eval()
+    student.save_pretrained(tmp_path)
+    model = AutoModelForImageClassification.from_pretrained(tmp_path).eval()  # hf_kd imported: stock class
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=x).logits, student(pixel_values=x).logits)
