@@ -91,14 +91,15 @@ def runs(data, tmp_path_factory):
 @pytest.mark.parametrize("method", METHODS)
 def test_fast_path_matches_eager(runs, method):
     """Same parameters, BN statistics and logged loss terms as the eager path after 4 steps (fp tolerance: foreach
-    vs per-tensor optimizer arithmetic, fused graph vs eager rounding)."""
+    vs per-tensor optimizer arithmetic, fused graph vs eager rounding; terms are logged rounded to 6 decimals,
+    so two values 1e-6 apart may differ by one last digit)."""
     r = runs(method)
     for k, v in r["eager"].items():
         torch.testing.assert_close(r["fast"][k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
     assert [sorted(x) for x in r["fast_logs"]] == [sorted(x) for x in r["eager_logs"]]  # the same terms logged
     for fast, eager in zip(r["fast_logs"], r["eager_logs"]):
         for name in eager:
-            assert fast[name] == pytest.approx(eager[name], rel=1e-4, abs=1e-6), (method, name)
+            assert fast[name] == pytest.approx(eager[name], rel=1e-4, abs=2e-6), (method, name)
     assert r["trainer"].fast_step.compiled is not None
 
 
@@ -125,7 +126,7 @@ def test_uncompiled_step_matches_eager(data, tmp_path, method):
     for k, v in snapshot(eager).items():
         torch.testing.assert_close(snapshot(fast)[k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
     for a, b in zip(loss_logs(fast), loss_logs(eager)):
-        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+        assert a == pytest.approx(b, rel=1e-4, abs=2e-6)
 
 
 @pytest.mark.parametrize("method", METHODS)
