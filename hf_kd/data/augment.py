@@ -41,20 +41,44 @@ class BatchAugment:
         x = x.float() / 255.0
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
-    def crop_flip(self, x: torch.Tensor, crop: bool = True) -> torch.Tensor:
-        """Random crop of the ``padding``-padded image back to (H, W) and random horizontal flip, per sample."""
+    def draw(self, shape: Sequence[int], device=None) -> tuple[torch.Tensor, ...]:
+        """The random parameters of one training batch of ``shape`` (B, C, H, W): per-sample crop offsets i, j and
+        flip flags, drawn from torch's global RNG on ``device`` (the same draws, in the same order, whatever runs
+        ``augment`` afterwards). Nothing is drawn when ``kind`` is "none"."""
+        if self.kind == "none":
+            return ()
+        b, p = shape[0], self.padding if self.kind == "cifar" else 0
+        i = torch.randint(0, 2 * p + 1, (b, 1), device=device)
+        j = torch.randint(0, 2 * p + 1, (b, 1), device=device)
+        flip = torch.rand(b, 1, device=device) < 0.5
+        return i, j, flip
+
+    def crop_flip(self, x: torch.Tensor, crop: bool = True, params: Sequence[torch.Tensor] = None) -> torch.Tensor:
+        """Random crop of the ``padding``-padded image back to (H, W) and random horizontal flip, per sample;
+        ``params`` = ``draw(...)`` (drawn here on the batch's device when not given)."""
         b, _, h, w = x.shape
         dev = x.device
         p = self.padding if crop else 0
         xp = F.pad(x, (p, p, p, p), mode=self.pad_mode) if p else x
-        i = torch.randint(0, 2 * p + 1, (b, 1), device=dev)
-        j = torch.randint(0, 2 * p + 1, (b, 1), device=dev)
-        flip = torch.rand(b, 1, device=dev) < 0.5
+        if params is None:
+            i = torch.randint(0, 2 * p + 1, (b, 1), device=dev)
+            j = torch.randint(0, 2 * p + 1, (b, 1), device=dev)
+            flip = torch.rand(b, 1, device=dev) < 0.5
+        else:
+            i, j, flip = params
         rows = i + torch.arange(h, device=dev)  # (B, H)
         ar = torch.arange(w, device=dev)
         cols = torch.where(flip, j + (w - 1) - ar, j + ar)  # (B, W)
         out = xp[torch.arange(b, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B,H,W,C)
         return out.permute(0, 3, 1, 2)
+
+    def augment(self, x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The training transform of a uint8 batch with the random parameters ``params`` = ``draw(x.shape)``
+        (deterministic given them: the fast path draws on the host and runs this inside its compiled step)."""
+        if self.kind != "none":  # pad with black pixels before normalising, as torchvision does
+            x = self.crop_flip(x if self.pad_mode == "constant" else x.float(), crop=self.kind == "cifar",
+                               params=params)
+        return self.normalize(x).contiguous()
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if train and self.kind != "none":  # pad with black pixels before normalising, as torchvision does

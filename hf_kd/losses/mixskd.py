@@ -118,7 +118,8 @@ def discriminator_targets(batch: int, device=None, dtype=torch.float32, fool: bo
 
     ``fool=True`` swaps them (the network's target in the adversarial option: the non-saturating GAN loss).
     """
-    first = torch.tensor([0.0, 1.0] if fool else [1.0, 0.0], device=device, dtype=dtype)
+    first = torch.zeros(2, device=device, dtype=dtype)  # no host-to-device copy: capturable in a CUDA graph
+    first[1 if fool else 0] = 1.0
     return torch.cat([first.expand(batch, 2), first.flip(0).expand(batch, 2)])
 
 

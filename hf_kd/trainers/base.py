@@ -34,6 +34,7 @@ from ..metrics import ClassificationMetrics, topk_ids
 from ..models import TimmStudent
 from ..sync import main_process_writes, write_atomically
 from ..models.teacher import bind_student_input
+from .fast import FastStep, StepInGraph, check_fast_path_args, find_step_in_graph
 
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer"]
 
@@ -89,6 +90,13 @@ class DistillationArguments(TrainingArguments):
     sync_batchnorm: bool = field(
         default=False, metadata={"help": "Multi-GPU: convert every BatchNorm of the trained modules to "
                                          "SyncBatchNorm (batch statistics over all processes). GPU only."})
+    fast_path: bool = field(
+        default=False, metadata={"help": "Compile the whole training step (augmentation, forward, every loss term, "
+                                         "gradients, optimizer update) into one graph, CUDA graphs on a GPU, with "
+                                         "no host sync per step (hf_kd.trainers.fast). Same numerics; one process, "
+                                         "no gradient accumulation, no fp16, optimizers SGD/Adam/AdamW. Turns "
+                                         "logging_nan_inf_filter off (it syncs every step) and raises "
+                                         "per_device_eval_batch_size from the default 8 to 1024."})
 
 
     def __post_init__(self):
@@ -100,6 +108,12 @@ class DistillationArguments(TrainingArguments):
         if self.norm_mean is not None and (len(self.norm_mean) != len(self.norm_std) or min(self.norm_std) <= 0):
             raise ValueError(f"norm_mean/norm_std need one value per channel each and std > 0, got "
                              f"{self.norm_mean}, {self.norm_std}")
+        if self.fast_path:
+            check_fast_path_args(self)
+            self.logging_nan_inf_filter = False  # torch.isnan(loss) in a Python `or`: a host sync every step
+            self.accelerator_config.non_blocking = True  # batches copied to the device without a sync
+            if self.per_device_eval_batch_size == 8:  # transformers' default; evaluation is launch-bound too
+                self.per_device_eval_batch_size = 1024
 
 
     def quiet_defaults(self):
@@ -287,6 +301,10 @@ class DistillationTrainer(Trainer):
         self._terms = defaultdict(list)
         self._in_checkpoint = False
         self.model_init = model_init  # Trainer.train rebuilds the model per trial through call_model_init
+        if args.fast_path:
+            check_fast_path_args(args, args.world_size)
+        self._fast = FastStep(self) if args.fast_path else None
+        self._fast_tracing, self._fast_terms, self._fast_copies = False, None, None
 
     # --- hooks for methods ----------------------------------------------------------------------------------------
     @property
@@ -338,6 +356,9 @@ class DistillationTrainer(Trainer):
 
     def log_terms(self, terms: dict[str, torch.Tensor]):
         """Record loss terms of a training step; averaged over the logging window and logged by name."""
+        if self._fast_tracing:  # inside the fast path's compiled step: FastStep sums them on the device
+            self._fast_terms = dict(terms)
+            return
         if self.model.training:
             for name, value in terms.items():
                 self._terms[name].append(value.detach().float())
@@ -375,7 +396,57 @@ class DistillationTrainer(Trainer):
             means = self.accelerator.reduce(means, reduction="mean") if self.args.world_size > 1 else means
             logs.update({f"loss_{n}": round(v, 6) for n, v in zip(names, means.tolist())})
             self._terms.clear()
+        if self._fast is not None and "loss" in logs:
+            logs.update({f"loss_{n}": round(v, 6) for n, v in sorted(self._fast.pop_terms().items())})
         super().log(logs, start_time)
+
+    # --- the fast path (hf_kd.trainers.fast) --------------------------------------------------------------------------
+    @property
+    def fast_step(self) -> Optional[FastStep]:
+        """The fast path's step runner (None when ``fast_path`` is off); ``fast_step.compile_options`` are the
+        ``torch.compile`` arguments."""
+        return self._fast
+
+    def fast_objective(self, model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, **extra):
+        """The training loss of one augmented batch, traced into the fast path's compiled step (it may call
+        ``log_terms``). Methods whose ``compute_loss`` reads per-step host state (epoch, buffers, random draws)
+        override this and ``fast_step_inputs``."""
+        return self.compute_loss(model, {"pixel_values": pixel_values, "labels": labels})
+
+    def fast_step_inputs(self, batch_size: int) -> dict:
+        """Per-step inputs of ``fast_objective`` besides the batch, made on the host each step (device tensors,
+        copied without a sync)."""
+        return {}
+
+    def fast_step_done(self) -> None:
+        """Called on the host after each fast step."""
+
+    def fast_copy_after_step(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """In ``fast_objective``: write ``src`` into the persistent device tensor ``dst`` at the end of the step,
+        after the backward (which may still read ``dst``) and the update."""
+        self._fast_copies.append((dst, src))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._fast is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        return self._fast(model, inputs)
+
+    def _prepare_for_training(self, *args, **kwargs):
+        if self._fast is not None:  # the compiled step updates the parameters; the Trainer's optimizer.step must not
+            self.create_optimizer()
+            if find_step_in_graph(self.optimizer) is None:  # (a second train() finds it inside Accelerate's)
+                self.optimizer = StepInGraph(self.optimizer)
+        return super()._prepare_for_training(*args, **kwargs)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if self._fast is not None:  # computed in the graph (p.grad is never set)
+            return self._fast.grad_norm
+        return super()._get_grad_norm(model, grad_norm)
+
+    def _clip_grad_norm(self, model):
+        if self._fast is not None:  # clipped in the graph
+            return self._fast.grad_norm
+        return super()._clip_grad_norm(model)
 
     # --- optimizer and schedule -----------------------------------------------------------------------------------
     def param_groups(self, model: nn.Module) -> list[dict]:

@@ -277,6 +277,9 @@ class FFSDMetrics(ClassificationMetrics):
         return out
 
 
+_LAMBDAS = ("lambda_diversity", "lambda_fusion", "lambda_self_distillation")
+
+
 class FFSDTrainer(DistillationTrainer):
     """FFSD: M common students, a fusion module, and a leader (the model passed in, the one exported).
 
@@ -363,8 +366,22 @@ class FFSDTrainer(DistillationTrainer):
     def lambdas(self, epoch: int) -> dict[str, float]:
         """The warmed-up lambdas for the 1-based ``epoch``."""
         a = self.args
-        return {k: lambda_warmup(getattr(a, k), epoch, a.lambda_warmup_epochs)
-                for k in ("lambda_diversity", "lambda_fusion", "lambda_self_distillation")}
+        return {k: lambda_warmup(getattr(a, k), epoch, a.lambda_warmup_epochs) for k in _LAMBDAS}
+
+    def _lambda_epoch(self) -> int:
+        return int(self.state.epoch or 0) + 1  # 1-based epoch at the epoch start, as the official lambda_warmup
+
+    def fast_step_inputs(self, batch_size: int) -> dict:
+        """The warmed-up lambdas as a device tensor (a per-epoch value: a Python float would recompile the step)."""
+        lam = self.lambdas(self._lambda_epoch())
+        return {"lambdas": torch.tensor([lam[k] for k in _LAMBDAS], dtype=torch.float32).to(
+            self.args.device, non_blocking=True)}
+
+    def fast_objective(self, model, pixel_values, labels, lambdas=None):
+        out = model(pixel_values=pixel_values)
+        loss, terms = ffsd_losses(out, labels, self.args.temperature, **dict(zip(_LAMBDAS, lambdas.unbind())))
+        self.log_terms(terms)
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         x, y = inputs["pixel_values"], inputs["labels"]
@@ -372,8 +389,7 @@ class FFSDTrainer(DistillationTrainer):
         if "logits" in out:  # evaluation: report the leader's CE as eval_loss, every head's logits for the metrics
             loss = F.cross_entropy(out["logits"][:, 0], y)
             return (loss, {"logits": out["logits"]}) if return_outputs else loss
-        epoch = int(self.state.epoch or 0) + 1  # 1-based epoch at the epoch start, as the official lambda_warmup
-        loss, terms = ffsd_losses(out, y, self.args.temperature, **self.lambdas(epoch))
+        loss, terms = ffsd_losses(out, y, self.args.temperature, **self.lambdas(self._lambda_epoch()))
         self.log_terms(terms)
         if return_outputs:
             z = out["student_logits"]

@@ -238,7 +238,7 @@ class MixSKDTrainer(DistillationTrainer):
         self._mixup_position = (step, micro)
         self.last_mixup_key = self.mixup_key(micro)
         lam, perm = draw_mixup(*self.last_mixup_key, batch_size, self.args.mixup_alpha)
-        return lam, perm.to(device)
+        return lam, perm.to(device, non_blocking=True)  # pageable memory: staged at once, no sync
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         x, y = inputs["pixel_values"], inputs["labels"]
@@ -246,9 +246,17 @@ class MixSKDTrainer(DistillationTrainer):
             out = model(pixel_values=x)
             loss = F.cross_entropy(out.logits[:, 0], y)
             return (loss, {"logits": out.logits}) if return_outputs else loss
+        lam, perm = self.next_mixup(x.shape[0], x.device)
+        loss, terms, orig = self._train_objective(model, x, y, lam, perm)
+        self.log_terms(terms)
+        if return_outputs:
+            return loss, {"logits": torch.stack([orig[-1], *orig[:-1]], dim=1)}
+        return loss
+
+    def _train_objective(self, model, x, y, lam, perm):
+        """(loss, terms, per-head logits of the originals) of a training batch mixed with (lam, perm)."""
         a = self.args
         b = x.shape[0]
-        lam, perm = self.next_mixup(b, x.device)
         x_mix, _, y_b = mixup_images(x, y, lam, perm)
         out = model(pixel_values=torch.cat([x, x_mix]), lam=lam, perm=perm)
         orig = [z[:b] for z in out.head_logits]
@@ -269,7 +277,15 @@ class MixSKDTrainer(DistillationTrainer):
             if adversarial:
                 terms["gan_d"] = discriminator_bce(out.d_logits_detached)
                 loss = loss + terms["gan_d"]
+        return loss, terms, orig
+
+    # --- fast path: the host-drawn mixup goes into the compiled step as device tensors ---------------------------------
+    def fast_step_inputs(self, batch_size: int) -> dict:
+        lam, perm = self.next_mixup(batch_size, self.args.device)
+        # float64, like the eager path's Python float: 1 - lam is then rounded the same way
+        return {"lam": torch.tensor(lam, dtype=torch.float64).to(self.args.device, non_blocking=True), "perm": perm}
+
+    def fast_objective(self, model, pixel_values, labels, lam=None, perm=None):
+        loss, terms, _ = self._train_objective(model, pixel_values, labels, lam, perm)
         self.log_terms(terms)
-        if return_outputs:
-            return loss, {"logits": torch.stack([orig[-1], *orig[:-1]], dim=1)}
         return loss

@@ -60,6 +60,7 @@ from ..models import TimmStudent
 from ..models.student import MissingStagesError
 from ..modules.self_kd import LightSKDAdapter
 from .base import DistillationArguments, DistillationModel, DistillationTrainer
+from .fast import mark_persistent
 
 __all__ = ["SelfKDArguments", "SelfKDModel", "SelfKDTrainer", "RandomResizedCropAugment", "LIGHTSKD_CIFAR_MEAN",
            "LIGHTSKD_CIFAR_STD"]
@@ -156,12 +157,17 @@ class RandomResizedCropAugment(BatchAugment):
         left = torch.where(found, torch.floor(u[:, 1] * (w - cw + 1)), torch.full_like(cw, (w - fw) // 2))
         return torch.stack([top, left, ch, cw], dim=1)
 
-    def resized_crop_flip(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8/float (B, C, H, W) pixels -> float (B, C, H, W) pixels (0-255 range), cropped, resized, flipped."""
+    def draw(self, shape: Sequence[int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random parameters of a (B, C, H, W) training batch: ``crop_boxes`` and the flip flags (B, 1)."""
+        b, _, h, w = shape
+        return self.crop_boxes(b, h, w, device), torch.rand(b, 1, device=device) < 0.5
+
+    def resized_crop_flip(self, x: torch.Tensor, params: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """uint8/float (B, C, H, W) pixels -> float (B, C, H, W) pixels (0-255 range), cropped, resized, flipped;
+        ``params`` = ``draw(x.shape)`` (drawn here on the batch's device when not given)."""
         b, _, h, w = x.shape
         dev = x.device
-        box = self.crop_boxes(b, h, w, dev)
-        flip = torch.rand(b, 1, device=dev) < 0.5
+        box, flip = self.draw(x.shape, dev) if params is None else params
         top, left, ch, cw = (box[:, k:k + 1] for k in range(4))
         r = torch.arange(h, device=dev, dtype=torch.float32)
         c = torch.arange(w, device=dev, dtype=torch.float32)
@@ -172,6 +178,9 @@ class RandomResizedCropAugment(BatchAugment):
         gx = (2 * xs + 1) / w - 1
         grid = torch.stack([gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)], dim=-1)
         return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def augment(self, x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.normalize(self.resized_crop_flip(x, params)).contiguous()
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if train:
@@ -265,8 +274,8 @@ class SelfKDTrainer(DistillationTrainer):
         return ["student", "adapter"]  # the adapter's accuracy is reported when it exists (eval_adapter_top1)
 
     # --- loss -------------------------------------------------------------------------------------------------------
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        x, y = inputs["pixel_values"], inputs["labels"]
+    def _objective(self, model, x, y, previous: Optional[torch.Tensor]):
+        """(loss, terms, logits, adapter logits) of a batch; the DSR term against ``previous`` when given."""
         logits, adapter_logits = model(pixel_values=x)
         a = self.args
         terms = {"ce": F.cross_entropy(logits, y)}
@@ -277,17 +286,47 @@ class SelfKDTrainer(DistillationTrainer):
         if a.use_drg:
             terms["drg"] = drg_loss(logits, adapter_logits, a.temperature)
             loss = loss + a.alpha * terms["drg"]
-        if a.use_dsr and model.training:  # the buffer is training state: evaluation neither reads nor moves it
-            if self.dsr_previous is not None:  # empty on each epoch's first batch: no DSR term there
-                terms["dsr"] = dsr_loss(logits, self.dsr_previous.to(logits.device), a.temperature)
-                loss = loss + a.beta * terms["dsr"]
-            # updated whether or not DRG is on (the official code updates it inside `if DRG`, a bug)
+        if previous is not None:
+            terms["dsr"] = dsr_loss(logits, previous.to(logits.device), a.temperature)
+            loss = loss + a.beta * terms["dsr"]
+        return loss, terms, logits, adapter_logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        x, y = inputs["pixel_values"], inputs["labels"]
+        # the buffer is training state: evaluation neither reads nor moves it; empty on each epoch's first batch
+        dsr = self.args.use_dsr and model.training
+        loss, terms, logits, adapter_logits = self._objective(model, x, y, self.dsr_previous if dsr else None)
+        if dsr:  # updated whether or not DRG is on (the official code updates it inside `if DRG`, a bug)
             self.dsr_previous = sorted_logits(logits.detach())
         self.log_terms(terms)
         if not return_outputs:
             return loss
         heads = logits if adapter_logits is None else torch.stack([logits, adapter_logits], dim=1)
         return loss, {"logits": heads}
+
+    # --- fast path: the DSR buffer as a fixed device tensor, written inside the compiled step -------------------------
+    def fast_step_inputs(self, batch_size: int) -> dict:
+        if not self.args.use_dsr:
+            return {}
+        buf = getattr(self, "_dsr_buffer", None)
+        if buf is None or buf.shape[0] != batch_size:
+            buf = mark_persistent(torch.zeros(batch_size, self.student.config.num_labels, device=self.args.device))
+            self._dsr_buffer = buf
+        previous = self.dsr_previous
+        if previous is not None and previous is not buf:  # restored from a checkpoint
+            buf.copy_(previous, non_blocking=True)
+        return {"previous": buf if previous is not None else None, "buffer": buf}
+
+    def fast_objective(self, model, pixel_values, labels, previous=None, buffer=None):
+        loss, terms, logits, _ = self._objective(model, pixel_values, labels, previous)
+        if buffer is not None:  # written after the update: `previous` is the same tensor, read by the backward
+            self.fast_copy_after_step(buffer, sorted_logits(logits.detach()))
+        self.log_terms(terms)
+        return loss
+
+    def fast_step_done(self) -> None:
+        if self.args.use_dsr:
+            self.dsr_previous = self._dsr_buffer
 
     # --- DSR buffer: reset per train() call and epoch, saved with checkpoints ----------------------------------------
     def train(self, *args, **kwargs):

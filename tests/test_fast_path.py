@@ -1,0 +1,194 @@
+"""The fast path (issue 17, ``fast_path=True``): for every trainer the compiled training step has 0 graph breaks,
+trains like the eager path and resumes exactly.
+
+The compiled runs use ``backend="aot_eager"``: dynamo's capture and AOTAutograd's functionalised forward + backward +
+update graph (what inductor compiles), without inductor's minutes of C++ compilation on 2 CPU cores; one slow test
+runs the default (inductor) compile. CUDA graphs need a GPU (benchmarks/fast_path.py).
+"""
+
+import pytest
+import torch
+
+from hf_kd import (DistillationArguments, KDArguments, KDTrainer, SupervisedTrainer, create_student)
+from hf_kd.trainers.ffsd import FFSDArguments, FFSDTrainer
+from hf_kd.trainers.mixskd import MixSKDArguments, MixSKDTrainer
+from hf_kd.trainers.projector_kd import ProjectorKDArguments, ProjectorKDTrainer
+from hf_kd.trainers.self_kd import RandomResizedCropAugment, SelfKDArguments, SelfKDTrainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+METHODS = ["supervised", "kd", "projector_kd", "ffsd", "self_kd", "mixskd"]
+TINY = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])
+TINY_T = dict(channels=[8, 8, 16, 16], blocks=[1, 1, 1])
+TINY18 = dict(stem_act=False, channels=[8, 8, 16, 16, 32], blocks=[1, 1, 1, 1])
+AOT = {"backend": "aot_eager"}
+
+
+def student(data, arch="cifar_resnet20", model_args=TINY, seed=0):
+    torch.manual_seed(seed)
+    return create_student(arch, data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                          model_args=model_args)
+
+
+def make(method, data, out, fast, **kw):
+    """A tiny run of ``method``: 8 images a step, SGD Nesterov with weight decay, cosine schedule, 4 steps."""
+    a = dict(output_dir=str(out), max_steps=4, per_device_train_batch_size=8, report_to=[], use_cpu=True,
+             dataloader_drop_last=True, seed=0, optim="sgd", optim_args="momentum=0.9,nesterov=True",
+             learning_rate=0.05, weight_decay=5e-4, lr_scheduler_type="cosine", logging_steps=2,
+             save_strategy="no", disable_tqdm=True, fast_path=fast)
+    a.update(kw)
+    common = dict(train_dataset=data.train, augmentation=data.batch_augment())
+    if method == "supervised":
+        tr = SupervisedTrainer(model=student(data), args=DistillationArguments(**a), **common)
+    elif method == "kd":
+        tr = KDTrainer(model=student(data), teacher=student(data, seed=1), args=KDArguments(**a), **common)
+    elif method == "projector_kd":
+        tr = ProjectorKDTrainer(model=student(data), teacher=student(data, model_args=TINY_T, seed=1),
+                                args=ProjectorKDArguments(**a), **common)
+    elif method == "ffsd":  # its own optimizers: SGD over the networks (2 groups), Adam over the decoders
+        a.pop("optim_args")
+        tr = FFSDTrainer(model=student(data), args=FFSDArguments(**a), **common)
+    elif method == "self_kd":  # LightSKD's random-resized crop; DSR on from the second step of the epoch
+        tr = SelfKDTrainer(model=student(data), args=SelfKDArguments(**a), **common)
+    else:
+        tr = MixSKDTrainer(model=student(data, "cifar_resnet18", TINY18), args=MixSKDArguments(**a), **common)
+    if fast:
+        tr.fast_step.compile_options = dict(AOT)
+    return tr
+
+
+def loss_logs(tr):
+    return [{k: v for k, v in log.items() if k.startswith("loss")} for log in tr.state.log_history if "loss" in log]
+
+
+def snapshot(tr):
+    return {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory):
+    """Per method, computed once and shared: the eager run, the fast run (checkpoints at steps 2 and 4) and the
+    same fast trainer resumed from checkpoint-2 (its compiled step is reused, so the resume costs no compile)."""
+    cache = {}
+
+    def get(method):
+        if method not in cache:
+            tmp = tmp_path_factory.mktemp(method)
+            eager = make(method, data, tmp / "eager", False)
+            eager.train()
+            fast = make(method, data, tmp / "fast", True, save_strategy="steps", save_steps=2)
+            fast.train()
+            straight, straight_logs = snapshot(fast), loss_logs(fast)
+            fast.train(resume_from_checkpoint=str(tmp / "fast" / "checkpoint-2"))
+            cache[method] = dict(eager=snapshot(eager), eager_logs=loss_logs(eager), fast=straight,
+                                 fast_logs=straight_logs, resumed=snapshot(fast), resumed_logs=loss_logs(fast),
+                                 trainer=fast)
+        return cache[method]
+
+    return get
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fast_path_matches_eager(runs, method):
+    """Same parameters, BN statistics and logged loss terms as the eager path after 4 steps (fp tolerance: foreach
+    vs per-tensor optimizer arithmetic, fused graph vs eager rounding; terms are logged rounded to 6 decimals,
+    so two values 1e-6 apart may differ by one last digit)."""
+    r = runs(method)
+    for k, v in r["eager"].items():
+        torch.testing.assert_close(r["fast"][k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
+    assert [sorted(x) for x in r["fast_logs"]] == [sorted(x) for x in r["eager_logs"]]  # the same terms logged
+    for fast, eager in zip(r["fast_logs"], r["eager_logs"]):
+        for name in eager:
+            assert fast[name] == pytest.approx(eager[name], rel=1e-4, abs=2e-6), (method, name)
+    assert r["trainer"].fast_step.compiled is not None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fast_path_resumes_exactly(runs, method):
+    """4 steps straight == 2 steps + resume from checkpoint-2 + 2 steps, bit for bit (optimizer state rebound,
+    augmentation RNG, FFSD's lambdas, LightSKD's DSR buffer, MixSKD's keyed mixup draws)."""
+    r = runs(method)
+    for k, v in r["fast"].items():
+        assert torch.equal(r["resumed"][k], v), (method, k)
+    assert r["resumed_logs"][-1] == r["fast_logs"][-1]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_uncompiled_step_matches_eager(data, tmp_path, method):
+    """The step function itself, run without a compiler (what mode="cuda_graph" captures on a GPU; on the CPU it runs
+    eagerly): the eager path's parameters after 3 steps, its logged terms."""
+    eager = make(method, data, tmp_path / "e", False, max_steps=3, logging_steps=3)
+    eager.train()
+    fast = make(method, data, tmp_path / "f", True, max_steps=3, logging_steps=3)
+    fast.fast_step.mode = "cuda_graph"
+    fast.train()
+    assert fast.fast_step.compiled is not None and not fast.fast_step.graphs  # built, never compiled or captured
+    for k, v in snapshot(eager).items():
+        torch.testing.assert_close(snapshot(fast)[k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
+    for a, b in zip(loss_logs(fast), loss_logs(eager)):
+        assert a == pytest.approx(b, rel=1e-4, abs=2e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fast_step_has_no_graph_breaks(data, tmp_path, method):
+    """torch._dynamo.explain of one training step: a single graph, 0 graph breaks (forward, every loss term,
+    torch.autograd.grad and the optimizer update)."""
+    tr = make(method, data, tmp_path, True)
+    if method == "self_kd":  # the step with the DSR term (the epoch's first step has none)
+        tr.dsr_previous = torch.zeros(8, data.num_labels)
+    explanation = tr.fast_step.explain()
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+def test_augmentation_draw_then_augment_equals_the_eager_call(data):
+    """The fast path draws the random parameters first (on the host) and augments in the graph: same pixels."""
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    augs = [data.batch_augment(), data.batch_augment(pad_mode="reflect"), data.batch_augment("imagenet"),
+            RandomResizedCropAugment(data.mean, data.std)]
+    for aug in augs:
+        torch.manual_seed(3)
+        eager = aug(x, train=True)
+        torch.manual_seed(3)
+        assert torch.equal(aug.augment(x, aug.draw(x.shape)), eager), aug
+
+
+def test_unsupported_settings_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        DistillationArguments(output_dir=str(tmp_path), use_cpu=True, fast_path=True, gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match="torch_compile"):
+        DistillationArguments(output_dir=str(tmp_path), use_cpu=True, fast_path=True, torch_compile=True)
+    a = DistillationArguments(output_dir=str(tmp_path), use_cpu=True, fast_path=True)
+    assert not a.logging_nan_inf_filter and a.per_device_eval_batch_size == 1024
+
+
+def test_unsupported_optimizer_is_a_clear_error(data, tmp_path):
+    tr = make("supervised", data, tmp_path, True, optim="adafactor", optim_args=None)
+    with pytest.raises(ValueError, match="SGD, Adam and AdamW"):
+        tr.train()
+
+
+def test_adamw_and_clipping_match_eager(data, tmp_path):
+    """AdamW (decoupled decay, capturable foreach in the graph) and max_grad_norm clipping inside the graph."""
+    kw = dict(optim="adamw_torch", optim_args=None, learning_rate=1e-3, weight_decay=0.05, max_grad_norm=0.5,
+              max_steps=3)
+    eager = make("supervised", data, tmp_path / "e", False, **kw)
+    eager.train()
+    fast = make("supervised", data, tmp_path / "f", True, **kw)
+    fast.train()
+    for k, v in snapshot(eager).items():
+        torch.testing.assert_close(snapshot(fast)[k], v, rtol=1e-4, atol=2e-5)
+    assert [x.get("grad_norm") for x in fast.state.log_history[:-1]] == pytest.approx(
+        [x.get("grad_norm") for x in eager.state.log_history[:-1]], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_fast_path_with_inductor_matches_eager(data, tmp_path):
+    """The default compile (inductor, C++ on the CPU) of the whole step: same training as eager (~1-2 min)."""
+    eager = make("supervised", data, tmp_path / "e", False, max_steps=2)
+    eager.train()
+    fast = make("supervised", data, tmp_path / "f", True, max_steps=2)
+    fast.fast_step.compile_options = None  # FastStep's default: inductor (mode="reduce-overhead" on CUDA)
+    fast.train()
+    for k, v in snapshot(eager).items():
+        torch.testing.assert_close(snapshot(fast)[k], v, rtol=1e-4, atol=2e-5)
