@@ -64,7 +64,7 @@ def method_fields(method: str) -> dict:
     if preset is None:
         return {}
     import hf_kd.trainers as trainers
-    from hf_kd.trainers.base import DistillationArguments
+    from hf_kd.arguments import DistillationArguments
 
     own = {f.name for f in dataclasses.fields(getattr(trainers, trainer_name).args_class)}
     own -= {f.name for f in dataclasses.fields(DistillationArguments)}

@@ -13,7 +13,8 @@ from hf_kd import (DistillationArguments, KDArguments, KDTrainer, SupervisedTrai
 from hf_kd.trainers.ffsd import FFSDArguments, FFSDTrainer
 from hf_kd.trainers.mixskd import MixSKDArguments, MixSKDTrainer
 from hf_kd.trainers.projector_kd import ProjectorKDArguments, ProjectorKDTrainer
-from hf_kd.trainers.self_kd import RandomResizedCropAugment, SelfKDArguments, SelfKDTrainer
+from hf_kd.data.augment import RandomResizedCropAugment
+from hf_kd.trainers.self_kd import SelfKDArguments, SelfKDTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -140,8 +140,7 @@ def test_overwrite_output_dir_starts_over_without_the_old_checkpoints(tmp_path):
 def test_missing_local_teacher_folder_fails_before_the_data_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_kd.recipes, "load_data", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(FileNotFoundError, match="--teacher /no/such/dir: no such folder"):
-        run(KDTrainer, defaults=dict(output_dir=str(tmp_path / "o")), argv=[*QUICK, "--teacher", "/no/such/dir"],
-            needs_teacher=True)
+        run(KDTrainer, defaults=dict(output_dir=str(tmp_path / "o")), argv=[*QUICK, "--teacher", "/no/such/dir"])
 
 
 def test_misspelt_teacher_folder_offline_names_the_close_match(tmp_path, monkeypatch):
@@ -152,7 +151,7 @@ def test_misspelt_teacher_folder_offline_names_the_close_match(tmp_path, monkeyp
     monkeypatch.setattr(hf_kd.recipes, "load_data", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(ConnectionError, match=r"(?s)'outputs/teachr' is neither a local folder nor cached.*"
                                               r"HF_HUB_OFFLINE.*Did you mean: outputs/teacher\?"):
-        run(KDTrainer, defaults=dict(output_dir="o"), argv=[*QUICK, "--teacher", "outputs/teachr"], needs_teacher=True)
+        run(KDTrainer, defaults=dict(output_dir="o"), argv=[*QUICK, "--teacher", "outputs/teachr"])
 
 
 def test_unreachable_hub_teacher_fails_at_once(tmp_path, monkeypatch):
