@@ -86,7 +86,7 @@ def test_forward_returns_the_one_output_type(data, tmp_path, method):
     step = tr.step_inputs(8, b["pixel_values"].device)
     out = model(pixel_values=b["pixel_values"], **step)
     assert isinstance(out, DistillationOutput) and out.heads.shape[:2] == (8, heads)
-    loss, terms = tr.objective(out, b["pixel_values"], b["labels"], **step)
+    loss, terms = tr.method_loss(out, b["pixel_values"], b["labels"], **step)
     assert loss.dim() == 0 and torch.isfinite(loss) and all(v.dim() == 0 for v in terms.values())
 
 

@@ -4,7 +4,7 @@ One output contract for every method: ``logits`` holds the evaluation heads, sta
 student's head first when the model has H > 1 heads, (B, K) when it has one (so ``Trainer.predict`` gives a
 single-head model's plain logits); ``heads`` is always (B, H, K). A method's subclass of ``DistillationOutput`` adds
 the named tensors its loss reads. The trainer's base ``compute_loss`` scores the exported head at evaluation and
-hands the whole output to the method's ``objective`` in training.
+hands the whole output to the method's ``method_loss`` in training.
 """
 
 from __future__ import annotations

@@ -84,15 +84,16 @@ class DistillationTrainer(Trainer):
     - its identity (read by the method registry ``hf_kd.methods``, the model card and the recipe runner):
       ``method_name``, ``method_title``, ``paper``, ``citation``, ``args_class``, ``uses_teacher`` ("required",
       "optional" or "refused", checked once in ``__init__``), and where they differ from the defaults
-      ``recipe`` (``recipes/<recipe>.py``), ``card_template`` (``model_cards/<card_template>``) and ``preset_prefix``
-      (``recipes/configs/<preset_prefix>*.yaml``);
+      ``recipe`` (``recipes/<recipe>.py``), ``card_template`` (``model_cards/<card_template>``), ``preset_prefix``
+      (``recipes/configs/<preset_prefix>*.yaml``) and ``short_name`` (tables); ``reference_preset``, the preset with
+      the paper's hyperparameters (the accuracy benchmark reads the method's own fields from it);
     - ``build_model(student, args, teacher)``: its ``DistillationModel``, whose ``forward`` returns a
       ``DistillationOutput`` and whose ``head_names`` name the evaluation heads (``build_metrics`` scores them);
-    - ``objective(outputs, pixel_values, labels, **step)``: the training loss and its named terms; ``step`` holds
+    - ``method_loss(outputs, pixel_values, labels, **step)``: the training loss and its named terms; ``step`` holds
       the per-step inputs of ``step_inputs`` (host state: an epoch's loss weights, a random draw, a buffer).
 
     The base ``compute_loss`` runs the model, scores the heads at evaluation (``eval_loss`` is the exported head's
-    cross-entropy), calls ``objective`` in training, logs its terms and owns ``return_outputs``.
+    cross-entropy), calls ``method_loss`` in training, logs its terms and owns ``return_outputs``.
     """
 
     args_class: ClassVar[type] = DistillationArguments
@@ -104,6 +105,8 @@ class DistillationTrainer(Trainer):
     recipe: ClassVar[Optional[str]] = None
     card_template: ClassVar[Optional[str]] = None
     preset_prefix: ClassVar[Optional[str]] = None
+    short_name: ClassVar[Optional[str]] = None  # how tables name the method (default: method_name)
+    reference_preset: ClassVar[Optional[str]] = None  # the recipes/configs preset holding the paper's hyperparameters
 
     # What the model card says about the run beyond its arguments; the recipe runner sets them, all optional.
     dataset_name: Optional[str] = None  # the dataset's Hub id or local folder
@@ -187,7 +190,8 @@ class DistillationTrainer(Trainer):
                             f"{cls.uses_teacher!r}")
         name = vars(cls).get("method_name")
         if name:  # defaults that follow from the method's name, unless the class sets its own
-            for attr, default in (("recipe", name), ("card_template", f"{name}.md"), ("preset_prefix", f"{name}_")):
+            for attr, default in (("recipe", name), ("card_template", f"{name}.md"), ("preset_prefix", f"{name}_"),
+                                  ("short_name", name)):
                 if vars(cls).get(attr) is None:
                     setattr(cls, attr, default)
 
@@ -253,7 +257,7 @@ class DistillationTrainer(Trainer):
 
     # --- the loss: one contract for every method ----------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Training: ``objective`` of the model's output (its terms logged). Evaluation: the cross-entropy of the
+        """Training: ``method_loss`` of the model's output (its terms logged). Evaluation: the cross-entropy of the
         exported head as ``eval_loss``. ``return_outputs``: the evaluation heads (``DistillationOutput.logits``:
         (B, H, K), or (B, K) for a single head), for ``prediction_step`` and the metrics."""
         x, y = inputs["pixel_values"], inputs["labels"]
@@ -265,19 +269,19 @@ class DistillationTrainer(Trainer):
         return (loss, {"logits": out.logits}) if return_outputs else loss
 
     def training_loss(self, model, pixel_values: torch.Tensor, labels: torch.Tensor, **step):
-        """(loss, outputs) of one training batch: forward, ``objective``, terms logged. The fast path traces this."""
+        """(loss, outputs) of one training batch: forward, ``method_loss``, terms logged. The fast path traces this."""
         out = model(pixel_values=pixel_values, **step)
-        loss, terms = self.objective(out, pixel_values, labels, **step)
+        loss, terms = self.method_loss(out, pixel_values, labels, **step)
         self.log_terms(terms)
         return loss, out
 
-    def objective(self, outputs: DistillationOutput, pixel_values: torch.Tensor, labels: torch.Tensor,
+    def method_loss(self, outputs: DistillationOutput, pixel_values: torch.Tensor, labels: torch.Tensor,
                   **step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The method's training loss and its named (unweighted) terms. Default: cross-entropy of the student."""
         return F.cross_entropy(outputs.heads[:, 0], labels), {}
 
     def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
-        """Per-step inputs of ``forward`` and ``objective`` besides the batch, made on the host each step.
+        """Per-step inputs of ``forward`` and ``method_loss`` besides the batch, made on the host each step.
         ``graph=True`` (the fast path's compiled step): every value a device tensor, copied without a sync."""
         return {}
 
@@ -349,7 +353,7 @@ class DistillationTrainer(Trainer):
         """Called on the host after each fast step."""
 
     def fast_copy_after_step(self, dst: torch.Tensor, src: torch.Tensor) -> None:
-        """In ``objective`` on the fast path: write ``src`` into the persistent device tensor ``dst`` at the end of the step,
+        """In ``method_loss`` on the fast path: write ``src`` into the persistent device tensor ``dst`` at the end of the step,
         after the backward (which may still read ``dst``) and the update."""
         self._fast_copies.append((dst, src))
 

@@ -118,6 +118,8 @@ class FFSDTrainer(DistillationTrainer):
 
     args_class = FFSDArguments
     method_name = "ffsd"
+    short_name = "FFSD (leader)"
+    reference_preset = "ffsd_cifar100_resnet32.yaml"
     paper = "https://arxiv.org/abs/2103.14473"
     method_title = ("Distilling a Powerful Student Model via Online Knowledge Distillation (FFSD; Li et al., "
                     "IEEE TNNLS 2022)")
@@ -202,7 +204,7 @@ class FFSDTrainer(DistillationTrainer):
             return {"lambdas": lam}
         return {"lambdas": torch.tensor([lam[k] for k in _LAMBDAS], dtype=torch.float32).to(device, non_blocking=True)}
 
-    def objective(self, outputs: FFSDOutput, pixel_values, labels, lambdas=None, **step):
+    def method_loss(self, outputs: FFSDOutput, pixel_values, labels, lambdas=None, **step):
         if isinstance(lambdas, torch.Tensor):
             lambdas = dict(zip(_LAMBDAS, lambdas.unbind()))
         return ffsd_losses(outputs, labels, self.args.temperature, **lambdas)

@@ -31,6 +31,8 @@ class KDTrainer(DistillationTrainer):
 
     args_class = KDArguments
     method_name = "kd"
+    short_name = "KD (Hinton)"
+    reference_preset = "kd_cifar100_resnet32x4_resnet8x4.yaml"
     method_title = "classic knowledge distillation (Hinton et al., 2015)"
     paper = "https://arxiv.org/abs/1503.02531"
     citation = """@article{hinton2015distilling,
@@ -41,7 +43,7 @@ class KDTrainer(DistillationTrainer):
 }"""
     uses_teacher = "required"
 
-    def objective(self, outputs, pixel_values, labels, **step):
+    def method_loss(self, outputs, pixel_values, labels, **step):
         z = outputs.logits
         teacher = self.teacher_forward(pixel_values)
         terms = {"ce": F.cross_entropy(z, labels), "kd": kd_kl_div(z, teacher.logits, self.args.temperature)}
@@ -50,9 +52,10 @@ class KDTrainer(DistillationTrainer):
 
 class SupervisedTrainer(DistillationTrainer):
     """Plain cross-entropy training of one backbone (teachers and no-distillation baselines), with the same data
-    path, schedule, metrics and export as the distillation trainers (the base ``objective``)."""
+    path, schedule, metrics and export as the distillation trainers (the base ``method_loss``)."""
 
     method_name = "supervised"
+    short_name = "CE baseline"
     method_title = "supervised training (cross-entropy)"
     uses_teacher = "refused"
     recipe = "train_teacher"

@@ -75,6 +75,8 @@ class MixSKDTrainer(DistillationTrainer):
 
     args_class = MixSKDArguments
     method_name = "mixskd"
+    short_name = "MixSKD"
+    reference_preset = "mixskd_cifar100_resnet18.yaml"
     paper = "https://arxiv.org/abs/2208.05768"
     method_title = "MixSKD: Self-Knowledge Distillation from Mixup for Image Recognition (Yang et al., ECCV 2022)"
     citation = """@inproceedings{yang2022mixskd,
@@ -126,7 +128,7 @@ class MixSKDTrainer(DistillationTrainer):
             lam = torch.tensor(lam, dtype=torch.float64).to(device, non_blocking=True)
         return {"lam": lam, "perm": perm}
 
-    def objective(self, outputs: MixSKDOutput, pixel_values, labels, lam=None, perm=None, **step):
+    def method_loss(self, outputs: MixSKDOutput, pixel_values, labels, lam=None, perm=None, **step):
         """L_cls + L_mixcls (unless ``mixup_ce`` is off) + L_kl + L_fea + L_gan of a batch mixed with (lam, perm)."""
         a = self.args
         b = labels.shape[0]

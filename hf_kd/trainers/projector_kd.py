@@ -15,15 +15,14 @@ optimizer group, saved in checkpoints) and are never exported; the teacher is fr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import ClassVar
 
-import torch
 import torch.nn.functional as F
 
+from ..arguments import DistillationArguments
 from ..losses.kd import kd_kl_div
 from ..losses.projector_kd import projector_cosine_loss
 from ..models import TimmStudent
-from ..arguments import DistillationArguments
 from ..modules.projector_kd import ProjectorEnsemble, ProjectorKDModel, ProjectorKDOutput
 from .base import DistillationTrainer
 
@@ -57,6 +56,8 @@ class ProjectorKDTrainer(DistillationTrainer):
 
     args_class = ProjectorKDArguments
     method_name = "projector_kd"
+    short_name = "PEFD"
+    reference_preset = "projector_kd_cifar100_resnet32x4_resnet8x4.yaml"
     method_title = "Improved Feature Distillation via Projector Ensemble (Chen et al., NeurIPS 2022)"
     paper = "https://arxiv.org/abs/2210.15274"
     citation = """@inproceedings{chen2022improved,
@@ -75,7 +76,7 @@ class ProjectorKDTrainer(DistillationTrainer):
     def projectors(self) -> ProjectorEnsemble:
         return self.accelerator.unwrap_model(self.model).aux["projectors"]
 
-    def objective(self, outputs: ProjectorKDOutput, pixel_values, labels, **step):
+    def method_loss(self, outputs: ProjectorKDOutput, pixel_values, labels, **step):
         z = outputs.logits
         teacher = self.teacher_forward(pixel_values)
         a = self.args

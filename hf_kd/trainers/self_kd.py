@@ -125,6 +125,8 @@ class SelfKDTrainer(DistillationTrainer):
 
     args_class = SelfKDArguments
     method_name = "self_kd"
+    short_name = "LightSKD"
+    reference_preset = "self_kd_cifar100_resnet18.yaml"
     paper = "https://arxiv.org/abs/2305.09183"
     method_title = ("Lightweight Self-Knowledge Distillation with Multi-source Information Fusion "
                     "(arXiv 2305.09183, submitted to TNNLS)")
@@ -192,7 +194,7 @@ class SelfKDTrainer(DistillationTrainer):
             buf.copy_(previous, non_blocking=True)
         return {"previous": buf if previous is not None else None, "buffer": buf}
 
-    def objective(self, outputs: SelfKDOutput, pixel_values, labels, previous=None, buffer=None, **step):
+    def method_loss(self, outputs: SelfKDOutput, pixel_values, labels, previous=None, buffer=None, **step):
         """CE + CE of the adapter + alpha DRG + beta DSR against ``previous`` (when given)."""
         logits, adapter_logits = outputs.student_logits, outputs.adapter_logits
         a = self.args
