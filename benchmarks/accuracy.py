@@ -41,18 +41,26 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# method -> (recipe script, trainer class in hf_kd.trainers, paper preset giving the method's own hyperparameters)
-METHODS = {
-    "ce": ("train_teacher", "SupervisedTrainer", None),
-    "kd": ("kd", "KDTrainer", "kd_cifar100_resnet32x4_resnet8x4.yaml"),
-    "projector_kd": ("projector_kd", "ProjectorKDTrainer", "projector_kd_cifar100_resnet32x4_resnet8x4.yaml"),
-    "ffsd": ("ffsd", "FFSDTrainer", "ffsd_cifar100_resnet32.yaml"),
-    "self_kd": ("self_kd", "SelfKDTrainer", "self_kd_cifar100_resnet18.yaml"),
-    "mixskd": ("mixskd", "MixSKDTrainer", "mixskd_cifar100_resnet18.yaml"),
-}
-LABELS = {"ce": "CE baseline", "kd": "KD (Hinton)", "projector_kd": "PEFD", "ffsd": "FFSD (leader)",
-          "self_kd": "LightSKD", "mixskd": "MixSKD", "teacher": "teacher"}
-NEEDS_TEACHER = ("kd", "projector_kd")
+
+
+def _from_registry():
+    """Rows from the method registry (``hf_kd.methods``): the baseline ``ce`` (the supervised trainer) first, then
+    every method with a ``reference_preset``: row -> (recipe script, trainer class name, the paper preset giving the
+    method's own hyperparameters); labels from ``short_name``; the methods that need a teacher."""
+    from hf_kd.methods import methods
+
+    registry = methods()
+    rows = {"ce": (registry["supervised"].recipe, registry["supervised"].__name__, None)}
+    labels = {"ce": registry["supervised"].short_name, "teacher": "teacher"}
+    for name, cls in registry.items():
+        if cls.reference_preset:
+            rows[name] = (cls.recipe, cls.__name__, cls.reference_preset)
+            labels[name] = cls.short_name
+    teacher = tuple(n for n, cls in registry.items() if n in rows and cls.uses_teacher == "required")
+    return rows, labels, teacher
+
+
+METHODS, LABELS, NEEDS_TEACHER = _from_registry()
 # Preset fields that are augmentation, not the method: every run uses the common batched CIFAR augmentation, so the
 # baseline sees exactly the same data pipeline (LightSKD's preset uses a random-resized crop instead).
 COMMON_OVERRIDES = {"random_resized_crop": False}
@@ -64,7 +72,7 @@ def method_fields(method: str) -> dict:
     if preset is None:
         return {}
     import hf_kd.trainers as trainers
-    from hf_kd.trainers.base import DistillationArguments
+    from hf_kd.arguments import DistillationArguments
 
     own = {f.name for f in dataclasses.fields(getattr(trainers, trainer_name).args_class)}
     own -= {f.name for f in dataclasses.fields(DistillationArguments)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import sys
 import tempfile
 import time
@@ -28,19 +27,18 @@ from hf_kd.data import BatchAugment, ImageCollator, InMemoryImages
 from hf_kd.data.loading import CIFAR100_MEAN, CIFAR100_STD
 from hf_kd.recipes import parse_args
 
-TRAINERS = {"kd": "KDTrainer", "supervised": "SupervisedTrainer", "projector_kd": "ProjectorKDTrainer",
-            "ffsd": "FFSDTrainer", "self_kd": "SelfKDTrainer", "mixskd": "MixSKDTrainer"}
+from hf_kd.methods import get_method, methods
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, choices=sorted(TRAINERS))
+    p.add_argument("--method", required=True, choices=sorted(methods()))
     p.add_argument("--config", required=True, help="a recipes/configs/*.yaml preset")
     p.add_argument("--num_images", type=int, default=50_000)
     p.add_argument("--skip_plain", action="store_true", help="do not time the plain Trainer epoch")
     opts, extra = p.parse_known_args()  # extra: recipe flags after the preset, e.g. --bf16 true
 
-    cls = getattr(importlib.import_module("hf_kd.trainers"), TRAINERS[opts.method])
+    cls = get_method(opts.method)
     out = tempfile.mkdtemp(prefix="hf_kd_epoch_")
     model_args, _, args = parse_args(cls.args_class, {}, [
         "--config", opts.config, "--output_dir", out, "--num_train_epochs", "1", "--eval_strategy", "no",

@@ -41,7 +41,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-METHODS = ["supervised", "kd", "projector_kd", "ffsd", "self_kd", "mixskd"]
 STEPS_PER_EPOCH = 390
 BATCH = 128
 
@@ -127,7 +126,9 @@ def run_row(spec: dict, images, window: float) -> dict:
     import hf_kd
     from hf_kd.data import BatchAugment, ImageCollator
     from hf_kd.data.loading import CIFAR100_MEAN, CIFAR100_STD
-    from hf_kd.trainers import ffsd, kd, mixskd, projector_kd, self_kd
+    import yaml
+
+    from hf_kd.methods import get_method
 
     sys.path.insert(0, HERE)
     from throughput import PlainTrainer
@@ -156,16 +157,16 @@ def run_row(spec: dict, images, window: float) -> dict:
             optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4), train_dataset=images,
             data_collator=ImageCollator(), augmentation=aug, callbacks=[timer])
     else:
-        cls, args_cls, extra, teacher = {
-            "supervised": (kd.SupervisedTrainer, hf_kd.DistillationArguments, {}, None),
-            "kd": (kd.KDTrainer, kd.KDArguments, {}, "cifar_resnet32x4"),
-            "projector_kd": (projector_kd.ProjectorKDTrainer, projector_kd.ProjectorKDArguments, {},
-                             "cifar_resnet32x4"),
-            "ffsd": (ffsd.FFSDTrainer, ffsd.FFSDArguments, {"pad_mode": "reflect"}, None),  # official optimisers
-            "self_kd": (self_kd.SelfKDTrainer, self_kd.SelfKDArguments, {}, None),
-            "mixskd": (mixskd.MixSKDTrainer, mixskd.MixSKDArguments, {}, None)}[method]
-        opt = {} if method == "ffsd" else dict(learning_rate=0.1, optim="sgd", optim_args="momentum=0.9,nesterov=True",
-                                               weight_decay=5e-4)
+        cls = get_method(method)
+        args_cls = cls.args_class
+        teacher = "cifar_resnet32x4" if cls.uses_teacher == "required" else None  # the presets' KD teacher
+        preset = yaml.safe_load(open(os.path.join(ROOT, "recipes", "configs", cls.reference_preset))) \
+            if cls.reference_preset else {}
+        extra = {k: preset[k] for k in ("pad_mode",) if k in preset}  # FFSD's reflect padding
+        # a method whose arguments declare their own optimiser (FFSD: SGD over the networks + Adam) keeps it
+        own_optimizer = "optim" in vars(args_cls).get("__annotations__", {})
+        opt = {} if own_optimizer else dict(learning_rate=0.1, optim="sgd", optim_args="momentum=0.9,nesterov=True",
+                                            weight_decay=5e-4)
         args = args_cls(**common, **opt, **extra, fast_path=path != "eager")
         tr = cls(model=student(), teacher=student(teacher, 1) if teacher else None, args=args,
                  train_dataset=images, augmentation=aug, callbacks=[timer])
@@ -283,7 +284,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=380.0, help="seconds for the whole run, compilation included")
     p.add_argument("--window", type=float, default=2.0, help="timed seconds per row at most (or 390 steps)")
-    p.add_argument("--methods", nargs="*", default=METHODS)
+    p.add_argument("--methods", nargs="*", default=None, help="method names (default: every method of the registry)")
     p.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -294,6 +295,12 @@ def main():
     start = time.time()
     end = start + opts.budget - 10
     import torch
+
+    if opts.methods is None:
+        sys.path.insert(0, ROOT)
+        from hf_kd.methods import methods
+
+        opts.methods = list(methods())
 
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     header = (f"{datetime.date.today()} | {dev} | torch {torch.__version__} | cifar_resnet32, batch {BATCH}, "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
-import importlib
 import json
 import math
 import os
@@ -30,16 +29,14 @@ from hf_kd.data.loading import CIFAR100_MEAN, CIFAR100_STD
 from hf_kd.recipes import parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# preset file prefix -> (trainer class, needs a teacher)
-TRAINERS = {"teacher_": ("SupervisedTrainer", False), "kd_": ("KDTrainer", True),
-            "projector_kd_": ("ProjectorKDTrainer", True), "ffsd_": ("FFSDTrainer", False),
-            "self_kd_": ("SelfKDTrainer", False), "mixskd_": ("MixSKDTrainer", False)}
 
 
 def time_preset(path: str, opts) -> dict:
     name = os.path.basename(path)[:-5]
-    cls_name, needs_teacher = next(v for k, v in TRAINERS.items() if name.startswith(k))
-    cls = getattr(importlib.import_module("hf_kd.trainers"), cls_name)
+    from hf_kd.methods import methods
+
+    cls = next(c for c in methods().values() if name.startswith(c.preset_prefix))  # the method owning the preset
+    needs_teacher = cls.uses_teacher == "required"
     total = opts.warmup + opts.steps
     model_args, _, args = parse_args(cls.args_class, {}, [
         "--config", path, "--output_dir", tempfile.mkdtemp(prefix="hf_kd_preset_"), "--max_steps", str(total),

@@ -33,21 +33,10 @@ from hf_kd.data.loading import CIFAR100_MEAN, CIFAR100_STD
 
 
 def method_registry():
-    """name -> (trainer class, needs a teacher, extra arguments). Methods whose module is absent are skipped."""
-    import importlib
+    """name -> (trainer class, needs a teacher, extra arguments), for every distillation method of the registry."""
+    from hf_kd.methods import methods
 
-    entries = {"kd": ("hf_kd.trainers.kd", "KDTrainer", True, {}),
-               "ffsd": ("hf_kd.trainers.ffsd", "FFSDTrainer", False, {}),
-               "projector_kd": ("hf_kd.trainers.projector_kd", "ProjectorKDTrainer", True, {}),
-               "self_kd": ("hf_kd.trainers.self_kd", "SelfKDTrainer", False, {}),
-               "mixskd": ("hf_kd.trainers.mixskd", "MixSKDTrainer", False, {})}
-    out = {}
-    for name, (module, cls, teacher, extra) in entries.items():
-        try:
-            out[name] = (getattr(importlib.import_module(module), cls), teacher, extra)
-        except (ImportError, AttributeError):
-            pass
-    return out
+    return {name: (cls, cls.uses_teacher == "required", {}) for name, cls in methods().items() if name != "supervised"}
 
 
 class StepTimer(TrainerCallback):

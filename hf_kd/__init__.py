@@ -2,6 +2,8 @@
 
 ``import hf_kd`` registers the CIFAR backbones (``cifar_*``) in timm and nothing more; every other name below is
 imported on first use (``hf_kd._lazy``), so loading an exported model needs no Trainer, datasets or plotting import.
+Each method's trainer and arguments class (``hf_kd.KDTrainer``, ``hf_kd.FFSDArguments``, ...) comes from the method
+registry (``hf_kd.methods``).
 """
 
 from ._lazy import lazy_getattr
@@ -13,14 +15,26 @@ _LAZY = {
     "kd_kl_div": ".losses",
     **dict.fromkeys(["TimmStudent", "TransformersTeacher", "create_student", "load_student", "load_teacher"],
                    ".models"),
-    **dict.fromkeys(["DistillationArguments", "DistillationModel", "DistillationTrainer", "FFSDArguments",
-                     "FFSDTrainer", "KDArguments", "KDTrainer", "MixSKDArguments", "MixSKDTrainer",
-                     "ProjectorKDArguments", "ProjectorKDTrainer", "SelfKDArguments", "SelfKDTrainer",
-                     "SupervisedTrainer"], ".trainers"),
+    **dict.fromkeys(["DistillationModel", "DistillationOutput", "DistillationTrainer"], ".trainers"),
+    "DistillationArguments": ".arguments",
+    **dict.fromkeys(["methods", "get_method"], ".methods"),
 }
-__getattr__ = lazy_getattr(__name__, _LAZY)
-__all__ = sorted(["CIFAR_ARCHITECTURES", *_LAZY])
+
+
+def _method_names():
+    from .methods import exported_names
+
+    return exported_names()
+
+
+_registry_getattr = lazy_getattr(__name__, _LAZY, more=_method_names)
+
+
+def __getattr__(attr: str):
+    if attr == "__all__":  # `from hf_kd import *`: the static names and every method's classes
+        return sorted(["CIFAR_ARCHITECTURES", *_LAZY, *_method_names()])
+    return _registry_getattr(attr)
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_method_names()))

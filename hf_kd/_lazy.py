@@ -10,11 +10,17 @@ from __future__ import annotations
 import importlib
 
 
-def lazy_getattr(package: str, names: dict[str, str]):
-    """A module ``__getattr__`` that imports ``names[attr]`` (a submodule relative to ``package``) on first access."""
+def lazy_getattr(package: str, names: dict[str, str], more=None):
+    """A module ``__getattr__`` that imports ``names[attr]`` (a module relative to ``package``) on first access.
+
+    ``more``: a function giving further ``{name: absolute module}`` for class names not in ``names`` (the methods'
+    trainer and arguments classes from the registry, ``hf_kd.methods.exported_names``), so no method is listed by hand.
+    """
 
     def __getattr__(attr: str):
         module = names.get(attr)
+        if module is None and more is not None and attr[:1].isupper():  # a class name (never a submodule's)
+            module = more().get(attr)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {attr!r}")
         value = getattr(importlib.import_module(module, package), attr)

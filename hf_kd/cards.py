@@ -1,18 +1,20 @@
 """Model cards for exported students, filled from the trainer at export.
 
-``write_model_card(trainer, folder)`` renders ``model_cards/<method_name>.md`` (else ``default.md``; method templates
-extend ``default.md`` and fill its blocks) into ``folder/README.md`` and draws ``folder/training_curves.png``
-(loss terms and eval accuracy per epoch from ``trainer.state.log_history``), embedded in the card. The YAML header is
-built with ``huggingface_hub.ModelCardData`` + ``EvalResult`` so the Hub shows the results (``model-index``).
+``write_model_card(trainer, folder)`` renders the method's ``model_cards/<card_template>`` (else ``default.md``; method
+templates extend ``default.md`` and fill its blocks) into ``folder/README.md`` and draws
+``folder/training_curves.png`` (loss terms and eval accuracy per epoch from ``trainer.state.log_history``), embedded
+in the card. The YAML header is built with ``huggingface_hub.ModelCardData`` + ``EvalResult`` so the Hub shows the
+results (``model-index``).
 
-What the card reads from the trainer (optional attributes are set by ``hf_kd.recipes.run`` or by the user):
-``method_name``, ``method_title``, ``citation`` and the class docstring; ``student``; ``teacher`` and optional
-``teacher_name`` / ``teacher_accuracy`` (else read from the teacher's own card when it is a local export or cached);
-optional ``dataset_name`` (id or path) / ``dataset_title`` (shown name) / ``dataset_split`` / ``dataset_subsets``
-(``{"train": description}`` of a subset drawn) / ``data_config`` (data flags for the reproduce YAML); ``train_dataset`` / ``eval_dataset`` sizes; ``args`` (every
-distillation hyperparameter and the non-default training arguments); ``state.log_history`` (final and best
-evaluation); optional ``baseline_metrics`` (the same student trained without distillation, a dict with ``top1`` /
-``top5`` or ``eval_top1`` / ``eval_top5``, optional ``name``); optional ``command`` (the exact command line).
+What the card reads from the trainer: the method's identity (``method_name``, ``method_title``, ``paper``,
+``citation``, ``recipe``, ``card_template``, the class docstring); ``student``, ``teacher``, ``augmentation``,
+``train_dataset`` / ``eval_dataset`` sizes, ``args`` (every distillation hyperparameter and the non-default training
+arguments) and ``state.log_history`` (final and best evaluation); and the run description that
+``DistillationTrainer`` declares (default None) and ``hf_kd.recipes.run`` or the user sets: ``dataset_name``,
+``dataset_title``, ``dataset_split``, ``dataset_subsets``, ``data_config``, ``command``, ``teacher_name``,
+``teacher_accuracy`` (else read from the teacher's own card when it is a local export or cached) and
+``baseline_metrics`` (the same student trained without distillation: ``top1`` / ``top5`` or ``eval_top1`` /
+``eval_top5``, optional ``name``).
 """
 
 from __future__ import annotations
@@ -30,14 +32,13 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainingArguments
 
-from .trainers.base import DistillationArguments
+from .arguments import DistillationArguments
 
 __all__ = ["write_model_card", "plot_training_curves", "training_curves_figure", "method_hyperparameters", "final_and_best", "TEMPLATES",
            "CURVES_FILE"]
 
 TEMPLATES = Path(__file__).parent / "model_cards"
 CURVES_FILE = "training_curves.png"
-RECIPES = {"supervised": "train_teacher"}  # method_name -> recipe script name, where they differ
 _SHOWN_TRAINING_ARGS = ("num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
                         "learning_rate", "optim", "optim_args", "weight_decay", "lr_scheduler_type", "warmup_steps",
                         "warmup_ratio", "max_grad_norm", "label_smoothing_factor", "seed", "bf16", "fp16")
@@ -95,11 +96,11 @@ def run_config(trainer) -> dict:
     """A recipe YAML (``--config``) reproducing the run: student, teacher, data, every non-default argument."""
     args = trainer.args
     cfg = {"student": trainer.student.config.architecture}
-    if getattr(trainer, "teacher", None) is not None and _teacher_name(trainer):
+    if trainer.teacher is not None and _teacher_name(trainer):
         cfg["teacher"] = _teacher_name(trainer)
-    if getattr(trainer, "dataset_name", None):
+    if trainer.dataset_name:
         cfg["dataset"] = trainer.dataset_name
-    cfg.update(getattr(trainer, "data_config", None) or {})
+    cfg.update(trainer.data_config or {})
     fields = {f.name: f for f in dataclasses.fields(args) if f.init}
     skip = {"output_dir", "logging_dir", "hub_model_id", "push_to_hub", "resume_from_checkpoint", "do_train",
             "do_eval", "do_predict"}  # do_*: derived by TrainingArguments, not used by Trainer
@@ -132,10 +133,10 @@ def redact_command(command: str) -> str:
 
 
 def reproduce_command(trainer) -> str:
-    command = getattr(trainer, "command", None)
+    command = trainer.command
     if command:
         return redact_command(command)
-    recipe = RECIPES.get(trainer.method_name, trainer.method_name)
+    recipe = trainer.recipe
     return f"accelerate launch recipes/{recipe}.py --config config.yaml  # config.yaml: the YAML above"
 
 
@@ -151,7 +152,7 @@ def final_and_best(log_history: list[dict]) -> tuple[dict, Optional[float]]:
 
 def _baseline(trainer, final: dict) -> Optional[dict]:
     """The no-distillation baseline row (values as strings) with the gain of this run, if the run has one."""
-    b = getattr(trainer, "baseline_metrics", None)
+    b = trainer.baseline_metrics
     if not b:
         return None
     row = {"name": b.get("name", "same student without distillation")}
@@ -163,8 +164,8 @@ def _baseline(trainer, final: dict) -> Optional[dict]:
 
 
 def _teacher_name(trainer) -> Optional[str]:
-    t = getattr(trainer, "teacher", None)
-    return getattr(trainer, "teacher_name", None) or (getattr(t.config, "_name_or_path", None) if t is not None
+    t = trainer.teacher
+    return trainer.teacher_name or (getattr(t.config, "_name_or_path", None) if t is not None
                                                       else None) or None
 
 
@@ -193,7 +194,7 @@ def _teacher_preprocessing(teacher) -> Optional[str]:
 
 def _teacher_accuracy(trainer, name: Optional[str]) -> Optional[float]:
     """``trainer.teacher_accuracy``, else the Top-1 in the teacher's own model card (local export or Hub cache)."""
-    acc = getattr(trainer, "teacher_accuracy", None)
+    acc = trainer.teacher_accuracy
     if acc is not None or not name:
         return acc
     path = os.path.join(name, "README.md")
@@ -328,10 +329,10 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
     cfg = student.config
     arch = cfg.architecture
     final, best = final_and_best(trainer.state.log_history)
-    dataset_id = getattr(trainer, "dataset_name", None)
-    dataset = getattr(trainer, "dataset_title", None) or dataset_id
-    split = getattr(trainer, "dataset_split", None)
-    hub_id = getattr(trainer, "hub_model_id", None)  # set once the trainer pushes (Trainer.init_hf_repo)
+    dataset_id = trainer.dataset_name
+    dataset = trainer.dataset_title or dataset_id
+    split = trainer.dataset_split
+    hub_id = trainer.hub_model_id  # set once the trainer pushes (Trainer.init_hf_repo)
     repo = hub_id or os.path.basename(os.path.abspath(args.output_dir))  # the card's title and model-index name
     where = hub_id or args.output_dir  # what the Use snippet loads: the Hub id after a push, else the local folder
     names = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy"}
@@ -341,10 +342,10 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
                                metric_value=round(float(final[k]), 4)) for k in ("top1", "top5") if k in final]
     data = ModelCardData(library_name="transformers", license="apache-2.0", pipeline_tag="image-classification",
                          tags=list(dict.fromkeys(["knowledge-distillation", trainer.method_name, "image-classification",
-                                                  "timm", "hf_kd", *getattr(trainer, "card_tags", [])])),
+                                                  "timm", "hf_kd", *trainer.card_tags])),
                          datasets=[dataset_id] if dataset_id else None, model_name=repo,
                          eval_results=eval_results or None)
-    teacher = getattr(trainer, "teacher", None)
+    teacher = trainer.teacher
     teacher_name = _teacher_name(trainer)
     method_hp, training_hp = method_hyperparameters(args)
     used = trainer.used_hyperparameters() if hasattr(trainer, "used_hyperparameters") else {}
@@ -354,20 +355,21 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
     ws = max(1, getattr(args, "world_size", 1))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
                              trim_blocks=False)
-    name = f"{trainer.method_name}.md" if (TEMPLATES / f"{trainer.method_name}.md").exists() else "default.md"
+    template = trainer.card_template or "default.md"  # a user's own subclass without a template: the default
+    name = template if (TEMPLATES / template).exists() else "default.md"
     content = env.get_template(name).render(
         card_data=data.to_yaml(), model_name=repo, repo_id=where, on_hub=bool(hub_id),
         timm_id=f"hf-hub:{hub_id}" if hub_id else f"local-dir:{where}", method_name=trainer.method_name,
-        method_title=getattr(trainer, "method_title", trainer.method_name),
+        method_title=trainer.method_title,
         method_description=(type(trainer).__doc__ or "").strip().split("\n\n")[0],
-        citation=(getattr(trainer, "citation", None) or "").strip() or None,
+        citation=(trainer.citation or "").strip() or None, paper=trainer.paper,
         student_architecture=arch, num_parameters=sum(p.numel() for p in student.parameters()),
         num_labels=cfg.num_labels, labels=[cfg.id2label[i] for i in range(min(cfg.num_labels, 10))],
         input_size=cfg.pretrained_cfg.get("input_size"), mean=_rounded(cfg.pretrained_cfg.get("mean")),
         std=_rounded(cfg.pretrained_cfg.get("std")), needs_hf_kd=arch.startswith("cifar_"),
-        dataset=dataset, dataset_split=split, subsets=getattr(trainer, "dataset_subsets", None) or {},
-        num_train=_dataset_size(getattr(trainer, "train_dataset", None)),
-        num_eval=_dataset_size(getattr(trainer, "eval_dataset", None)),
+        dataset=dataset, dataset_split=split, subsets=trainer.dataset_subsets or {},
+        num_train=_dataset_size(trainer.train_dataset),
+        num_eval=_dataset_size(trainer.eval_dataset),
         final={k: f"{v:.4f}" for k, v in final.items() if k in ("top1", "top5")},
         other_heads=[(k, f"{v:.4f}") for k, v in final.items() if k not in ("top1", "top5")],
         best=f"{best:.4f}" if best is not None else None,
@@ -381,7 +383,7 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
         method_hyperparameters=method_hp, training_hyperparameters=training_hp,
         effective_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * ws,
         world_size=ws, steps=trainer.state.global_step, epochs=trainer.state.epoch,
-        augmentation=getattr(getattr(trainer, "augmentation", None), "kind", None),
+        augmentation=getattr(trainer.augmentation, "kind", None),
         config_yaml=yaml.safe_dump(run_config(trainer), sort_keys=False).strip(),
         command=reproduce_command(trainer), curves=CURVES_FILE if curves else None)
     card = ModelCard(content)

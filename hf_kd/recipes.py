@@ -22,6 +22,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import HfArgumentParser, set_seed
 
+from .constants import is_small_image
 from .checks import check_dataset, check_enough_examples, check_output_dir, check_teacher
 from .data import load_image_data
 from .models import create_student, load_student, load_teacher
@@ -162,7 +163,7 @@ def load_data(data_args: DataArguments, seed: int = 0):
     if in_memory is None:
         import torch
 
-        in_memory = torch.cuda.is_available() and data.input_size[-1] <= 64
+        in_memory = torch.cuda.is_available() and is_small_image(data.input_size[-1])
     return data.in_memory() if in_memory else data
 
 
@@ -222,10 +223,14 @@ def describe_data(trainer, data, data_args: Optional[DataArguments] = None) -> N
                                if f.name != "dataset" and getattr(data_args, f.name) != f.default}
 
 
-def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_args, needs_teacher: bool) -> None:
-    """Fail in seconds, before any data loads, on a taken output_dir, a missing teacher or an unknown dataset."""
+def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_args, uses_teacher: str) -> None:
+    """Fail in seconds, before any data loads, on a taken output_dir, a teacher the method refuses or cannot find,
+    or an unknown dataset (``uses_teacher``: the trainer's declaration)."""
     check_output_dir(training_args)
-    if needs_teacher and model_args.teacher:
+    if model_args.teacher:
+        if uses_teacher == "refused":
+            raise ValueError(f"--teacher {model_args.teacher}: this method uses no pre-trained teacher (its networks "
+                             "teach each other or themselves); drop --teacher.")
         check_teacher(model_args.teacher)
     check_dataset(data_args.dataset, data_args.dataset_cache_dir)
 
@@ -235,18 +240,20 @@ def best_and_final(log_history: list[dict]) -> tuple[Optional[float], Optional[f
     return (max(accs), accs[-1]) if accs else (None, None)
 
 
-def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] = None, needs_teacher: bool = False,
-        quick: Optional[dict] = None):
+def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] = None, quick: Optional[dict] = None):
     """Parse, build, train, evaluate, export the student to --output_dir, push if asked. Returns the trainer.
 
     ``defaults`` apply to every run of the recipe; ``quick`` only to its no-config run on the offline digits data
-    (see ``parse_args``)."""
+    (see ``parse_args``). The teacher follows ``trainer_cls.uses_teacher``: "required" loads ``--teacher`` or, without
+    it, trains one first; "optional" loads ``--teacher`` when given; "refused" rejects ``--teacher``."""
     model_args, data_args, training_args = parse_args(trainer_cls.args_class, defaults, argv, quick)
-    check_inputs(model_args, data_args, training_args, needs_teacher)
+    uses_teacher = trainer_cls.uses_teacher
+    check_inputs(model_args, data_args, training_args, uses_teacher)
     set_seed(training_args.seed)
     data = load_data(data_args, training_args.seed)
     check_enough_examples(len(data.train), training_args)
-    teacher, teacher_name = build_teacher(model_args, data, training_args) if needs_teacher else (None, None)
+    wants_teacher = uses_teacher == "required" or (uses_teacher == "optional" and model_args.teacher)
+    teacher, teacher_name = build_teacher(model_args, data, training_args) if wants_teacher else (None, None)
     set_seed(training_args.seed)
     trainer = trainer_cls(model=build_student(model_args, data), teacher=teacher, args=training_args,
                           train_dataset=data.train, eval_dataset=data.eval, augmentation=data.batch_augment())

@@ -9,4 +9,4 @@ from hf_kd.recipes import run
 from hf_kd.trainers import KDTrainer
 
 if __name__ == "__main__":
-    run(KDTrainer, defaults=dict(student="cifar_resnet20", output_dir="outputs/kd"), needs_teacher=True)
+    run(KDTrainer, defaults=dict(student="cifar_resnet20", output_dir="outputs/kd"))

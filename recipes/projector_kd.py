@@ -11,5 +11,4 @@ from hf_kd.recipes import run
 from hf_kd.trainers.projector_kd import ProjectorKDTrainer
 
 if __name__ == "__main__":
-    run(ProjectorKDTrainer, defaults=dict(student="cifar_resnet20", output_dir="outputs/projector_kd"),
-        needs_teacher=True)
+    run(ProjectorKDTrainer, defaults=dict(student="cifar_resnet20", output_dir="outputs/projector_kd"))

@@ -16,6 +16,7 @@ from huggingface_hub import ModelCard
 from processes import run_process
 
 import hf_kd
+from hf_kd.methods import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "ddp_train.py")
@@ -99,9 +100,18 @@ def check_export(folder, processes=2, recipe_output=False):
     return student, text
 
 
-# recipe -> the architecture its quick default exports (the MixSKD one is a small ResNet-18)
+# recipe -> the architecture its quick default exports (the MixSKD one is a small ResNet-18); every method's recipe
+# must be here (test_every_method_is_covered_by_the_two_process_tests)
 RECIPES = {"train_teacher": "cifar_resnet56", "kd": "cifar_resnet20", "projector_kd": "cifar_resnet20",
            "ffsd": "cifar_resnet20", "self_kd": "cifar_resnet20", "mixskd": "cifar_resnet18"}
+RECIPE_METHODS = {cls.recipe: cls for cls in methods().values()}
+
+
+def test_every_method_is_covered_by_the_two_process_tests():
+    """A method added to the registry without a 2-process parity entry or recipe launch fails here, instead of being
+    skipped silently (the tables above hold measured tolerances and architectures, so they are kept by hand)."""
+    assert set(methods()) <= set(PARITY), f"no PARITY entry for {set(methods()) - set(PARITY)}"
+    assert set(RECIPE_METHODS) == set(RECIPES), f"recipes without a launch test: {set(RECIPE_METHODS) - set(RECIPES)}"
 
 
 @pytest.mark.slow
@@ -124,7 +134,7 @@ def test_every_recipe_without_a_teacher_under_two_processes(recipe, tmp_path):
     student, text = check_export(out, recipe_output=True)
     assert student.config.architecture == RECIPES[recipe]
     teacher = tmp_path / f"{recipe}_teacher"
-    if recipe in ("kd", "projector_kd"):
+    if RECIPE_METHODS[recipe].uses_teacher == "required":
         assert run.stdout.count("no --teacher given: training") == 1
         check_export(teacher)  # trained by the 2 processes together, exported once
         assert f"`{teacher}`" in text and "Top-1 accuracy: not recorded" not in text  # its card was whole when read

@@ -9,15 +9,14 @@ runs the default (inductor) compile. CUDA graphs need a GPU (benchmarks/fast_pat
 import pytest
 import torch
 
-from hf_kd import (DistillationArguments, KDArguments, KDTrainer, SupervisedTrainer, create_student)
-from hf_kd.trainers.ffsd import FFSDArguments, FFSDTrainer
-from hf_kd.trainers.mixskd import MixSKDArguments, MixSKDTrainer
-from hf_kd.trainers.projector_kd import ProjectorKDArguments, ProjectorKDTrainer
-from hf_kd.trainers.self_kd import RandomResizedCropAugment, SelfKDArguments, SelfKDTrainer
+from hf_kd import DistillationArguments, create_student
+from hf_kd.data.augment import RandomResizedCropAugment
+from hf_kd.methods import get_method, methods
+from hf_kd.models import MissingStagesError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-METHODS = ["supervised", "kd", "projector_kd", "ffsd", "self_kd", "mixskd"]
+METHODS = list(methods())
 TINY = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])
 TINY_T = dict(channels=[8, 8, 16, 16], blocks=[1, 1, 1])
 TINY18 = dict(stem_act=False, channels=[8, 8, 16, 16, 32], blocks=[1, 1, 1, 1])
@@ -31,27 +30,22 @@ def student(data, arch="cifar_resnet20", model_args=TINY, seed=0):
 
 
 def make(method, data, out, fast, **kw):
-    """A tiny run of ``method``: 8 images a step, SGD Nesterov with weight decay, cosine schedule, 4 steps."""
+    """A tiny run of ``method`` (from the registry): 8 images a step, SGD Nesterov with weight decay, cosine schedule,
+    4 steps; LightSKD with its random-resized crop and DSR from the epoch's second step."""
     a = dict(output_dir=str(out), max_steps=4, per_device_train_batch_size=8, report_to=[], use_cpu=True,
              dataloader_drop_last=True, seed=0, optim="sgd", optim_args="momentum=0.9,nesterov=True",
              learning_rate=0.05, weight_decay=5e-4, lr_scheduler_type="cosine", logging_steps=2,
              save_strategy="no", disable_tqdm=True, fast_path=fast)
     a.update(kw)
-    common = dict(train_dataset=data.train, augmentation=data.batch_augment())
-    if method == "supervised":
-        tr = SupervisedTrainer(model=student(data), args=DistillationArguments(**a), **common)
-    elif method == "kd":
-        tr = KDTrainer(model=student(data), teacher=student(data, seed=1), args=KDArguments(**a), **common)
-    elif method == "projector_kd":
-        tr = ProjectorKDTrainer(model=student(data), teacher=student(data, model_args=TINY_T, seed=1),
-                                args=ProjectorKDArguments(**a), **common)
-    elif method == "ffsd":  # its own optimizers: SGD over the networks (2 groups), Adam over the decoders
-        a.pop("optim_args")
-        tr = FFSDTrainer(model=student(data), args=FFSDArguments(**a), **common)
-    elif method == "self_kd":  # LightSKD's random-resized crop; DSR on from the second step of the epoch
-        tr = SelfKDTrainer(model=student(data), args=SelfKDArguments(**a), **common)
-    else:
-        tr = MixSKDTrainer(model=student(data, "cifar_resnet18", TINY18), args=MixSKDArguments(**a), **common)
+    cls = get_method(method)  # FFSD keeps its own optimisers (SGD over 2 groups + Adam over the decoders)
+    teacher = student(data, model_args=TINY_T, seed=1) if cls.uses_teacher == "required" else None
+    try:
+        model = student(data)
+        tr = cls(model=model, teacher=teacher, args=cls.args_class(**a), train_dataset=data.train,
+                 augmentation=data.batch_augment())
+    except MissingStagesError:  # MixSKD: a four-stage backbone
+        tr = cls(model=student(data, "cifar_resnet18", TINY18), teacher=teacher, args=cls.args_class(**a),
+                 train_dataset=data.train, augmentation=data.batch_augment())
     if fast:
         tr.fast_step.compile_options = dict(AOT)
     return tr

@@ -23,7 +23,9 @@ from hf_kd.losses.ffsd import (attention_loss, attention_map, decoder_loss, dive
 from hf_kd.models import create_student
 from hf_kd.models.student import MissingStagesError
 from hf_kd.modules.ffsd import FusionModule, SelfDistillationDecoder, TransFusionModule
-from hf_kd.trainers.ffsd import CompositeOptimizer, FFSDArguments, FFSDMetrics, FFSDModel, FFSDTrainer
+from hf_kd.optim import CompositeOptimizer
+from hf_kd.modules.ffsd import FFSDModel
+from hf_kd.trainers.ffsd import FFSDArguments, FFSDMetrics, FFSDTrainer
 
 from processes import run_process
 

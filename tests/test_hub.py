@@ -75,7 +75,7 @@ def _client(work: Path):  # runs in the subprocess, environment already pointing
         metric_name="Top-1 accuracy", metric_value=0.875)])).save(work / "teacher" / "README.md")
 
     sys.argv[0] = "recipes/kd.py"
-    trainer = run(KDTrainer, needs_teacher=True, argv=[
+    trainer = run(KDTrainer, argv=[
         "--student", "cifar_resnet20", "--teacher", str(work / "teacher"), "--dataset", "digits",
         "--max_train_samples", "32", "--max_eval_samples", "16", "--output_dir", out, "--max_steps", "2",
         "--per_device_train_batch_size", "8", "--logging_steps", "1", "--eval_strategy", "steps", "--eval_steps", "1",

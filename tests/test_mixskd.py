@@ -16,10 +16,11 @@ import hf_kd  # noqa: F401
 from hf_kd.losses.mixskd import (discriminator_bce, discriminator_targets, draw_mixup, interpolate,
                                  mixskd_classification, mixskd_feature_mse, mixskd_kl, mixup_cross_entropy,
                                  mixup_images)
-from hf_kd.models import MissingStagesError, create_student
+from hf_kd.models import MissingStagesError, TimmStudent, create_student
 from hf_kd.modules.mixskd import Discriminator, SelfTeacher, build_auxiliary_branches
 from hf_kd.recipes import parse_args
-from hf_kd.trainers.mixskd import MixSKDArguments, MixSKDModel, MixSKDTrainer
+from hf_kd.modules.mixskd import MixSKDModel
+from hf_kd.trainers.mixskd import MixSKDArguments, MixSKDTrainer
 
 # a 4-stage CIFAR ResNet-18 layout (no stem ReLU, as MixSKD's) with tiny widths: fast on 2 CPU cores
 TINY = dict(stem_act=False, channels=[8, 8, 16, 16, 32], blocks=[1, 1, 1, 1])
@@ -110,22 +111,29 @@ def test_mixup_draw_distribution_is_beta_and_uniform_permutations():
 
 def test_each_micro_batch_of_a_step_draws_its_own_mixup(data, tmp_path, monkeypatch):
     trainer = make_trainer(data, tmp_path, max_steps=2, gradient_accumulation_steps=2, seed=3)
-    seen = []
-    original = MixSKDModel.forward
+    seen, backbone_inputs = [], []
+    original, original_kd = MixSKDModel.forward, TimmStudent.forward_kd
 
     def spy(self, pixel_values, labels=None, lam=None, perm=None, **kw):
         if self.training:
             seen.append((trainer.last_mixup_key, lam, perm.clone(), pixel_values.detach().clone()))
         return original(self, pixel_values, labels, lam=lam, perm=perm, **kw)
 
+    def spy_kd(self, pixel_values, stages=True):
+        if self.training:
+            backbone_inputs.append(pixel_values.detach().clone())
+        return original_kd(self, pixel_values, stages)
+
     monkeypatch.setattr(MixSKDModel, "forward", spy)
+    monkeypatch.setattr(TimmStudent, "forward_kd", spy_kd)
     trainer.train()
     assert [key for key, *_ in seen] == [(3, 0, 0), (3, 0, 1), (3, 1, 0), (3, 1, 1)]
     assert len({lam for _, lam, _, _ in seen}) == 4  # two micro-batches of one step never share their mixup
-    for key, lam, perm, pixels in seen:
+    assert len(backbone_inputs) == 4
+    for (key, lam, perm, x), pixels in zip(seen, backbone_inputs):
         expected = draw_mixup(*key, 8, 0.4)
         assert lam == expected[0] and torch.equal(perm, expected[1])
-        x = pixels[:8]
+        assert torch.equal(pixels[:8], x)  # the model mixes the micro-batch with the trainer's draw
         assert torch.allclose(pixels[8:], lam * x + (1 - lam) * x[perm])
     # the draw index is per process: process p, micro-batch i -> k = p * gradient_accumulation_steps + i
     monkeypatch.setattr(MixSKDArguments, "process_index", property(lambda self: 1))
@@ -135,19 +143,24 @@ def test_each_micro_batch_of_a_step_draws_its_own_mixup(data, tmp_path, monkeypa
 def test_trainer_forwards_originals_then_their_mixup_in_one_call(data, tmp_path, monkeypatch):
     trainer = make_trainer(data, tmp_path)
     inputs = batch(data)
-    seen = []
-    original = MixSKDModel.forward
+    seen, backbone_inputs = [], []
+    original, original_kd = MixSKDModel.forward, TimmStudent.forward_kd
 
     def spy(self, pixel_values, labels=None, lam=None, perm=None, **kw):
-        seen.append((pixel_values.detach().clone(), lam, perm.clone()))
+        seen.append((lam, perm.clone()))
         return original(self, pixel_values, labels, lam=lam, perm=perm, **kw)
 
+    def spy_kd(self, pixel_values, stages=True):
+        backbone_inputs.append(pixel_values.detach().clone())
+        return original_kd(self, pixel_values, stages)
+
     monkeypatch.setattr(MixSKDModel, "forward", spy)
+    monkeypatch.setattr(TimmStudent, "forward_kd", spy_kd)
     trainer.model.train()
     expected_lam, expected_perm = draw_mixup(0, 0, 0, 8, 0.4)
     trainer.compute_loss(trainer.model, inputs)
-    assert len(seen) == 1  # a single forward for both halves
-    pixels, lam, perm = seen[0]
+    assert len(seen) == 1 and len(backbone_inputs) == 1  # a single backbone forward for both halves
+    (lam, perm), pixels = seen[0], backbone_inputs[0]
     x = inputs["pixel_values"]
     assert lam == expected_lam and torch.equal(perm, expected_perm)
     assert pixels.shape[0] == 16 and torch.equal(pixels[:8], x)
@@ -273,7 +286,7 @@ def test_mixskd_resnet18_matches_the_official_sizes():
 def test_timm_resnet_supported_and_other_backbones_rejected():
     torch.manual_seed(0)
     model = MixSKDModel(create_student("resnet18", 3, input_size=(3, 32, 32)), 3).train()
-    x = torch.randn(4, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32)
     out = model(x, lam=0.3, perm=torch.tensor([1, 0]))
     assert len(out.head_logits) == 4 and out.ens_logits.shape == (2, 3)
     assert {tuple(f.shape[1:]) for f in out.features} == {(512, 1, 1)}
@@ -282,14 +295,15 @@ def test_timm_resnet_supported_and_other_backbones_rejected():
 
 
 def test_model_forward_protocol(data):
-    """Train mode on cat([x, x_mix]): features = branch outputs + layer4, heads with the backbone last, the
-    self-teacher on the interpolated originals' features and on the mixup images' features, D_k on [A_bar; A_mix]."""
+    """Train mode: one backbone pass on cat([x, x_mix]), features = branch outputs + layer4, heads with the backbone
+    last, the self-teacher on the interpolated originals' features and on the mixup images' features, D_k on
+    [A_bar; A_mix]; ``logits`` = the heads of the originals, backbone first."""
     model = MixSKDModel(tiny(data), data.num_labels).train()
     b, lam, perm = 4, 0.3, torch.tensor([2, 0, 3, 1])
-    x = torch.randn(2 * b, 3, 32, 32)
+    x = torch.randn(b, 3, 32, 32)
     with torch.no_grad():
         out = model(x, lam=lam, perm=perm)
-        ref = model.student.forward_kd(x, stages=True)
+        ref = model.student.forward_kd(torch.cat([x, lam * x + (1 - lam) * x[perm]]), stages=True)
         taps = ref.stages[-4:]  # layer1..layer4
         feats = [branch(taps[k])[0] for k, branch in enumerate(model.aux["branches"])] + [taps[-1]]
         heads = [branch(taps[k])[1] for k, branch in enumerate(model.aux["branches"])] + [ref.logits]
@@ -298,6 +312,8 @@ def test_model_forward_protocol(data):
         psi = model.aux["self_teacher"]
         assert len(out.features) == 4 and all(torch.allclose(o, r, atol=1e-5) for o, r in zip(out.features, feats))
         assert all(torch.allclose(o, r, atol=1e-5) for o, r in zip(out.head_logits, heads))
+        assert out.logits.shape == (b, 4, data.num_labels)
+        assert all(torch.equal(out.logits[:, k], z[:b]) for k, z in enumerate([heads[-1], *heads[:-1]]))
         assert all(torch.allclose(o, r, atol=1e-5) for o, r in zip(out.interp_features, interp))
         assert all(torch.equal(o, r) for o, r in zip(out.mixup_features, mixed))
         assert torch.allclose(out.ens_logits, psi(interp), atol=1e-5)
@@ -346,7 +362,7 @@ def test_compute_loss_is_the_sum_of_the_terms(data, tmp_path, discriminator, mix
     loss = trainer.compute_loss(model, dict(inputs))
     lam, perm = draw_mixup(*trainer.last_mixup_key, 8, 0.4)
     with torch.no_grad():
-        out = model(torch.cat([x, lam * x + (1 - lam) * x[perm]]), lam=lam, perm=perm)
+        out = model(x, lam=lam, perm=perm)
     orig, mixed = [z[:8] for z in out.head_logits], [z[8:] for z in out.head_logits]
     l_cls, l_mix = mixskd_classification(orig, mixed, out.ens_logits, out.ens_mix_logits, y, y[perm], lam)
     l_kl = mixskd_kl([lam * z + (1 - lam) * z[perm] for z in orig], mixed, out.ens_logits, out.ens_mix_logits, 2.5)
@@ -373,7 +389,7 @@ def test_adversarial_discriminators_train_on_detached_features_only(data, tmp_pa
     trainer = make_trainer(data, tmp_path, max_steps=1, discriminator="adversarial")
     model = trainer.model.train()
     x = batch(data)["pixel_values"]
-    out = model(torch.cat([x, x.flip(0)]), lam=0.4, perm=torch.arange(7, -1, -1))
+    out = model(x, lam=0.4, perm=torch.arange(7, -1, -1))
     fool = discriminator_bce(out.d_logits, fool=True)
     grads = torch.autograd.grad(fool, list(model.aux["discriminators"].parameters()) + [out.interp_features[0]],
                                 allow_unused=True)

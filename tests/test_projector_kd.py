@@ -13,7 +13,8 @@ import hf_kd  # noqa: F401
 from hf_kd.losses.projector_kd import projector_cosine_loss
 from hf_kd.models import create_student
 from hf_kd.modules.projector_kd import ProjectorEnsemble
-from hf_kd.trainers.projector_kd import ProjectorKDArguments, ProjectorKDModel, ProjectorKDTrainer
+from hf_kd.modules.projector_kd import ProjectorKDModel
+from hf_kd.trainers.projector_kd import ProjectorKDArguments, ProjectorKDTrainer
 
 # tiny CIFAR ResNets (one block per stage): pooled feature width = last channel count
 TINY_S = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])  # d_s = 32
@@ -160,7 +161,7 @@ def test_compute_loss_combines_weighted_terms(data, tmp_path):
     y = batch["labels"]
     tr.model.eval()
     with torch.no_grad():
-        loss = tr.compute_loss(tr.model, {"pixel_values": x, "labels": y})
+        loss, _ = tr.training_loss(tr.model, x, y)  # the training objective, BN in eval mode
         s = tr.student.forward_kd(x, stages=False)
         t = tr.teacher.forward_kd(x, stages=False)
         g = tr.projectors(s.pre_logits)
@@ -252,7 +253,7 @@ def test_exact_resume_including_projectors(data, tmp_path):
 
 
 def test_teacher_required_and_label_mismatch_errors(data, tmp_path):
-    with pytest.raises(ValueError, match="needs one"):
+    with pytest.raises(ValueError, match="needs a teacher"):
         ProjectorKDTrainer(model=tiny(data, TINY_S), args=make_args(tmp_path))
     with pytest.raises(ValueError, match="predicts 5 classes but the student 10"):
         ProjectorKDTrainer(model=tiny(data, TINY_S), teacher=tiny(data, TINY_T, num_labels=5),

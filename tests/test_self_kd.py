@@ -17,9 +17,9 @@ from hf_kd.data import BatchAugment
 from hf_kd.losses.self_kd import drg_loss, dsr_loss, sorted_logits
 from hf_kd.models import create_student
 from hf_kd.models.student import MissingStagesError
-from hf_kd.modules.self_kd import LightSKDAdapter
-from hf_kd.trainers.self_kd import (DSR_STATE_FILE, LIGHTSKD_CIFAR_MEAN, LIGHTSKD_CIFAR_STD, RandomResizedCropAugment,
-                                    SelfKDArguments, SelfKDModel, SelfKDTrainer)
+from hf_kd.data.augment import RandomResizedCropAugment
+from hf_kd.modules.self_kd import LightSKDAdapter, SelfKDModel
+from hf_kd.trainers.self_kd import DSR_STATE_FILE, LIGHTSKD_CIFAR_MEAN, LIGHTSKD_CIFAR_STD, SelfKDArguments, SelfKDTrainer
 
 # a tiny CIFAR ResNet (one block per stage): stages [stem(8), layer1(8), layer2(16), layer3(32)]
 TINY = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])
@@ -190,7 +190,8 @@ def test_drg_gradient_reaches_backbone_not_adapter(data, tmp_path):
     tr = make_trainer(data, tmp_path)
     tr.model.train()
     b = batch(tr, data)
-    logits, adapter_logits = tr.model(pixel_values=b["pixel_values"])
+    out = tr.model(pixel_values=b["pixel_values"])
+    logits, adapter_logits = out.student_logits, out.adapter_logits
     drg_loss(logits, adapter_logits, 4.0).backward()
     assert all(p.grad is None for p in tr.adapter.parameters())
     named = dict(tr.model.named_parameters())
@@ -204,7 +205,7 @@ def test_adapter_ce_trains_the_layers_under_its_stage(data, tmp_path):
     tr = make_trainer(data, tmp_path)
     tr.model.train()
     b = batch(tr, data)
-    _, adapter_logits = tr.model(pixel_values=b["pixel_values"])
+    adapter_logits = tr.model(pixel_values=b["pixel_values"]).adapter_logits
     F.cross_entropy(adapter_logits, b["labels"]).backward()
     named = dict(tr.model.named_parameters())
     for k in ("student.timm_model.stem.0.weight", "student.timm_model.stages.1.0.conv1.weight",

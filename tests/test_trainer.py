@@ -106,7 +106,7 @@ def test_kd_loss_in_trainer_matches_formula(data, teacher, tmp_path):
     inputs = tr._prepare_inputs(batch)
     tr.model.eval()
     with torch.no_grad():
-        loss = tr.compute_loss(tr.model, inputs)
+        loss, _ = tr.training_loss(tr.model, inputs["pixel_values"], inputs["labels"])  # the objective, BN in eval
         s = tr.student(inputs["pixel_values"]).logits
         t = teacher(inputs["pixel_values"]).logits
     expected = 0.3 * F.cross_entropy(s, inputs["labels"]) + 0.7 * kd_kl_div(s, t, 3.0)
@@ -192,9 +192,8 @@ def test_teacher_label_mismatch_errors(data, tmp_path):
 
 
 def test_kd_needs_teacher_and_right_args(data, tmp_path):
-    tr = KDTrainer(model=student(data), args=kd_args(tmp_path), train_dataset=data.train)
-    with pytest.raises(ValueError, match="needs a teacher"):
-        tr.train()
+    with pytest.raises(ValueError, match="needs a teacher"):  # at construction, from KDTrainer.uses_teacher
+        KDTrainer(model=student(data), args=kd_args(tmp_path), train_dataset=data.train)
     with pytest.raises(TypeError, match="KDTrainer needs KDArguments"):
         KDTrainer(model=student(data), args=DistillationArguments(output_dir=str(tmp_path)))
 

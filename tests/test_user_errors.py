@@ -61,23 +61,46 @@ def test_fewer_examples_than_one_batch_is_refused_by_the_recipe(tmp_path):
 
 
 # --- 2. every method's arguments are validated --------------------------------------------------------------------
-@pytest.mark.parametrize("cls", ARGS_CLASSES, ids=lambda c: c.__name__)
-def test_every_temperature_and_loss_weight_is_range_checked(cls):
-    own = [f.name for f in dataclasses.fields(cls)]
-    temps = [n for n in own if "temperature" in n]
-    weights = [n for n in own if (n.endswith("_weight") or n.startswith("lambda_") or n in ("alpha", "beta"))
+# The rule: a field named `*temperature*` is a softmax temperature (> 0); a field named `*_weight`, `lambda_*` (but
+# not lambda_warmup_epochs, a schedule length) or LightSKD's `alpha`/`beta` weighs a loss term (>= 0). RANGE_CHECKED
+# spells the rule out per class; the next test (a guard for fields added later, true before the fix too) keeps it in
+# step with the classes' fields.
+RANGE_CHECKED = {
+    DistillationArguments: ([], []),
+    KDArguments: (["temperature"], ["ce_weight", "kd_weight"]),
+    ProjectorKDArguments: (["temperature"], ["ce_weight", "kd_weight", "feature_weight"]),
+    FFSDArguments: (["temperature"], ["lambda_diversity", "lambda_fusion", "lambda_self_distillation"]),
+    SelfKDArguments: (["temperature"], ["alpha", "beta"]),
+    MixSKDArguments: (["temperature"], []),
+}
+
+
+def _named_by_the_rule(cls) -> tuple[list[str], list[str]]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    temps = [n for n in names if "temperature" in n]
+    weights = [n for n in names if (n.endswith("_weight") or n.startswith("lambda_") or n in ("alpha", "beta"))
                and n != "lambda_warmup_epochs"]
-    declared = cls(output_dir="x")._declared
-    assert set(temps) == set(declared("temperature_fields")), "every temperature field must be declared"
-    assert set(weights) == set(declared("loss_weight_fields")), "every loss-weight field must be declared"
-    for name in temps:
-        for bad in (0.0, -1.0):
-            with pytest.raises(ValueError, match=rf"--{name} is a softmax temperature and must be > 0, got {bad}"):
-                cls(output_dir="x", **{name: bad})
+    return temps, weights
+
+
+def test_the_range_rule_covers_every_arguments_class():
+    assert set(RANGE_CHECKED) == set(ARGS_CLASSES)
+    for cls, (temps, weights) in RANGE_CHECKED.items():
+        found_temps, found_weights = _named_by_the_rule(cls)
+        assert (set(found_temps), set(found_weights)) == (set(temps), set(weights)), cls.__name__
+
+
+@pytest.mark.parametrize("cls", [c for c in ARGS_CLASSES if any(RANGE_CHECKED[c])], ids=lambda c: c.__name__)
+def test_every_temperature_and_loss_weight_is_range_checked(cls):
+    temps, weights = RANGE_CHECKED[cls]
     for name in weights:
         with pytest.raises(ValueError, match=rf"--{name} is a loss weight and must be >= 0"):
             cls(output_dir="x", **{name: -0.5})
         cls(output_dir="x", **{name: 0.0})  # 0 switches one term off: allowed
+    for name in temps:
+        for bad in (0.0, -1.0):
+            with pytest.raises(ValueError, match=rf"--{name} is a softmax temperature and must be > 0, got {bad}"):
+                cls(output_dir="x", **{name: bad})
 
 
 def test_kd_recipe_with_negative_temperature_and_weight_is_refused():
@@ -140,8 +163,7 @@ def test_overwrite_output_dir_starts_over_without_the_old_checkpoints(tmp_path):
 def test_missing_local_teacher_folder_fails_before_the_data_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_kd.recipes, "load_data", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(FileNotFoundError, match="--teacher /no/such/dir: no such folder"):
-        run(KDTrainer, defaults=dict(output_dir=str(tmp_path / "o")), argv=[*QUICK, "--teacher", "/no/such/dir"],
-            needs_teacher=True)
+        run(KDTrainer, defaults=dict(output_dir=str(tmp_path / "o")), argv=[*QUICK, "--teacher", "/no/such/dir"])
 
 
 def test_misspelt_teacher_folder_offline_names_the_close_match(tmp_path, monkeypatch):
@@ -152,7 +174,7 @@ def test_misspelt_teacher_folder_offline_names_the_close_match(tmp_path, monkeyp
     monkeypatch.setattr(hf_kd.recipes, "load_data", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(ConnectionError, match=r"(?s)'outputs/teachr' is neither a local folder nor cached.*"
                                               r"HF_HUB_OFFLINE.*Did you mean: outputs/teacher\?"):
-        run(KDTrainer, defaults=dict(output_dir="o"), argv=[*QUICK, "--teacher", "outputs/teachr"], needs_teacher=True)
+        run(KDTrainer, defaults=dict(output_dir="o"), argv=[*QUICK, "--teacher", "outputs/teachr"])
 
 
 def test_unreachable_hub_teacher_fails_at_once(tmp_path, monkeypatch):
@@ -167,6 +189,46 @@ def test_unreachable_hub_teacher_fails_at_once(tmp_path, monkeypatch):
     with pytest.raises(ConnectionError, match=r"'someone/teacher' is not a local folder, and the Hub "
                                               r"\(http://127.0.0.1:9\) cannot be reached"):
         check_teacher("someone/teacher")
+
+
+def _hub_unreachable(monkeypatch, tmp_path):
+    """The Hub endpoint a closed local port (connection refused at once), online mode, empty caches, and the data
+    loader replaced by a failure: each check must answer before any data loads."""
+    from huggingface_hub import constants
+
+    for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(flag, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # huggingface_hub reads it at import: also patch it
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hf_kd.recipes, "load_data", lambda *a, **k: pytest.fail("data loaded before the check"))
+
+
+def test_kd_recipe_with_an_unreachable_hub_teacher_fails_before_the_data_loads(tmp_path, monkeypatch):
+    """`recipes/kd.py --teacher someone/teacher` with the Hub unreachable: a clear error naming the teacher and the
+    Hub, before the data loads (the code before the fix loaded the data, then retried the network 5 times)."""
+    import runpy
+
+    _hub_unreachable(monkeypatch, tmp_path)
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "kd.py")
+    monkeypatch.setattr(sys, "argv", [recipe, *QUICK, "--output_dir", str(tmp_path / "o"),
+                                      "--teacher", "someone/teacher"])
+    with pytest.raises(ConnectionError, match=r"(?s)--teacher 'someone/teacher' is not a local folder, and the Hub "
+                                              r"\(http://127.0.0.1:9\) cannot be reached.*reachable Hub id"):
+        runpy.run_path(recipe, run_name="__main__")
+
+
+def test_recipe_with_an_unknown_dataset_and_an_unreachable_hub_fails_before_the_data_loads(tmp_path, monkeypatch):
+    """`--dataset cifar1000` with the Hub unreachable: the error names the accepted forms and the close preset, before
+    the data loads (the code before the fix handed the name to datasets, which retried for about 100 s)."""
+    _hub_unreachable(monkeypatch, tmp_path)
+    with pytest.raises(ConnectionError, match=r"(?s)--dataset 'cifar1000' is not a local folder, and the Hub "
+                                              r"\(http://127.0.0.1:9\) cannot be reached.*a preset \(cifar10, "
+                                              r"cifar100, digits, imagenet-1k\).*Did you mean: cifar100"):
+        run(SupervisedTrainer, defaults=dict(output_dir=str(tmp_path / "o")),
+            argv=[*QUICK, "--dataset", "cifar1000", "--dataset_cache_dir", str(tmp_path / "ds_cache")])
 
 
 def test_teacher_folder_without_an_export_is_named(tmp_path):
@@ -252,10 +314,17 @@ def test_truncated_jpeg_in_an_imagefolder_is_skipped_with_a_warning_naming_it(tm
 # --- 12. import time ------------------------------------------------------------------------------------------------
 def test_import_hf_kd_loads_only_what_registering_the_backbones_needs():
     """`import hf_kd` registers the cifar_* backbones in timm and imports no Trainer, datasets, evaluate, matplotlib
-    or scikit-learn; every public name still resolves on first use (benchmarks/import_time.py measures the cost)."""
+    or scikit-learn; every public name still resolves on first use (benchmarks/import_time.py measures the cost).
+
+    torchvision.models is still imported, by timm itself (timm 1.0: ``import timm`` -> timm.layers._fx ->
+    torchvision.models.feature_extraction), which hf_kd needs in order to register its backbones; what hf_kd controls
+    is asserted: after `import timm`, `import hf_kd` adds only hf_kd's own modules (no torchvision module)."""
     code = textwrap.dedent("""
         import sys, timm
+        before = set(sys.modules)
         import hf_kd
+        added = sorted(set(sys.modules) - before)
+        assert all(m == "hf_kd" or m.startswith("hf_kd.") for m in added), [m for m in added if "hf_kd" not in m]
         heavy = [m for m in ("transformers", "transformers.trainer", "datasets", "evaluate", "matplotlib", "jinja2",
                              "sklearn", "scipy", "hf_kd.trainers.base", "hf_kd.data.loading") if m in sys.modules]
         assert not heavy, heavy
@@ -376,17 +445,25 @@ def _ffsd_like_history(epochs: int = 4) -> list[dict]:
     return log
 
 
-def test_training_curves_are_readable():
+def test_training_curves_are_readable(tmp_path, monkeypatch):
+    """The figure the model card's training_curves.png is drawn from, captured where plot_training_curves saves it."""
     from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
 
-    from hf_kd.cards import training_curves_figure
+    from hf_kd.cards import plot_training_curves
 
-    fig = training_curves_figure(_ffsd_like_history())
+    saved = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), savefig(fig, *a, **k))[1])
+    assert plot_training_curves(_ffsd_like_history(), str(tmp_path / "curves.png"))
+    assert len(saved) == 1 and (tmp_path / "curves.png").stat().st_size > 0
+    fig = saved[0]
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
+    assert fig.axes[0].get_yscale() == "log"  # diversity (~1000) does not flatten the other terms
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 3 and "top-1" in titles[1] and "top-5" in titles[2], titles  # eval heads split
     loss, top1, top5 = fig.axes
-    assert loss.get_yscale() == "log"  # diversity (~1000) does not flatten the other terms
-    assert "top-1" in top1.get_title() and "top-5" in top5.get_title()
     for ax, n in ((loss, 19), (top1, 8), (top5, 8)):
         colours = [to_hex(line.get_color()) for line in ax.get_lines()]
         assert len(colours) == n and len(set(colours)) == n, (ax.get_title(), colours)  # one distinct colour each
@@ -399,13 +476,20 @@ def test_training_curves_are_readable():
 
 
 # --- 11. noise hf_kd causes -----------------------------------------------------------------------------------------
-def test_no_pin_memory_warning_on_a_cpu_run_and_user_flags_are_kept(data, tmp_path):
+def test_no_pin_memory_warning_on_a_machine_without_an_accelerator_and_user_flags_are_kept(data, tmp_path,
+                                                                                          monkeypatch):
+    """A run on a machine without a GPU that does not say --use_cpu (transformers turns pin_memory off only for
+    use_cpu): torch warned "pin_memory ... no accelerator is found" on every DataLoader."""
     import warnings
 
-    args = DistillationArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, report_to=[], use_cpu=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if hasattr(torch, "accelerator"):
+        monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    args = DistillationArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, report_to=[])
+    assert not args.use_cpu
     assert args.dataloader_pin_memory is False and args.ddp_find_unused_parameters is False
-    kept = DistillationArguments(output_dir=str(tmp_path), use_cpu=True, ddp_find_unused_parameters=True)
-    assert kept.ddp_find_unused_parameters is True
+    kept = DistillationArguments(output_dir=str(tmp_path), ddp_find_unused_parameters=True)
+    assert kept.ddp_find_unused_parameters is True  # a value the user set is the user's
     trainer = SupervisedTrainer(model=tiny(data), args=args, train_dataset=data.train)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -29,6 +29,7 @@ from datasets import Image as ImageFeature
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from ..constants import default_crop_pct, is_small_image
 from .augment import BatchAugment
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -88,7 +89,7 @@ class ImageData:
         """The same data with both splits decoded once into uint8 tensors (the fast path; small images only)."""
         from .memory import InMemoryImages
 
-        if self.input_size[-1] > 64:
+        if not is_small_image(self.input_size[-1]):
             raise ValueError(f"in_memory is for small images (CIFAR-size); {self.name} has input size "
                              f"{self.input_size} and would not fit in RAM as one tensor")
         return dataclasses.replace(self, train=InMemoryImages.from_dataset(self.train),
@@ -349,12 +350,12 @@ def load_image_data(
         size, mean, std, aug = preset.image_size, preset.mean, preset.std, preset.augmentation
     else:
         size, mean, std = _probe_size(train, image_column), IMAGENET_MEAN, IMAGENET_STD
-        aug = "cifar" if size <= 64 else "imagenet"
+        aug = "cifar" if is_small_image(size) else "imagenet"
     size = image_size or size
     aug = augmentation or aug
     if aug not in ("cifar", "imagenet", "none"):
         raise ValueError(f"augmentation must be 'cifar', 'imagenet' or 'none', got '{aug}'")
-    crop_pct = 1.0 if size <= 64 else 0.875
+    crop_pct = default_crop_pct(size)
 
     def make(split_train: bool):
         tf = image_transform(size, split_train, aug, crop_pct)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .kd import kd_kl_div
 from .precision import upcast_half
 
-__all__ = ["draw_mixup", "mixup_images", "interpolate", "mixup_cross_entropy", "mixskd_classification", "mixskd_kl",
+__all__ = ["draw_mixup", "mix_images", "mixup_images", "interpolate", "mixup_cross_entropy", "mixskd_classification", "mixskd_kl",
            "mixskd_feature_mse", "discriminator_targets", "discriminator_bce"]
 
 
@@ -52,7 +52,12 @@ def mixup_images(x: torch.Tensor, y: torch.Tensor, lam: float, perm: torch.Tenso
 
     Returns ``(x_mix, y_a, y_b)`` with x_mix = lam * x + (1 - lam) * x[perm], y_a = y and y_b = y[perm].
     """
-    return lam * x + (1.0 - lam) * x[perm], y, y[perm]
+    return mix_images(x, lam, perm), y, y[perm]
+
+
+def mix_images(x: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:
+    """x_mix = lam * x + (1 - lam) * x[perm], the images of ``mixup_images``."""
+    return lam * x + (1.0 - lam) * x[perm]
 
 
 def interpolate(originals: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 from transformers.utils import ModelOutput
 
+from ..constants import default_crop_pct
 from . import cifar  # noqa: F401  (registers the cifar_* archs into timm)
 
 __all__ = ["TimmStudent", "KDOutput", "create_student", "load_student", "MissingStagesError"]
@@ -179,7 +180,7 @@ def create_student(
         if "test_input_size" in cfg:
             cfg["test_input_size"] = cfg["input_size"]
     # the head-less AutoModel and timm read these too
-    cfg.setdefault("crop_pct", 1.0 if max(cfg["input_size"][1:]) <= 64 else 0.875)
+    cfg.setdefault("crop_pct", default_crop_pct(max(cfg["input_size"][1:])))
     return student
 
 

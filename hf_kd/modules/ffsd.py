@@ -9,19 +9,28 @@ IEEE TNNLS 2022; official code SJLeo/FFSD ``models/fusion_module.py`` and ``mode
   shallower stages (the self-distillation module).
 
 Shapes are taken from the backbone's stages (channels C, spatial S), not hard-coded to the CIFAR ResNet's 64 / 8.
-All three live in the trainer's ``DistillationModel`` and are never exported.
+All three live in ``FFSDModel`` (the leader, the common students and these modules: FFSD's ``DistillationModel``)
+and are never exported.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FusionModule", "TransFusionModule", "SelfDistillationDecoder", "ffsd_conv_init"]
+from ..losses.ffsd import diversity_target
+from ..models.student import MissingStagesError, TimmStudent
+from .base import DistillationModel, DistillationOutput
+
+__all__ = ["FFSDModel", "FFSDOutput", "FusionModule", "TransFusionModule", "SelfDistillationDecoder",
+           "ffsd_conv_init"]
 
 
 def ffsd_conv_init(module: nn.Module) -> None:
@@ -108,3 +117,111 @@ class SelfDistillationDecoder(nn.Module):
             x = block(x)
             outs.append(x)
         return outs[::-1]
+
+@dataclass
+class FFSDOutput(DistillationOutput):
+    """What ``ffsd_losses`` reads (training only): the leader's logits and last 3 maps, its trans-fusion branch
+    output, the common students' logits and maps, the fusion module's input, logits and fused map, the decoders'
+    self-distillation targets (eval-mode passes, no grad; None for student 0) and reconstructions."""
+
+    leader_logits: Optional[torch.Tensor] = None
+    leader_maps: Optional[list] = None
+    trans_fusion: Optional[torch.Tensor] = None
+    student_logits: Optional[list] = None
+    student_maps: Optional[list] = None
+    fusion_input: Optional[torch.Tensor] = None
+    fusion_logits: Optional[torch.Tensor] = None
+    fused: Optional[torch.Tensor] = None
+    student_sd_targets: Optional[list] = None
+    leader_sd_target: Optional[torch.Tensor] = None
+    student_decoded: Optional[list] = None
+    leader_decoded: Optional[torch.Tensor] = None
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: nn.Module):
+    """Run ``modules`` in eval mode (BN running statistics) and restore their modes afterwards."""
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+class FFSDModel(DistillationModel):
+    """The leader (``student``, exported) and ``aux``: ``students`` (M common students), ``trans_fusion`` (the
+    leader's branch), ``fusion`` (fusion module), ``decoders`` (M-1, for students 1..M-1) and ``leader_decoder``.
+
+    Feature maps are the last 3 stages of ``forward_kd(...).stages``: for cifar_resnet* layer1/2/3, for cifar_wrn_*
+    block1, block2 and relu(bn(block3)) -- the maps the official code hooks.
+    """
+
+    def __init__(self, student: TimmStudent, students: Sequence[TimmStudent], trans_fusion: TransFusionModule,
+                 fusion: FusionModule, decoders: Sequence[SelfDistillationDecoder],
+                 leader_decoder: SelfDistillationDecoder):
+        super().__init__(student, students=nn.ModuleList(students), trans_fusion=trans_fusion, fusion=fusion,
+                         decoders=nn.ModuleList(decoders), leader_decoder=leader_decoder)
+        if len(students) < 2 or len(decoders) != len(students) - 1:
+            raise ValueError(f"FFSD needs >= 2 common students and one decoder for each but the first, got "
+                             f"{len(students)} students and {len(decoders)} decoders")
+
+    @classmethod
+    def build(cls, leader: TimmStudent, num_students: int = 2) -> "FFSDModel":
+        """Common students are fresh ``TimmStudent``s of the leader's config (each with timm's own init); module
+        shapes come from the leader's last 3 stages (channels C_1..C_3, spatial S_1..S_3)."""
+        if num_students < 2:
+            raise ValueError(f"FFSD needs num_students >= 2, got {num_students}")
+        shapes = leader.require_stages(3, "FFSD")
+        (c1, h1, w1), (c2, h2, w2), (c3, h3, w3) = shapes
+        if (h2, w2) != (2 * h3, 2 * w3) or (h1, w1) != (2 * h2, 2 * w2):
+            raise MissingStagesError(
+                f"FFSD's self-distillation decoders double the spatial size at each step, so the last 3 stages must "
+                f"halve it (S, S/2, S/4); architecture '{leader.architecture}' gives {shapes}. Use a backbone with "
+                "stride-2 stages such as cifar_resnet32 or cifar_wrn_16_2.")
+        if h3 * w3 < 3:
+            raise MissingStagesError(f"FFSD's diversity loss needs a last stage of at least 3 positions; "
+                                     f"'{leader.architecture}' gives {h3}x{w3} at this input size.")
+        students = [TimmStudent(copy.deepcopy(leader.config)) for _ in range(num_students)]
+        return cls(leader, students, TransFusionModule(c3, num_students),
+                   FusionModule(c3, leader.config.num_labels, num_students),
+                   [SelfDistillationDecoder((c3, c2, c1)) for _ in range(num_students - 1)],
+                   SelfDistillationDecoder((c3, c2, c1)))
+
+    @property
+    def num_students(self) -> int:
+        return len(self.aux["students"])
+
+    @property
+    def head_names(self) -> list[str]:
+        """The leader (exported), the common students, the fusion module and the students' ensemble (mean logits)."""
+        return ["leader", *(f"student{m}" for m in range(self.num_students)), "fusion", "ensemble"]
+
+    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **step) -> FFSDOutput:
+        """``logits``: (B, M + 3, K), the heads of ``head_names``. Training adds every tensor the FFSD objectives
+        need (``hf_kd.losses.ffsd.ffsd_losses``)."""
+        leader = self.student.forward_kd(pixel_values)
+        leader_maps = leader.stages[-3:]
+        outs = [s.forward_kd(pixel_values) for s in self.aux["students"]]
+        logits, maps = [o.logits for o in outs], [o.stages[-3:] for o in outs]
+        fusion_input = torch.cat([m[-1].detach() for m in maps], dim=1)  # students get nothing from the fusion side
+        fusion_logits, fused = self.aux["fusion"](fusion_input)
+        heads = torch.stack([leader.logits, *logits, fusion_logits, torch.stack(logits).mean(0)], dim=1)
+        if not self.training:
+            return FFSDOutput(logits=heads)
+        trans = self.aux["trans_fusion"](leader_maps[-1])
+        decoders, leader_decoder = self.aux["decoders"], self.aux["leader_decoder"]
+        m_range = range(1, len(maps))
+        # decoders in eval mode give the self-distillation targets, before their own train-mode pass (METHODS 1.4)
+        with torch.no_grad(), _eval_mode(*decoders, leader_decoder):
+            sd_targets = [None] + [decoders[m - 1](diversity_target(maps[m - 1][-1])) for m in m_range]
+            leader_sd_target = leader_decoder(fused.detach())
+        # their own objective: reconstruct their network's shallow stages from its (detached) deepest map
+        decoded = [None] + [decoders[m - 1](maps[m][-1].detach()) for m in m_range]
+        return FFSDOutput(logits=heads, leader_logits=leader.logits, leader_maps=leader_maps, trans_fusion=trans,
+                          student_logits=logits, student_maps=maps, fusion_input=fusion_input,
+                          fusion_logits=fusion_logits, fused=fused, student_sd_targets=sd_targets,
+                          leader_sd_target=leader_sd_target, student_decoded=decoded,
+                          leader_decoded=leader_decoder(leader_maps[-1].detach()))

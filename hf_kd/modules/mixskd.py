@@ -15,15 +15,21 @@ Backbones: the cifar_* nets of ``hf_kd.models.cifar`` (``stages`` + ``final_act`
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..losses.mixskd import interpolate, mix_images
 from ..models.student import MissingStagesError, TimmStudent
+from .base import DistillationModel, DistillationOutput
 
-__all__ = ["backbone_stages", "AuxiliaryBranch", "build_auxiliary_branches", "SelfTeacher", "Discriminator"]
+__all__ = ["backbone_stages", "AuxiliaryBranch", "build_auxiliary_branches", "SelfTeacher", "Discriminator",
+           "DISCRIMINATOR_MODES", "MixSKDModel", "MixSKDOutput"]
+
+DISCRIMINATOR_MODES = ("fixed", "adversarial", "off")
 
 
 def backbone_stages(timm_model: nn.Module, architecture: str = "") -> tuple[list[nn.Module], nn.Module]:
@@ -120,3 +126,112 @@ class Discriminator(nn.Module):
         params = [p.detach() if detach_params else p for p in (self.fc1.weight, self.fc1.bias,
                                                                self.fc2.weight, self.fc2.bias)]
         return F.linear(F.relu(F.linear(x, params[0], params[1])), params[2], params[3])
+
+
+@dataclass
+class MixSKDOutput(DistillationOutput):
+    """Per-head lists are ordered k = 1..H: auxiliary branches first, the backbone LAST (official order).
+
+    logits: every head stacked (B, H, K) with the BACKBONE FIRST (the exported model; what evaluation and prediction
+    score), over the original images only in training; head_logits/features: per head, over all rows of the forward
+    (2B in training: the originals, then their mixup);
+    interp_features/mixup_features: A_bar_k (B, C, h, w) and A_k(x_mix); ens_logits = Psi(A_bar),
+    ens_mix_logits = Psi(A(x_mix)); d_logits: D_k on [A_bar_k; A_k(x_mix)] (2B, 2) as the network sees them;
+    d_logits_detached: D_k on detached features (the discriminators' own training term, adversarial only).
+    """
+
+    head_logits: Optional[list] = None
+    features: Optional[list] = None
+    interp_features: Optional[list] = None
+    mixup_features: Optional[list] = None
+    ens_logits: Optional[torch.Tensor] = None
+    ens_mix_logits: Optional[torch.Tensor] = None
+    d_logits: Optional[list] = None
+    d_logits_detached: Optional[list] = None
+
+
+class MixSKDModel(DistillationModel):
+    """The backbone (``student``, exported) + ``aux``: ``branches`` (N-1 ``AuxiliaryBranch``), ``self_teacher``
+    (``SelfTeacher``) and, unless discriminator="off", ``discriminators`` (N ``Discriminator``; frozen with
+    requires_grad=False when "fixed": never optimised, but registered so that checkpoints hold them)."""
+
+    def __init__(self, student: TimmStudent, num_classes: int, discriminator: str = "fixed",
+                 discriminator_hidden: int = 128, train_self_teacher: bool = True):
+        if discriminator not in DISCRIMINATOR_MODES:
+            raise ValueError(f"discriminator must be one of {DISCRIMINATOR_MODES}, got '{discriminator}'")
+        stages, _ = backbone_stages(student.timm_model, student.config.architecture)
+        n = len(stages)
+        student.require_stages(n, "MixSKD")
+        branches = build_auxiliary_branches(student)
+        channels = student.timm_model.num_features
+        aux = dict(branches=branches, self_teacher=SelfTeacher(n, channels, num_classes))
+        if discriminator != "off":
+            aux["discriminators"] = nn.ModuleList(Discriminator(channels, discriminator_hidden) for _ in range(n))
+        super().__init__(student, **aux)
+        self.num_stages = n
+        self.discriminator = discriminator
+        if discriminator == "fixed":  # the released code never registers them: no gradient, no update, no decay
+            self.aux["discriminators"].requires_grad_(False)
+        if not train_self_teacher:  # released CIFAR objective: Psi gets no gradient at all (SGD skips it)
+            self.aux["self_teacher"].requires_grad_(False)
+        self._check_shapes()
+
+    @property
+    def head_names(self) -> list[str]:
+        """Evaluation order: the backbone first (the exported model), then branch 1..N-1."""
+        return ["backbone"] + [f"branch{k}" for k in range(1, self.num_stages)]
+
+    @torch.no_grad()
+    def _check_shapes(self):
+        size = tuple(self.student.config.pretrained_cfg["input_size"])
+        was = self.training
+        self.eval()
+        try:
+            p = next(self.student.parameters())
+            out = self.forward(torch.zeros(1, *size, device=p.device, dtype=p.dtype))
+        finally:
+            self.train(was)
+        shapes = [tuple(f.shape[1:]) for f in out.features]
+        if len(set(shapes)) != 1:
+            raise ValueError(f"MixSKD: auxiliary branches of '{self.student.config.architecture}' do not end at the "
+                             f"backbone's final feature shape: {shapes}")
+
+    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, lam: Optional[float] = None,
+                perm: Optional[torch.Tensor] = None, **step) -> MixSKDOutput:
+        """Eval: every head on ``pixel_values``. Train: ONE forward of cat([x, x_mix]) (2B rows, BN statistics shared
+        by both halves), x_mix = lam x + (1 - lam) x[perm] (``mix_images``), with ``lam`` and ``perm`` the
+        trainer's mixup draw."""
+        b = pixel_values.shape[0]
+        if self.training:
+            if lam is None or perm is None:
+                raise ValueError("MixSKDModel in training mode needs lam and perm (the mixup draw); "
+                                 "MixSKDTrainer.step_inputs makes them.")
+            if perm.shape[0] != b:
+                raise ValueError(f"perm has {perm.shape[0]} entries for a batch of {b}")
+            pixel_values = torch.cat([pixel_values, mix_images(pixel_values, lam, perm)])
+        out = self.student.forward_kd(pixel_values, stages=True)
+        taps = out.stages[-self.num_stages:]
+        feats, logits = [], []
+        for k, branch in enumerate(self.aux["branches"]):
+            f, z = branch(taps[k])
+            feats.append(f)
+            logits.append(z)
+        feats.append(taps[-1])
+        logits.append(out.logits)
+        heads = torch.stack([logits[-1][:b], *(z[:b] for z in logits[:-1])], dim=1)
+        if not self.training:
+            return MixSKDOutput(logits=heads, head_logits=logits, features=feats)
+        interp = [interpolate(f[:b], lam, perm) for f in feats]
+        mixed = [f[b:] for f in feats]
+        psi = self.aux["self_teacher"]
+        d_logits = d_logits_detached = None
+        if self.discriminator != "off":
+            ds = self.aux["discriminators"]
+            adversarial = self.discriminator == "adversarial"
+            d_logits = [d(torch.cat([fi, fm]), detach_params=adversarial) for d, fi, fm in zip(ds, interp, mixed)]
+            if adversarial:
+                d_logits_detached = [d(torch.cat([fi.detach(), fm.detach()])) for d, fi, fm in
+                                     zip(ds, interp, mixed)]
+        return MixSKDOutput(logits=heads, head_logits=logits, features=feats, interp_features=interp,
+                            mixup_features=mixed, ens_logits=psi(interp), ens_mix_logits=psi(mixed),
+                            d_logits=d_logits, d_logits_detached=d_logits_detached)

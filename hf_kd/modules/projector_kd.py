@@ -12,13 +12,16 @@ the official code; the ReLU matches the non-negative (post-ReLU, average-pooled)
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ProjectorEnsemble", "pre_logits_dim"]
+from .base import DistillationModel, DistillationOutput
+
+__all__ = ["ProjectorEnsemble", "ProjectorKDModel", "ProjectorKDOutput", "pre_logits_dim"]
 
 
 class ProjectorEnsemble(nn.Module):
@@ -75,3 +78,30 @@ def pre_logits_dim(model, input_size: Sequence[int]) -> int:
         raise ValueError(f"'{getattr(model, 'architecture', type(model).__name__)}' gives pre-logits of shape {shape}; PEFD needs a pooled "
                          "(B, D) penultimate feature. Use a backbone with global pooling before its classifier.")
     return int(pre.shape[1])
+
+
+@dataclass
+class ProjectorKDOutput(DistillationOutput):
+    """``projected``: g(f_s), the student's pooled feature through the projector ensemble (B, d_t)."""
+
+    projected: Optional[torch.Tensor] = None
+
+
+class ProjectorKDModel(DistillationModel):
+    """The student plus ``aux["projectors"]`` (a ``ProjectorEnsemble``)."""
+
+    def __init__(self, student, projectors: ProjectorEnsemble):
+        super().__init__(student, projectors=projectors)
+
+    @classmethod
+    def build(cls, student, teacher, num_projectors: int = 3) -> "ProjectorKDModel":
+        """Projectors from the student's to the teacher's pooled-feature width, both measured by a dry run."""
+        input_size = student.config.pretrained_cfg["input_size"]
+        d_s, d_t = pre_logits_dim(student, input_size), pre_logits_dim(teacher, input_size)
+        return cls(student, ProjectorEnsemble(d_s, d_t, num_projectors))
+
+    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                **step) -> ProjectorKDOutput:
+        out = self.student.forward_kd(pixel_values, stages=False)
+        return ProjectorKDOutput(logits=out.logits, pre_logits=out.pre_logits,
+                                 projected=self.aux["projectors"](out.pre_logits))

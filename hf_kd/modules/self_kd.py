@@ -19,11 +19,16 @@ pointwise 1x1 (cin -> cout) -> BN -> ReLU (the official ``SepConv``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SepConv", "LightSKDAdapter"]
+from .base import DistillationModel, DistillationOutput
+
+__all__ = ["SepConv", "LightSKDAdapter", "SelfKDModel", "SelfKDOutput"]
 
 
 class SepConv(nn.Module):
@@ -77,3 +82,35 @@ class LightSKDAdapter(nn.Module):
                              f"{tuple(x.shape)}")
         f = self.mask(x) * x
         return self.fc(self.features(f).flatten(1))
+
+
+@dataclass
+class SelfKDOutput(DistillationOutput):
+    """``student_logits``: the backbone's (B, K); ``adapter_logits``: the layer-2 adapter's (B, K), or None without
+    an adapter (``logits`` stacks the two for evaluation)."""
+
+    student_logits: Optional[torch.Tensor] = None
+    adapter_logits: Optional[torch.Tensor] = None
+
+
+class SelfKDModel(DistillationModel):
+    """The backbone plus ``aux["adapter"]`` on stage ``stage_index`` (none when LightSKD runs without it).
+
+    ``logits``: (B, 2, K), the backbone then the adapter, or the backbone's (B, K) without an adapter."""
+
+    def __init__(self, student, adapter: Optional[LightSKDAdapter], stage_index: int):
+        super().__init__(student, **({"adapter": adapter} if adapter is not None else {}))
+        self.stage_index = stage_index
+
+    @property
+    def head_names(self) -> list[str]:
+        return ["student", "adapter"] if "adapter" in self.aux else ["student"]
+
+    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **step) -> SelfKDOutput:
+        if "adapter" not in self.aux:
+            out = self.student.forward_kd(pixel_values, stages=False)
+            return SelfKDOutput(logits=out.logits, pre_logits=out.pre_logits, student_logits=out.logits)
+        out = self.student.forward_kd(pixel_values, stages=True)
+        adapter = self.aux["adapter"](out.stages[self.stage_index])
+        return SelfKDOutput(logits=torch.stack([out.logits, adapter], dim=1), pre_logits=out.pre_logits,
+                            student_logits=out.logits, adapter_logits=adapter)

@@ -1,15 +1,21 @@
 """Trainers: the shared ``DistillationTrainer`` base and one file per method (loaded on first use: they import
-transformers' Trainer)."""
+transformers' Trainer). Each method's trainer and arguments class is found through the registry
+(``hf_kd.methods``)."""
 
 from .._lazy import lazy_getattr
 
-_LAZY = {**dict.fromkeys(["DistillationArguments", "DistillationModel", "DistillationTrainer"], ".base"),
-         "FFSDArguments": ".ffsd", "FFSDTrainer": ".ffsd",
-         **dict.fromkeys(["KDArguments", "KDTrainer", "SupervisedTrainer"], ".kd"),
-         "MixSKDArguments": ".mixskd", "MixSKDTrainer": ".mixskd",
-         "ProjectorKDArguments": ".projector_kd", "ProjectorKDTrainer": ".projector_kd",
-         "SelfKDArguments": ".self_kd", "SelfKDTrainer": ".self_kd"}
-__getattr__ = lazy_getattr(__name__, _LAZY)
-__all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer", "FFSDArguments", "FFSDTrainer",
-           "KDArguments", "KDTrainer", "MixSKDArguments", "MixSKDTrainer", "ProjectorKDArguments",
-           "ProjectorKDTrainer", "SelfKDArguments", "SelfKDTrainer", "SupervisedTrainer"]
+_BASE = {**dict.fromkeys(["DistillationModel", "DistillationOutput", "DistillationTrainer"], ".base"),
+         "DistillationArguments": "..arguments"}
+
+
+def _method_names():
+    from ..methods import exported_names
+
+    return exported_names()
+
+
+__getattr__ = lazy_getattr(__name__, _BASE, more=_method_names)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_BASE) | set(_method_names()))

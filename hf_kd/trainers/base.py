@@ -13,190 +13,31 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import pickle
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 import safetensors.torch
 import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import Trainer, TrainingArguments
+import torch.nn.functional as F
+from transformers import Trainer
 from transformers.trainer_utils import HubStrategy, number_of_arguments
 
+from ..arguments import DistillationArguments
 from ..data import BatchAugment, ImageCollator
 from ..losses.precision import upcast_half
 from ..metrics import ClassificationMetrics, topk_ids
 from ..models import TimmStudent
-from ..sync import main_process_writes, write_atomically
 from ..models.teacher import bind_student_input
+from ..modules.base import DistillationModel, DistillationOutput
+from ..sync import main_process_writes, write_atomically
 from .fast import FastStep, StepInGraph, check_fast_path_args, find_step_in_graph
 
-__all__ = ["DistillationArguments", "DistillationModel", "DistillationTrainer"]
-
-
-@dataclass
-class DistillationArguments(TrainingArguments):
-    """``TrainingArguments`` plus what every distillation run shares. Method trainers subclass it.
-
-    Value ranges are declared per class and checked once, for every method, in ``__post_init__``
-    (``check_ranges``): ``temperature_fields`` must be > 0, ``loss_weight_fields`` >= 0 with at least one > 0 unless
-    the loss has a term no weight switches off (``unweighted_loss_terms``), ``minimum_values`` are lower bounds, and a
-    field's ``metadata["choices"]`` (also read by argparse) lists its allowed values. A subclass's declarations add
-    to its parents'. They are class attributes, not field metadata, because ``HfArgumentParser`` hands every
-    metadata key to ``argparse.add_argument``.
-    """
-
-    temperature_fields: ClassVar[tuple[str, ...]] = ()
-    loss_weight_fields: ClassVar[tuple[str, ...]] = ()
-    unweighted_loss_terms: ClassVar[tuple[str, ...]] = ()
-    minimum_values: ClassVar[dict[str, float]] = {"warmup_epochs": 0, "lr_gamma": 0}
-
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Start a new run in an output_dir that already holds an export or checkpoints "
-                                         "of another run: its checkpoint-* folders are deleted and its export is "
-                                         "replaced. Without it (and without --resume_from_checkpoint) a recipe "
-                                         "refuses such a folder. (transformers 5 dropped this TrainingArguments flag.)"})
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Kept False: the image column is decoded by the dataset transform."})
-    max_grad_norm: float = field(
-        default=0.0, metadata={"help": "Gradient clipping norm; 0 = off, as in the official code of every method "
-                                       "here (transformers' default would clip at 1.0)."})
-    lr_milestones: Optional[list[int]] = field(
-        default=None, metadata={"help": "Epochs (0-based, as torch MultiStepLR stepped once per epoch) at which the "
-                                        "learning rate is multiplied by lr_gamma. Overrides lr_scheduler_type."})
-    lr_gamma: float = field(default=0.1, metadata={"help": "Multiplier at each of lr_milestones."})
-    warmup_epochs: float = field(
-        default=0.0, metadata={"help": "Linear per-step warm-up over this many epochs (with lr_milestones)."})
-    decay_all_parameters: bool = field(
-        default=True, metadata={"help": "Apply weight_decay to every parameter, BN and biases included, as the "
-                                        "papers' code does (transformers' default exempts biases and norms)."})
-    augmentation: Optional[str] = field(
-        default=None, metadata={"help": "Override the data's batched augmentation: cifar | imagenet | none."})
-    pad_mode: Optional[str] = field(
-        default=None, metadata={"help": "Padding of the random crop: constant (zeros) | reflect."})
-    norm_mean: Optional[list[float]] = field(
-        default=None, metadata={"help": "Normalisation mean overriding the data's, one value per channel (a "
-                                        "paper's statistics); written into the exported config."})
-    norm_std: Optional[list[float]] = field(
-        default=None, metadata={"help": "Normalisation std overriding the data's (give it with norm_mean)."})
-    channels_last: bool = field(
-        default=False, metadata={"help": "Run every network (student, aux modules, teacher) and the input batch in "
-                                         "channels_last memory format (faster convolutions on recent GPUs)."})
-    sync_batchnorm: bool = field(
-        default=False, metadata={"help": "Multi-GPU: convert every BatchNorm of the trained modules to "
-                                         "SyncBatchNorm (batch statistics over all processes). GPU only."})
-    fast_path: bool = field(
-        default=False, metadata={"help": "Compile the whole training step (augmentation, forward, every loss term, "
-                                         "gradients, optimizer update) into one graph, CUDA graphs on a GPU, with "
-                                         "no host sync per step (hf_kd.trainers.fast). Same numerics; one process, "
-                                         "no gradient accumulation, no fp16, optimizers SGD/Adam/AdamW. Turns "
-                                         "logging_nan_inf_filter off (it syncs every step) and raises "
-                                         "per_device_eval_batch_size from the default 8 to 1024."})
-
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.check_ranges()
-        self.quiet_defaults()
-        if (self.norm_mean is None) != (self.norm_std is None):
-            raise ValueError("Give both norm_mean and norm_std (or neither).")
-        if self.norm_mean is not None and (len(self.norm_mean) != len(self.norm_std) or min(self.norm_std) <= 0):
-            raise ValueError(f"norm_mean/norm_std need one value per channel each and std > 0, got "
-                             f"{self.norm_mean}, {self.norm_std}")
-        if self.fast_path:
-            check_fast_path_args(self)
-            self.logging_nan_inf_filter = False  # torch.isnan(loss) in a Python `or`: a host sync every step
-            self.accelerator_config.non_blocking = True  # batches copied to the device without a sync
-            if self.per_device_eval_batch_size == 8:  # transformers' default; evaluation is launch-bound too
-                self.per_device_eval_batch_size = 1024
-
-
-    def quiet_defaults(self):
-        """Defaults that only silence warnings hf_kd itself would cause (values the user set are kept).
-
-        - ``dataloader_pin_memory`` off when training on the CPU: torch warns on every DataLoader that there is no
-          accelerator to pin memory for.
-        - ``ddp_find_unused_parameters`` False when unset: Trainer sets it True for a model that is not a
-          ``PreTrainedModel`` (our ``DistillationModel``), and every DDP rank then warns that no parameter was unused
-          (each method's forward uses every trainable module) and pays an extra graph traversal per step. A custom
-          model with unused parameters gets DDP's own error, which says to pass --ddp_find_unused_parameters true.
-        """
-        accel = getattr(torch, "accelerator", None)
-        has_accelerator = accel.is_available() if accel is not None else torch.cuda.is_available()
-        self._quieted = []  # left out of the card's reproduce YAML: the same run on a GPU machine decides anew
-        if self.use_cpu or not has_accelerator:  # (transformers may already have turned it off for use_cpu)
-            self.dataloader_pin_memory = False
-            self._quieted.append("dataloader_pin_memory")
-        if self.ddp_find_unused_parameters is None:
-            self.ddp_find_unused_parameters = False
-            self._quieted.append("ddp_find_unused_parameters")
-
-    def _declared(self, name: str):
-        """The union of a range declaration (``temperature_fields``, ...) over this class and its parents."""
-        merged = {}
-        for cls in reversed(type(self).__mro__):
-            value = vars(cls).get(name)
-            if isinstance(value, dict):
-                merged.update(value)
-            elif value:
-                merged.update(dict.fromkeys(value))
-        return merged
-
-    def check_ranges(self):
-        """Check every declared range at once; one ``ValueError`` lists every bad value and how to fix it."""
-        problems = []
-        for name in self._declared("temperature_fields"):
-            v = getattr(self, name)
-            if v is None or not v > 0:
-                problems.append(f"--{name} is a softmax temperature and must be > 0, got {v}")
-        weights = list(self._declared("loss_weight_fields"))
-        for name in weights:
-            v = getattr(self, name)
-            if v is None or not v >= 0:
-                problems.append(f"--{name} is a loss weight and must be >= 0 (0 switches its term off), got {v}")
-        for name, low in self._declared("minimum_values").items():
-            v = getattr(self, name)
-            if v is not None and not v >= low:
-                problems.append(f"--{name} must be >= {low}, got {v}")
-        inherited = {f.name for f in dataclasses.fields(TrainingArguments)}  # TrainingArguments checks its own
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and f.name not in inherited and getattr(self, f.name) not in choices:
-                problems.append(f"--{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
-        if weights and not self._declared("unweighted_loss_terms") and not problems and \
-                not any(getattr(self, n) > 0 for n in weights):
-            problems.append(f"every loss weight is 0 ({', '.join(f'--{n}' for n in weights)}): the loss would be 0 "
-                            "and nothing would train; give at least one of them a value > 0")
-        if problems:
-            raise ValueError(f"Invalid {type(self).__name__}:\n  - " + "\n  - ".join(problems) +
-                             "\nSee --help for each argument's meaning and default.")
-
-
-class DistillationModel(nn.Module):
-    """All trainable modules of a distillation run: ``student`` (exported) and ``aux`` (checkpoints only).
-
-    Method trainers subclass it and override ``forward``; everything trainable must run through ``forward`` so that
-    DDP syncs its gradients.
-    """
-
-    _keys_to_ignore_on_save = None  # read by Trainer on a non-strict load
-    # compute_loss returns a per-batch mean and ignores num_items_in_batch. Without this, transformers sees **kwargs
-    # in forward, skips dividing the loss by gradient_accumulation_steps and multiplies it by the world size under
-    # DDP: gradients k times too large with k micro-batches or k processes.
-    accepts_loss_kwargs = False
-
-    def __init__(self, student: TimmStudent, **aux: nn.Module):
-        super().__init__()
-        self.student = student
-        self.aux = nn.ModuleDict(aux)
-
-    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **kwargs):
-        return self.student.forward_kd(pixel_values, stages=False)
+__all__ = ["DistillationArguments", "DistillationModel", "DistillationOutput", "DistillationTrainer"]
 
 
 def check_same_labels(student, teacher, what: str = "teacher"):
@@ -238,13 +79,47 @@ def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -
 class DistillationTrainer(Trainer):
     """``Trainer`` for a student (a ``TimmStudent``) and the modules a distillation method adds.
 
-    Subclasses set ``args_class``, build their ``DistillationModel`` in ``build_model`` and implement
-    ``compute_loss``, using ``self.teacher_forward`` and ``self.log_terms``. ``eval_head_names`` names the logits a
-    method reports at evaluation (the first is the exported student).
+    A method subclasses it and fills in:
+
+    - its identity (read by the method registry ``hf_kd.methods``, the model card and the recipe runner):
+      ``method_name``, ``method_title``, ``paper``, ``citation``, ``args_class``, ``uses_teacher`` ("required",
+      "optional" or "refused", checked once in ``__init__``), and where they differ from the defaults
+      ``recipe`` (``recipes/<recipe>.py``), ``card_template`` (``model_cards/<card_template>``), ``preset_prefix``
+      (``recipes/configs/<preset_prefix>*.yaml``) and ``short_name`` (tables); ``reference_preset``, the preset with
+      the paper's hyperparameters (the accuracy benchmark reads the method's own fields from it);
+    - ``build_model(student, args, teacher)``: its ``DistillationModel``, whose ``forward`` returns a
+      ``DistillationOutput`` and whose ``head_names`` name the evaluation heads (``build_metrics`` scores them);
+    - ``method_loss(outputs, pixel_values, labels, **step)``: the training loss and its named terms; ``step`` holds
+      the per-step inputs of ``step_inputs`` (host state: an epoch's loss weights, a random draw, a buffer).
+
+    The base ``compute_loss`` runs the model, scores the heads at evaluation (``eval_loss`` is the exported head's
+    cross-entropy), calls ``method_loss`` in training, logs its terms and owns ``return_outputs``.
     """
 
-    args_class = DistillationArguments
-    method_name = "distillation"
+    args_class: ClassVar[type] = DistillationArguments
+    method_name: ClassVar[str] = "distillation"
+    method_title: ClassVar[str] = "knowledge distillation"
+    paper: ClassVar[Optional[str]] = None
+    citation: ClassVar[Optional[str]] = None
+    uses_teacher: ClassVar[str] = "optional"
+    recipe: ClassVar[Optional[str]] = None
+    card_template: ClassVar[Optional[str]] = None
+    preset_prefix: ClassVar[Optional[str]] = None
+    short_name: ClassVar[Optional[str]] = None  # how tables name the method (default: method_name)
+    reference_preset: ClassVar[Optional[str]] = None  # the recipes/configs preset holding the paper's hyperparameters
+
+    # What the model card says about the run beyond its arguments; the recipe runner sets them, all optional.
+    dataset_name: Optional[str] = None  # the dataset's Hub id or local folder
+    dataset_title: Optional[str] = None  # how to name the data when reporting numbers
+    dataset_split: Optional[str] = None  # the evaluation split
+    dataset_subsets: Optional[dict] = None  # "train"/"eval" -> the subset drawn (hf_kd.data.loading.describe_subset)
+    data_config: Optional[dict] = None  # data flags for the card's reproduce YAML
+    command: Optional[str] = None  # the launch command
+    teacher_name: Optional[str] = None  # the teacher's Hub id or folder
+    teacher_accuracy: Optional[float] = None
+    baseline_metrics: Optional[dict] = None  # the same student without distillation: name, top1, top5
+    card_tags: tuple = ()
+    hub_model_id: Optional[str] = None  # set by Trainer.init_hf_repo when pushing
 
     def __init__(self, model: TimmStudent | DistillationModel = None, args: DistillationArguments = None,
                  teacher: Optional[TimmStudent] = None, augmentation: Optional[BatchAugment] = None,
@@ -258,7 +133,8 @@ class DistillationTrainer(Trainer):
             args = self.args_class(output_dir="hf_kd_output")
         if not isinstance(args, self.args_class):
             raise TypeError(f"{type(self).__name__} needs {self.args_class.__name__}, got {type(args).__name__}")
-        wrapper = model if isinstance(model, DistillationModel) else self.build_model(model, args)
+        self.check_teacher(teacher, model)
+        wrapper = model if isinstance(model, DistillationModel) else self.build_model(model, args, teacher)
         if args.sync_batchnorm and args.world_size > 1:
             if args.device.type != "cuda":  # torch: "SyncBatchNorm layers only work with GPU modules"
                 raise ValueError("sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on the CPU); drop "
@@ -275,13 +151,13 @@ class DistillationTrainer(Trainer):
                                         args.norm_std or augmentation.std.flatten().tolist(),
                                         args.augmentation or augmentation.kind, augmentation.padding,
                                         args.pad_mode or augmentation.pad_mode)
-        self.augmentation = augmentation
         # what the model sees at train time is what pipeline must feed it: the processor reads pretrained_cfg
         student_cfg["mean"] = [float(v) for v in args.norm_mean or augmentation.mean.flatten().tolist()]
         student_cfg["std"] = [float(v) for v in args.norm_std or augmentation.std.flatten().tolist()]
+        self.augmentation = self.method_augmentation(augmentation, args)
         super().__init__(
             model=wrapper, args=args, data_collator=data_collator or ImageCollator(),
-            compute_metrics=compute_metrics or ClassificationMetrics(self.eval_head_names),
+            compute_metrics=compute_metrics or self.build_metrics(wrapper),
             preprocess_logits_for_metrics=preprocess_logits_for_metrics or topk_ids, **kwargs)
         if args.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -306,10 +182,48 @@ class DistillationTrainer(Trainer):
         self._fast = FastStep(self) if args.fast_path else None
         self._fast_tracing, self._fast_terms, self._fast_copies = False, None, None
 
-    # --- hooks for methods ----------------------------------------------------------------------------------------
+    # --- what a method declares and builds ------------------------------------------------------------------------
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.uses_teacher not in ("required", "optional", "refused"):
+            raise TypeError(f"{cls.__name__}.uses_teacher must be 'required', 'optional' or 'refused', got "
+                            f"{cls.uses_teacher!r}")
+        name = vars(cls).get("method_name")
+        if name:  # defaults that follow from the method's name, unless the class sets its own
+            for attr, default in (("recipe", name), ("card_template", f"{name}.md"), ("preset_prefix", f"{name}_"),
+                                  ("short_name", name)):
+                if vars(cls).get(attr) is None:
+                    setattr(cls, attr, default)
+
+    def check_teacher(self, teacher, model=None) -> None:
+        """``uses_teacher``, checked once for every method: a required teacher that is missing, or a teacher given
+        to a method that refuses one, is an error naming the fix."""
+        name = f"{type(self).__name__} ({self.method_title})"
+        if teacher is None and self.uses_teacher == "required" and not isinstance(model, DistillationModel):
+            raise ValueError(f"{name} needs a teacher (it distils a pre-trained one): pass "
+                             "teacher=load_teacher(path_or_hub_id) (recipes: --teacher <dir or id>, or leave it unset "
+                             "to train one).")
+        if teacher is not None and self.uses_teacher == "refused":
+            raise ValueError(f"{name} uses no pre-trained teacher (no teacher network: its networks teach each other "
+                             "or themselves); drop teacher=... (recipes: drop --teacher).")
+
+    def build_model(self, student: TimmStudent, args: DistillationArguments,
+                    teacher: Optional[nn.Module] = None) -> DistillationModel:
+        """The method's ``DistillationModel`` around ``student`` (the teacher, if any, is given for shapes only: it
+        stays outside the model)."""
+        return DistillationModel(student)
+
+    def build_metrics(self, model: DistillationModel):
+        """``compute_metrics`` for the model's evaluation heads (built after the model, from its ``head_names``)."""
+        return ClassificationMetrics(model.head_names)
+
+    def method_augmentation(self, augmentation: BatchAugment, args: DistillationArguments) -> BatchAugment:
+        """The batched augmentation this method trains with (default: the data's, with the user's overrides)."""
+        return augmentation
+
     @property
     def eval_head_names(self) -> list[str]:
-        return ["student"]
+        return self.accelerator.unwrap_model(self.model).head_names
 
     def used_hyperparameters(self) -> dict:
         """The values this run used for arguments left unset (None: "the data's", "derived"), for the model card."""
@@ -319,9 +233,6 @@ class DistillationTrainer(Trainer):
         if aug.kind == "cifar":
             used["pad_mode"] = aug.pad_mode
         return used
-
-    def build_model(self, student: TimmStudent, args: DistillationArguments) -> DistillationModel:
-        return DistillationModel(student)
 
     def call_model_init(self, trial=None) -> DistillationModel:
         """A fresh student from ``model_init`` (per hyperparameter-search trial), wrapped by ``build_model`` with the
@@ -336,12 +247,43 @@ class DistillationTrainer(Trainer):
             check_same_labels(model, self.teacher)
         cfg = model.config.pretrained_cfg  # what pipeline must feed the exported student, as in __init__
         cfg["mean"], cfg["std"] = self.augmentation.mean.flatten().tolist(), self.augmentation.std.flatten().tolist()
-        wrapper = self.build_model(model, self.args)
+        teacher = self.accelerator.unwrap_model(self.teacher) if self.teacher is not None else None
+        wrapper = self.build_model(model, self.args, teacher)
         return wrapper.to(memory_format=torch.channels_last) if self.args.channels_last else wrapper
 
     @property
     def student(self) -> TimmStudent:
         return self.accelerator.unwrap_model(self.model).student
+
+    # --- the loss: one contract for every method ----------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Training: ``method_loss`` of the model's output (its terms logged). Evaluation: the cross-entropy of the
+        exported head as ``eval_loss``. ``return_outputs``: the evaluation heads (``DistillationOutput.logits``:
+        (B, H, K), or (B, K) for a single head), for ``prediction_step`` and the metrics."""
+        x, y = inputs["pixel_values"], inputs["labels"]
+        if model.training:
+            loss, out = self.training_loss(model, x, y, **self.step_inputs(x.shape[0], x.device))
+        else:
+            out = model(pixel_values=x)
+            loss = F.cross_entropy(out.heads[:, 0], y)
+        return (loss, {"logits": out.logits}) if return_outputs else loss
+
+    def training_loss(self, model, pixel_values: torch.Tensor, labels: torch.Tensor, **step):
+        """(loss, outputs) of one training batch: forward, ``method_loss``, terms logged. The fast path traces this."""
+        out = model(pixel_values=pixel_values, **step)
+        loss, terms = self.method_loss(out, pixel_values, labels, **step)
+        self.log_terms(terms)
+        return loss, out
+
+    def method_loss(self, outputs: DistillationOutput, pixel_values: torch.Tensor, labels: torch.Tensor,
+                  **step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The method's training loss and its named (unweighted) terms. Default: cross-entropy of the student."""
+        return F.cross_entropy(outputs.heads[:, 0], labels), {}
+
+    def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
+        """Per-step inputs of ``forward`` and ``method_loss`` besides the batch, made on the host each step.
+        ``graph=True`` (the fast path's compiled step): every value a device tensor, copied without a sync."""
+        return {}
 
     @torch.no_grad()
     def teacher_forward(self, pixel_values: torch.Tensor, stages: bool = False):
@@ -407,22 +349,11 @@ class DistillationTrainer(Trainer):
         ``torch.compile`` arguments."""
         return self._fast
 
-    def fast_objective(self, model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, **extra):
-        """The training loss of one augmented batch, traced into the fast path's compiled step (it may call
-        ``log_terms``). Methods whose ``compute_loss`` reads per-step host state (epoch, buffers, random draws)
-        override this and ``fast_step_inputs``."""
-        return self.compute_loss(model, {"pixel_values": pixel_values, "labels": labels})
-
-    def fast_step_inputs(self, batch_size: int) -> dict:
-        """Per-step inputs of ``fast_objective`` besides the batch, made on the host each step (device tensors,
-        copied without a sync)."""
-        return {}
-
     def fast_step_done(self) -> None:
         """Called on the host after each fast step."""
 
     def fast_copy_after_step(self, dst: torch.Tensor, src: torch.Tensor) -> None:
-        """In ``fast_objective``: write ``src`` into the persistent device tensor ``dst`` at the end of the step,
+        """In ``method_loss`` on the fast path: write ``src`` into the persistent device tensor ``dst`` at the end of the step,
         after the backward (which may still read ``dst``) and the update."""
         self._fast_copies.append((dst, src))
 

@@ -287,7 +287,7 @@ class FastStep:
         if t.args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         t._fast_copies = []
-        loss = t.fast_objective(self.model, x, labels, **extra)
+        loss, _ = t.training_loss(self.model, x, labels, **extra)
         terms, t._fast_terms = t._fast_terms or {}, None
         grads = list(torch.autograd.grad(loss, self.params, allow_unused=True))
         present = [g for g in grads if g is not None]
@@ -318,7 +318,7 @@ class FastStep:
         pixels = pixels.to(dev, non_blocking=True)
         labels = inputs["labels"].to(dev, non_blocking=True)
         lrs = torch.tensor([float(u.group["lr"]) for u in self.updates], dtype=torch.float32)
-        extra = t.fast_step_inputs(pixels.shape[0])
+        extra = t.step_inputs(pixels.shape[0], dev, graph=True)
         return pixels, labels, aug, lrs.to(dev, non_blocking=True), extra
 
     def __call__(self, model: nn.Module, inputs: dict, compiled: bool = True) -> torch.Tensor:

@@ -14,32 +14,30 @@ together (METHODS.md section 1):
 
 Every cross-network target is detached, so one backward through the sum of all objectives gives each module the
 gradient the official sequential scheme gives it (METHODS 1.4). The per-module optimizer settings are kept by a
-``CompositeOptimizer``: SGD (Nesterov) over the networks (weight decay 1e-4, fusion module 1e-5) and Adam over the
+``CompositeOptimizer`` (``hf_kd.optim``): SGD (Nesterov) over the networks (weight decay 1e-4, fusion module 1e-5) and Adam over the
 decoders, all driven by the Trainer's one learning-rate schedule.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers.training_args import OptimizerNames
 
-from ..losses.ffsd import diversity_target, ffsd_losses, lambda_warmup
+from ..arguments import DistillationArguments
+from ..losses.ffsd import ffsd_losses, lambda_warmup
 from ..metrics import ClassificationMetrics
 from ..models import TimmStudent
-from ..models.student import MissingStagesError
-from ..modules.ffsd import FusionModule, SelfDistillationDecoder, TransFusionModule
-from .base import DistillationArguments, DistillationModel, DistillationTrainer
+from ..modules.base import DistillationModel
+from ..modules.ffsd import FFSDModel, FFSDOutput
+from ..optim import CompositeOptimizer
+from .base import DistillationTrainer
 
-__all__ = ["FFSDArguments", "FFSDModel", "FFSDTrainer", "FFSDMetrics", "CompositeOptimizer"]
+__all__ = ["FFSDArguments", "FFSDModel", "FFSDTrainer", "FFSDMetrics"]
 
 
 @dataclass
@@ -78,177 +76,6 @@ class FFSDArguments(DistillationArguments):
                                                                 "trans-fusion branch."})
     optim: Union[OptimizerNames, str] = field(default="sgd", metadata={"help": "Optimizer of the networks."})
     optim_args: Optional[str] = field(default="momentum=0.9,nesterov=True", metadata={"help": "Its arguments."})
-
-
-@contextlib.contextmanager
-def _eval_mode(*modules: nn.Module):
-    """Run ``modules`` in eval mode (BN running statistics) and restore their modes afterwards."""
-    modes = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.eval()
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
-
-
-class FFSDModel(DistillationModel):
-    """The leader (``student``, exported) and ``aux``: ``students`` (M common students), ``trans_fusion`` (the
-    leader's branch), ``fusion`` (fusion module), ``decoders`` (M-1, for students 1..M-1) and ``leader_decoder``.
-
-    Feature maps are the last 3 stages of ``forward_kd(...).stages``: for cifar_resnet* layer1/2/3, for cifar_wrn_*
-    block1, block2 and relu(bn(block3)) -- the maps the official code hooks.
-    """
-
-    def __init__(self, student: TimmStudent, students: Sequence[TimmStudent], trans_fusion: TransFusionModule,
-                 fusion: FusionModule, decoders: Sequence[SelfDistillationDecoder],
-                 leader_decoder: SelfDistillationDecoder):
-        super().__init__(student, students=nn.ModuleList(students), trans_fusion=trans_fusion, fusion=fusion,
-                         decoders=nn.ModuleList(decoders), leader_decoder=leader_decoder)
-        if len(students) < 2 or len(decoders) != len(students) - 1:
-            raise ValueError(f"FFSD needs >= 2 common students and one decoder for each but the first, got "
-                             f"{len(students)} students and {len(decoders)} decoders")
-
-    @classmethod
-    def build(cls, leader: TimmStudent, num_students: int = 2) -> "FFSDModel":
-        """Common students are fresh ``TimmStudent``s of the leader's config (each with timm's own init); module
-        shapes come from the leader's last 3 stages (channels C_1..C_3, spatial S_1..S_3)."""
-        if num_students < 2:
-            raise ValueError(f"FFSD needs num_students >= 2, got {num_students}")
-        shapes = leader.require_stages(3, "FFSD")
-        (c1, h1, w1), (c2, h2, w2), (c3, h3, w3) = shapes
-        if (h2, w2) != (2 * h3, 2 * w3) or (h1, w1) != (2 * h2, 2 * w2):
-            raise MissingStagesError(
-                f"FFSD's self-distillation decoders double the spatial size at each step, so the last 3 stages must "
-                f"halve it (S, S/2, S/4); architecture '{leader.architecture}' gives {shapes}. Use a backbone with "
-                "stride-2 stages such as cifar_resnet32 or cifar_wrn_16_2.")
-        if h3 * w3 < 3:
-            raise MissingStagesError(f"FFSD's diversity loss needs a last stage of at least 3 positions; "
-                                     f"'{leader.architecture}' gives {h3}x{w3} at this input size.")
-        students = [TimmStudent(copy.deepcopy(leader.config)) for _ in range(num_students)]
-        return cls(leader, students, TransFusionModule(c3, num_students),
-                   FusionModule(c3, leader.config.num_labels, num_students),
-                   [SelfDistillationDecoder((c3, c2, c1)) for _ in range(num_students - 1)],
-                   SelfDistillationDecoder((c3, c2, c1)))
-
-    @property
-    def num_students(self) -> int:
-        return len(self.aux["students"])
-
-    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **kwargs) -> dict:
-        """Training: every tensor the FFSD objectives need (``hf_kd.losses.ffsd.ffsd_losses``). Evaluation:
-        ``{"logits": (B, M + 3, K)}`` = leader, students 0..M-1, fusion module, students' ensemble (mean logits)."""
-        leader = self.student.forward_kd(pixel_values)
-        leader_maps = leader.stages[-3:]
-        outs = [s.forward_kd(pixel_values) for s in self.aux["students"]]
-        logits, maps = [o.logits for o in outs], [o.stages[-3:] for o in outs]
-        fusion_input = torch.cat([m[-1].detach() for m in maps], dim=1)  # students get nothing from the fusion side
-        fusion_logits, fused = self.aux["fusion"](fusion_input)
-        if not self.training:
-            heads = [leader.logits, *logits, fusion_logits, torch.stack(logits).mean(0)]
-            return {"logits": torch.stack(heads, dim=1)}
-        trans = self.aux["trans_fusion"](leader_maps[-1])
-        decoders, leader_decoder = self.aux["decoders"], self.aux["leader_decoder"]
-        m_range = range(1, len(maps))
-        # decoders in eval mode give the self-distillation targets, before their own train-mode pass (METHODS 1.4)
-        with torch.no_grad(), _eval_mode(*decoders, leader_decoder):
-            sd_targets = [None] + [decoders[m - 1](diversity_target(maps[m - 1][-1])) for m in m_range]
-            leader_sd_target = leader_decoder(fused.detach())
-        # their own objective: reconstruct their network's shallow stages from its (detached) deepest map
-        decoded = [None] + [decoders[m - 1](maps[m][-1].detach()) for m in m_range]
-        return dict(leader_logits=leader.logits, leader_maps=leader_maps, trans_fusion=trans, student_logits=logits,
-                    student_maps=maps, fusion_input=fusion_input, fusion_logits=fusion_logits, fused=fused,
-                    student_sd_targets=sd_targets, leader_sd_target=leader_sd_target, student_decoded=decoded,
-                    leader_decoded=leader_decoder(leader_maps[-1].detach()))
-
-
-class CompositeOptimizer(torch.optim.Optimizer):
-    """Several torch optimizers (e.g. SGD over some parameter groups, Adam over others) acting as one.
-
-    ``param_groups`` is the live concatenation of the inner optimizers' groups, so the Trainer's learning-rate scheduler
-    scales every group from its own initial lr; ``step`` / ``zero_grad`` call each inner optimizer; ``state_dict`` /
-    ``load_state_dict`` keep every inner state (exact resume). Like Accelerate's ``AcceleratedOptimizer`` it subclasses
-    ``torch.optim.Optimizer`` for ``isinstance`` checks without calling its ``__init__``: groups and state are the inner
-    optimizers'.
-    """
-
-    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
-        if not optimizers:
-            raise ValueError("CompositeOptimizer needs at least one optimizer")
-        self.optimizers = list(optimizers)
-        seen = set()
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) in seen:
-                        raise ValueError("a parameter appears in two of the CompositeOptimizer's optimizers")
-                    seen.add(id(p))
-        # hook registries of torch.optim.Optimizer, so its hook API does not fail (no hooks run on the composite)
-        for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
-                     "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
-                     "_optimizer_load_state_dict_post_hooks"):
-            setattr(self, name, OrderedDict())
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [g for opt in self.optimizers for g in opt.param_groups]
-
-    @param_groups.setter
-    def param_groups(self, groups: list[dict]):
-        groups, start = list(groups), 0
-        if len(groups) != sum(len(opt.param_groups) for opt in self.optimizers):
-            raise ValueError("CompositeOptimizer.param_groups can only be replaced group for group")
-        for opt in self.optimizers:
-            n = len(opt.param_groups)
-            opt.param_groups = groups[start:start + n]
-            start += n
-
-    @property
-    def state(self) -> dict:
-        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
-
-    @property
-    def defaults(self) -> dict:
-        return self.optimizers[0].defaults
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for opt in self.optimizers:
-            opt.step()
-        return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict:
-        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        states = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
-        if states is None or len(states) != len(self.optimizers):
-            raise ValueError(f"This optimizer state does not come from a CompositeOptimizer of {len(self.optimizers)} "
-                             "optimizers; resume with the same method and arguments as the run that saved it.")
-        for opt, s in zip(self.optimizers, states):
-            opt.load_state_dict(s)
-
-    def add_param_group(self, param_group: dict) -> None:
-        raise NotImplementedError("Add the group to one of CompositeOptimizer.optimizers instead.")
-
-    def __getstate__(self):
-        return self.__dict__
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-
-    def __repr__(self) -> str:
-        inner = ",\n".join("  " + repr(opt).replace("\n", "\n  ") for opt in self.optimizers)
-        return f"{type(self).__name__}(\n{inner}\n)"
 
 
 class FFSDMetrics(ClassificationMetrics):
@@ -291,6 +118,9 @@ class FFSDTrainer(DistillationTrainer):
 
     args_class = FFSDArguments
     method_name = "ffsd"
+    short_name = "FFSD (leader)"
+    reference_preset = "ffsd_cifar100_resnet32.yaml"
+    paper = "https://arxiv.org/abs/2103.14473"
     method_title = ("Distilling a Powerful Student Model via Online Knowledge Distillation (FFSD; Li et al., "
                     "IEEE TNNLS 2022)")
     citation = """@article{li2022distilling,
@@ -302,26 +132,21 @@ class FFSDTrainer(DistillationTrainer):
   doi={10.1109/TNNLS.2022.3152732}
 }"""
 
-    def __init__(self, model=None, args: FFSDArguments = None, teacher: Optional[TimmStudent] = None, **kwargs):
-        if teacher is not None:
-            raise ValueError("FFSD is online distillation: the students, the fusion module and the leader teach each "
-                             "other, there is no pre-trained teacher. Drop teacher=...")
+    uses_teacher = "refused"  # online distillation: the students, the fusion module and the leader teach each other
+
+    def __init__(self, model=None, args: FFSDArguments = None, **kwargs):
         if isinstance(model, DistillationModel) and not isinstance(model, FFSDModel):
             raise TypeError(f"FFSDTrainer needs a TimmStudent (the leader) or an FFSDModel, got {type(model).__name__}")
-        self._num_students = model.num_students if isinstance(model, FFSDModel) else getattr(args, "num_students", 2)
-        if kwargs.get("compute_metrics") is None:
-            kwargs["compute_metrics"] = FFSDMetrics(self.eval_head_names, self._num_students)
         super().__init__(model=model, args=args, **kwargs)
-        if self.accelerator.unwrap_model(self.model).num_students != self.args.num_students:
-            raise ValueError(f"The FFSDModel has {self._num_students} common students but num_students is "
+        if self.ffsd_model.num_students != self.args.num_students:
+            raise ValueError(f"The FFSDModel has {self.ffsd_model.num_students} common students but num_students is "
                              f"{self.args.num_students}")
 
-    @property
-    def eval_head_names(self) -> list[str]:
-        return ["leader", *(f"student{m}" for m in range(self._num_students)), "fusion", "ensemble"]
-
-    def build_model(self, student: TimmStudent, args: FFSDArguments) -> FFSDModel:
+    def build_model(self, student: TimmStudent, args: FFSDArguments, teacher=None) -> FFSDModel:
         return FFSDModel.build(student, args.num_students)
+
+    def build_metrics(self, model: FFSDModel) -> "FFSDMetrics":
+        return FFSDMetrics(model.head_names, model.num_students)
 
     @property
     def ffsd_model(self) -> FFSDModel:
@@ -371,28 +196,15 @@ class FFSDTrainer(DistillationTrainer):
     def _lambda_epoch(self) -> int:
         return int(self.state.epoch or 0) + 1  # 1-based epoch at the epoch start, as the official lambda_warmup
 
-    def fast_step_inputs(self, batch_size: int) -> dict:
-        """The warmed-up lambdas as a device tensor (a per-epoch value: a Python float would recompile the step)."""
+    def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
+        """The warmed-up lambdas of this epoch; in the compiled step a device tensor (a Python float that changes
+        per epoch would recompile it)."""
         lam = self.lambdas(self._lambda_epoch())
-        return {"lambdas": torch.tensor([lam[k] for k in _LAMBDAS], dtype=torch.float32).to(
-            self.args.device, non_blocking=True)}
+        if not graph:
+            return {"lambdas": lam}
+        return {"lambdas": torch.tensor([lam[k] for k in _LAMBDAS], dtype=torch.float32).to(device, non_blocking=True)}
 
-    def fast_objective(self, model, pixel_values, labels, lambdas=None):
-        out = model(pixel_values=pixel_values)
-        loss, terms = ffsd_losses(out, labels, self.args.temperature, **dict(zip(_LAMBDAS, lambdas.unbind())))
-        self.log_terms(terms)
-        return loss
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        x, y = inputs["pixel_values"], inputs["labels"]
-        out = model(pixel_values=x)
-        if "logits" in out:  # evaluation: report the leader's CE as eval_loss, every head's logits for the metrics
-            loss = F.cross_entropy(out["logits"][:, 0], y)
-            return (loss, {"logits": out["logits"]}) if return_outputs else loss
-        loss, terms = ffsd_losses(out, y, self.args.temperature, **self.lambdas(self._lambda_epoch()))
-        self.log_terms(terms)
-        if return_outputs:
-            z = out["student_logits"]
-            heads = [out["leader_logits"], *z, out["fusion_logits"], torch.stack(z).mean(0)]
-            return loss, {"logits": torch.stack(heads, dim=1)}
-        return loss
+    def method_loss(self, outputs: FFSDOutput, pixel_values, labels, lambdas=None, **step):
+        if isinstance(lambdas, torch.Tensor):
+            lambdas = dict(zip(_LAMBDAS, lambdas.unbind()))
+        return ffsd_losses(outputs, labels, self.args.temperature, **lambdas)

@@ -31,33 +31,32 @@ class KDTrainer(DistillationTrainer):
 
     args_class = KDArguments
     method_name = "kd"
+    short_name = "KD (Hinton)"
+    reference_preset = "kd_cifar100_resnet32x4_resnet8x4.yaml"
     method_title = "classic knowledge distillation (Hinton et al., 2015)"
+    paper = "https://arxiv.org/abs/1503.02531"
     citation = """@article{hinton2015distilling,
   title={Distilling the Knowledge in a Neural Network},
   author={Hinton, Geoffrey and Vinyals, Oriol and Dean, Jeff},
   journal={arXiv preprint arXiv:1503.02531},
   year={2015}
 }"""
+    uses_teacher = "required"
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        x, y = inputs["pixel_values"], inputs["labels"]
-        student = model(pixel_values=x)
-        teacher = self.teacher_forward(x)
-        terms = {"ce": F.cross_entropy(student.logits, y),
-                 "kd": kd_kl_div(student.logits, teacher.logits, self.args.temperature)}
-        loss = self.args.ce_weight * terms["ce"] + self.args.kd_weight * terms["kd"]
-        self.log_terms(terms)
-        return (loss, {"logits": student.logits}) if return_outputs else loss
+    def method_loss(self, outputs, pixel_values, labels, **step):
+        z = outputs.logits
+        teacher = self.teacher_forward(pixel_values)
+        terms = {"ce": F.cross_entropy(z, labels), "kd": kd_kl_div(z, teacher.logits, self.args.temperature)}
+        return self.args.ce_weight * terms["ce"] + self.args.kd_weight * terms["kd"], terms
 
 
 class SupervisedTrainer(DistillationTrainer):
     """Plain cross-entropy training of one backbone (teachers and no-distillation baselines), with the same data
-    path, schedule, metrics and export as the distillation trainers."""
+    path, schedule, metrics and export as the distillation trainers (the base ``method_loss``)."""
 
     method_name = "supervised"
+    short_name = "CE baseline"
     method_title = "supervised training (cross-entropy)"
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = model(pixel_values=inputs["pixel_values"])
-        loss = F.cross_entropy(out.logits, inputs["labels"])
-        return (loss, {"logits": out.logits}) if return_outputs else loss
+    uses_teacher = "refused"
+    recipe = "train_teacher"
+    preset_prefix = "teacher_"

@@ -15,16 +15,16 @@ optimizer group, saved in checkpoints) and are never exported; the teacher is fr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import ClassVar
 
-import torch
 import torch.nn.functional as F
 
+from ..arguments import DistillationArguments
 from ..losses.kd import kd_kl_div
 from ..losses.projector_kd import projector_cosine_loss
 from ..models import TimmStudent
-from ..modules.projector_kd import ProjectorEnsemble, pre_logits_dim
-from .base import DistillationArguments, DistillationModel, DistillationTrainer
+from ..modules.projector_kd import ProjectorEnsemble, ProjectorKDModel, ProjectorKDOutput
+from .base import DistillationTrainer
 
 __all__ = ["ProjectorKDArguments", "ProjectorKDModel", "ProjectorKDTrainer"]
 
@@ -47,17 +47,6 @@ class ProjectorKDArguments(DistillationArguments):
     temperature: float = field(default=4.0, metadata={"help": "Softmax temperature T of the optional KD term."})
 
 
-class ProjectorKDModel(DistillationModel):
-    """The student plus ``aux["projectors"]`` (a ``ProjectorEnsemble``); forward returns (KDOutput, g(f_s))."""
-
-    def __init__(self, student: TimmStudent, projectors: ProjectorEnsemble):
-        super().__init__(student, projectors=projectors)
-
-    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **kwargs):
-        out = self.student.forward_kd(pixel_values, stages=False)
-        return out, self.aux["projectors"](out.pre_logits)
-
-
 class ProjectorKDTrainer(DistillationTrainer):
     """PEFD: the student's pooled feature, through an ensemble of projectors, matches the teacher's (cosine).
 
@@ -67,7 +56,10 @@ class ProjectorKDTrainer(DistillationTrainer):
 
     args_class = ProjectorKDArguments
     method_name = "projector_kd"
+    short_name = "PEFD"
+    reference_preset = "projector_kd_cifar100_resnet32x4_resnet8x4.yaml"
     method_title = "Improved Feature Distillation via Projector Ensemble (Chen et al., NeurIPS 2022)"
+    paper = "https://arxiv.org/abs/2210.15274"
     citation = """@inproceedings{chen2022improved,
   title={Improved Feature Distillation via Projector Ensemble},
   author={Chen, Yudong and Wang, Sen and Liu, Jiajun and Xu, Xuwei and de Hoog, Frank and Huang, Zi},
@@ -75,40 +67,23 @@ class ProjectorKDTrainer(DistillationTrainer):
   year={2022}
 }"""
 
-    def __init__(self, model=None, args: ProjectorKDArguments = None, teacher: Optional[TimmStudent] = None,
-                 **kwargs):
-        # build_model runs inside the base __init__ before the teacher is stored; it needs the teacher's d_t.
-        if teacher is None and model is not None and not isinstance(model, DistillationModel):
-            raise ValueError(f"{type(self).__name__} distils a teacher's features and needs one: pass "
-                             "teacher=load_teacher(path_or_hub_id) (recipes: --teacher <dir or id>, or leave it unset to train one).")
-        self._teacher_for_build = teacher
-        try:
-            super().__init__(model=model, args=args, teacher=teacher, **kwargs)
-        finally:
-            self._teacher_for_build = None
+    uses_teacher = "required"
 
-    def build_model(self, student: TimmStudent, args: ProjectorKDArguments) -> ProjectorKDModel:
-        # in __init__ the teacher is not stored yet; per hyperparameter-search trial (call_model_init) it is
-        teacher = getattr(self, "_teacher_for_build", None)
-        teacher = teacher if teacher is not None else getattr(self, "teacher", None)
-        input_size = student.config.pretrained_cfg["input_size"]
-        d_s, d_t = pre_logits_dim(student, input_size), pre_logits_dim(teacher, input_size)
-        return ProjectorKDModel(student, ProjectorEnsemble(d_s, d_t, args.num_projectors))
+    def build_model(self, student: TimmStudent, args: ProjectorKDArguments, teacher=None) -> ProjectorKDModel:
+        return ProjectorKDModel.build(student, teacher, args.num_projectors)
 
     @property
     def projectors(self) -> ProjectorEnsemble:
         return self.accelerator.unwrap_model(self.model).aux["projectors"]
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        x, y = inputs["pixel_values"], inputs["labels"]
-        student, projected = model(pixel_values=x)
-        teacher = self.teacher_forward(x)
+    def method_loss(self, outputs: ProjectorKDOutput, pixel_values, labels, **step):
+        z = outputs.logits
+        teacher = self.teacher_forward(pixel_values)
         a = self.args
-        terms = {"ce": F.cross_entropy(student.logits, y),
-                 "feature": projector_cosine_loss(projected, teacher.pre_logits)}
+        terms = {"ce": F.cross_entropy(z, labels),
+                 "feature": projector_cosine_loss(outputs.projected, teacher.pre_logits)}
         loss = a.ce_weight * terms["ce"] + a.feature_weight * terms["feature"]
         if a.kd_weight:  # the official code computes it always but weights it 0 on CIFAR; skip the dead work
-            terms["kd"] = kd_kl_div(student.logits, teacher.logits, a.temperature)
+            terms["kd"] = kd_kl_div(z, teacher.logits, a.temperature)
             loss = loss + a.kd_weight * terms["kd"]
-        self.log_terms(terms)
-        return (loss, {"logits": student.logits}) if return_outputs else loss
+        return loss, terms

@@ -36,7 +36,7 @@ clipping (``max_grad_norm`` defaults to 0 in hf_kd, not transformers' 1.0).
 Augmentation: LightSKD trains CIFAR with ``RandomResizedCrop(32)`` (scale 0.08-1, ratio 3/4-4/3) + horizontal flip and
 CIFAR-10 normalisation statistics. ``RandomResizedCropAugment`` does that crop batched on the device with torch ops
 (global RNG inside the step, so resume stays exact); it replaces the data layer's batched pad-crop when
-``random_resized_crop`` is on (the default "auto": on for data whose batched augmentation is the CIFAR pad-crop and no
+``random_resized_crop`` is on (``hf_kd.data.augment``) (the default "auto": on for data whose batched augmentation is the CIFAR pad-crop and no
 ``--augmentation`` / ``--pad_mode`` override). ``norm_mean``/``norm_std`` override the normalisation (the preset sets
 LightSKD's CIFAR-10 values); they are written into the exported config so inference preprocesses the same way.
 """
@@ -44,26 +44,25 @@ LightSKD's CIFAR-10 values); they are written into the exported config so infere
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional, Sequence
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..data import BatchAugment
+from ..arguments import DistillationArguments
+from ..data.augment import BatchAugment, RandomResizedCropAugment
 from ..losses.self_kd import drg_loss, dsr_loss, sorted_logits
 from ..models import TimmStudent
 from ..models.student import MissingStagesError
-from ..modules.self_kd import LightSKDAdapter
-from .base import DistillationArguments, DistillationModel, DistillationTrainer
+from ..modules.self_kd import LightSKDAdapter, SelfKDModel, SelfKDOutput
+from .base import DistillationTrainer
 from .fast import mark_persistent
 
-__all__ = ["SelfKDArguments", "SelfKDModel", "SelfKDTrainer", "RandomResizedCropAugment", "LIGHTSKD_CIFAR_MEAN",
-           "LIGHTSKD_CIFAR_STD"]
+__all__ = ["SelfKDArguments", "SelfKDModel", "SelfKDTrainer", "LIGHTSKD_CIFAR_MEAN", "LIGHTSKD_CIFAR_STD"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,98 +109,6 @@ class SelfKDArguments(DistillationArguments):
                 "DSR off (use_dsr=False).")
 
 
-class RandomResizedCropAugment(BatchAugment):
-    """Batched ``RandomResizedCrop(H x W)`` + horizontal flip (p 0.5) + normalisation, with torch ops on the device.
-
-    Crop boxes are drawn per sample as torchvision's ``RandomResizedCrop.get_params`` does: up to 10 tries of an area
-    fraction ~ U(scale) and a log-uniform aspect ratio in ``ratio``, the first box that fits wins, else a centre crop
-    clamped to ``ratio``. Each box is resized back to the input's H x W with bilinear interpolation (half-pixel
-    centres, samples clamped to the box: what ``F.interpolate(..., align_corners=False)`` of the cropped image gives).
-    Differences from the official per-image PIL pipeline: the result is not rounded to uint8 before normalising, and
-    the random draws come from torch's RNG in the training step (so a mid-epoch resume is exact).
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 attempts: int = 10):
-        super().__init__(mean, std, "none")
-        self.kind = "random_resized_crop"
-        self.scale, self.ratio, self.attempts = tuple(scale), tuple(ratio), attempts
-
-    def __repr__(self):
-        return (f"RandomResizedCropAugment(scale={self.scale}, ratio={self.ratio}, "
-                f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})")
-
-    def crop_boxes(self, b: int, h: int, w: int, device) -> torch.Tensor:
-        """(B, 4) integer boxes (top, left, height, width), torchvision's sampling rule batched."""
-        area = h * w
-        target = area * torch.empty(b, self.attempts, device=device).uniform_(*self.scale)
-        log_r = torch.empty(b, self.attempts, device=device).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
-        aspect = torch.exp(log_r)
-        cw = torch.round(torch.sqrt(target * aspect))
-        ch = torch.round(torch.sqrt(target / aspect))
-        ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-        first = ok.to(torch.int8).argmax(dim=1, keepdim=True)  # first attempt that fits
-        cw, ch, found = cw.gather(1, first)[:, 0], ch.gather(1, first)[:, 0], ok.any(dim=1)
-        # fallback: centre crop of the whole image, aspect clamped to `ratio`
-        in_ratio = w / h
-        if in_ratio < min(self.ratio):
-            fw, fh = w, int(round(w / min(self.ratio)))
-        elif in_ratio > max(self.ratio):
-            fw, fh = int(round(h * max(self.ratio))), h
-        else:
-            fw, fh = w, h
-        cw = torch.where(found, cw, torch.full_like(cw, fw))
-        ch = torch.where(found, ch, torch.full_like(ch, fh))
-        u = torch.rand(b, 2, device=device)
-        top = torch.where(found, torch.floor(u[:, 0] * (h - ch + 1)), torch.full_like(ch, (h - fh) // 2))
-        left = torch.where(found, torch.floor(u[:, 1] * (w - cw + 1)), torch.full_like(cw, (w - fw) // 2))
-        return torch.stack([top, left, ch, cw], dim=1)
-
-    def draw(self, shape: Sequence[int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The random parameters of a (B, C, H, W) training batch: ``crop_boxes`` and the flip flags (B, 1)."""
-        b, _, h, w = shape
-        return self.crop_boxes(b, h, w, device), torch.rand(b, 1, device=device) < 0.5
-
-    def resized_crop_flip(self, x: torch.Tensor, params: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-        """uint8/float (B, C, H, W) pixels -> float (B, C, H, W) pixels (0-255 range), cropped, resized, flipped;
-        ``params`` = ``draw(x.shape)`` (drawn here on the batch's device when not given)."""
-        b, _, h, w = x.shape
-        dev = x.device
-        box, flip = self.draw(x.shape, dev) if params is None else params
-        top, left, ch, cw = (box[:, k:k + 1] for k in range(4))
-        r = torch.arange(h, device=dev, dtype=torch.float32)
-        c = torch.arange(w, device=dev, dtype=torch.float32)
-        c = torch.where(flip, (w - 1) - c, c)  # flip = read the columns of the resized crop in reverse
-        ys = (top + (r + 0.5) * ch / h - 0.5).clamp(min=top, max=top + ch - 1)  # (B, H) source rows
-        xs = (left + (c + 0.5) * cw / w - 0.5).clamp(min=left, max=left + cw - 1)  # (B, W) source cols
-        gy = (2 * ys + 1) / h - 1  # pixel -> [-1, 1] coordinates of grid_sample(align_corners=False)
-        gx = (2 * xs + 1) / w - 1
-        grid = torch.stack([gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)], dim=-1)
-        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-    def augment(self, x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.normalize(self.resized_crop_flip(x, params)).contiguous()
-
-    def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        if train:
-            x = self.resized_crop_flip(x)
-        return self.normalize(x).contiguous()
-
-
-class SelfKDModel(DistillationModel):
-    """The backbone plus ``aux["adapter"]`` on stage ``stage_index``; forward -> (logits, adapter logits or None)."""
-
-    def __init__(self, student: TimmStudent, adapter: Optional[LightSKDAdapter], stage_index: int):
-        super().__init__(student, **({"adapter": adapter} if adapter is not None else {}))
-        self.stage_index = stage_index
-
-    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **kwargs):
-        if "adapter" not in self.aux:
-            return self.student.forward_kd(pixel_values, stages=False).logits, None
-        out = self.student.forward_kd(pixel_values, stages=True)
-        return out.logits, self.aux["adapter"](out.stages[self.stage_index])
-
-
 class _ResetDSRAtEpochEnd(TrainerCallback):
     """Empties the DSR buffer when an epoch ends, so the next epoch's first batch has no DSR term."""
 
@@ -218,6 +125,9 @@ class SelfKDTrainer(DistillationTrainer):
 
     args_class = SelfKDArguments
     method_name = "self_kd"
+    short_name = "LightSKD"
+    reference_preset = "self_kd_cifar100_resnet18.yaml"
+    paper = "https://arxiv.org/abs/2305.09183"
     method_title = ("Lightweight Self-Knowledge Distillation with Multi-source Information Fusion "
                     "(arXiv 2305.09183, submitted to TNNLS)")
     citation = """@article{wang2023lightweight,
@@ -227,17 +137,15 @@ class SelfKDTrainer(DistillationTrainer):
   year={2023}
 }"""
 
-    def __init__(self, model=None, args: SelfKDArguments = None, teacher: Optional[TimmStudent] = None, **kwargs):
-        if teacher is not None:
-            raise ValueError(f"{type(self).__name__} (LightSKD) is self-distillation and uses no teacher network; "
-                             "leave teacher unset.")
+    uses_teacher = "refused"
+
+    def __init__(self, model=None, args: SelfKDArguments = None, **kwargs):
         super().__init__(model=model, args=args, **kwargs)
         self.dsr_previous: Optional[torch.Tensor] = None  # sorted, detached logits of the previous training batch
-        self._set_lightskd_augmentation()
         self.add_callback(_ResetDSRAtEpochEnd(self))
 
     # --- model and data ---------------------------------------------------------------------------------------------
-    def build_model(self, student: TimmStudent, args: SelfKDArguments) -> SelfKDModel:
+    def build_model(self, student: TimmStudent, args: SelfKDArguments, teacher=None) -> SelfKDModel:
         if not (args.use_drg or args.keep_adapter_without_drg):
             return SelfKDModel(student, None, args.adapter_stage)
         what = f"LightSKD's DRG adapter (SelfKDTrainer, adapter_stage={args.adapter_stage})"
@@ -250,15 +158,15 @@ class SelfKDTrainer(DistillationTrainer):
         channels = shapes[args.adapter_stage][0]
         return SelfKDModel(student, LightSKDAdapter(channels, student.config.num_labels), args.adapter_stage)
 
-    def _set_lightskd_augmentation(self):
-        """Swap in LightSKD's random-resized crop (see ``SelfKDArguments``), with the normalisation the base chose
-        (the data's, or ``norm_mean``/``norm_std``), which it has already written into the exported config."""
-        a, aug = self.args, self.augmentation
-        rrc = a.random_resized_crop
+    def method_augmentation(self, augmentation: BatchAugment, args: SelfKDArguments) -> BatchAugment:
+        """LightSKD's random-resized crop (see ``SelfKDArguments``) with the normalisation the base chose (the
+        data's, or ``norm_mean``/``norm_std``, already written into the exported config)."""
+        rrc = args.random_resized_crop
         if rrc is None:  # an explicit --augmentation or --pad_mode asks for the data layer's pad-crop
-            rrc = aug.kind == "cifar" and not a.augmentation and not a.pad_mode
+            rrc = augmentation.kind == "cifar" and not args.augmentation and not args.pad_mode
         if rrc:
-            self.augmentation = RandomResizedCropAugment(aug.mean.flatten().tolist(), aug.std.flatten().tolist())
+            return RandomResizedCropAugment(augmentation.mean.flatten().tolist(), augmentation.std.flatten().tolist())
+        return augmentation
 
     def used_hyperparameters(self) -> dict:
         return {**super().used_hyperparameters(),
@@ -269,19 +177,31 @@ class SelfKDTrainer(DistillationTrainer):
         aux = self.accelerator.unwrap_model(self.model).aux
         return aux["adapter"] if "adapter" in aux else None
 
-    @property
-    def eval_head_names(self) -> list[str]:
-        return ["student", "adapter"]  # the adapter's accuracy is reported when it exists (eval_adapter_top1)
+    # --- loss: DSR's buffer is host state in the eager step, a fixed device tensor in the fast path's graph ----------
+    def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
+        """``previous``: the previous batch's sorted logits (None on an epoch's first batch or without DSR).
+        ``graph=True``: a fixed device tensor (``buffer``) that the compiled step overwrites after its update."""
+        if not self.args.use_dsr:
+            return {}
+        if not graph:
+            return {"previous": self.dsr_previous}
+        buf = getattr(self, "_dsr_buffer", None)
+        if buf is None or buf.shape[0] != batch_size:
+            buf = mark_persistent(torch.zeros(batch_size, self.student.config.num_labels, device=device))
+            self._dsr_buffer = buf
+        previous = self.dsr_previous
+        if previous is not None and previous is not buf:  # restored from a checkpoint
+            buf.copy_(previous, non_blocking=True)
+        return {"previous": buf if previous is not None else None, "buffer": buf}
 
-    # --- loss -------------------------------------------------------------------------------------------------------
-    def _objective(self, model, x, y, previous: Optional[torch.Tensor]):
-        """(loss, terms, logits, adapter logits) of a batch; the DSR term against ``previous`` when given."""
-        logits, adapter_logits = model(pixel_values=x)
+    def method_loss(self, outputs: SelfKDOutput, pixel_values, labels, previous=None, buffer=None, **step):
+        """CE + CE of the adapter + alpha DRG + beta DSR against ``previous`` (when given)."""
+        logits, adapter_logits = outputs.student_logits, outputs.adapter_logits
         a = self.args
-        terms = {"ce": F.cross_entropy(logits, y)}
+        terms = {"ce": F.cross_entropy(logits, labels)}
         loss = terms["ce"]
         if adapter_logits is not None:
-            terms["ce_adapter"] = F.cross_entropy(adapter_logits, y)
+            terms["ce_adapter"] = F.cross_entropy(adapter_logits, labels)
             loss = loss + terms["ce_adapter"]
         if a.use_drg:
             terms["drg"] = drg_loss(logits, adapter_logits, a.temperature)
@@ -289,40 +209,13 @@ class SelfKDTrainer(DistillationTrainer):
         if previous is not None:
             terms["dsr"] = dsr_loss(logits, previous.to(logits.device), a.temperature)
             loss = loss + a.beta * terms["dsr"]
-        return loss, terms, logits, adapter_logits
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        x, y = inputs["pixel_values"], inputs["labels"]
-        # the buffer is training state: evaluation neither reads nor moves it; empty on each epoch's first batch
-        dsr = self.args.use_dsr and model.training
-        loss, terms, logits, adapter_logits = self._objective(model, x, y, self.dsr_previous if dsr else None)
-        if dsr:  # updated whether or not DRG is on (the official code updates it inside `if DRG`, a bug)
-            self.dsr_previous = sorted_logits(logits.detach())
-        self.log_terms(terms)
-        if not return_outputs:
-            return loss
-        heads = logits if adapter_logits is None else torch.stack([logits, adapter_logits], dim=1)
-        return loss, {"logits": heads}
-
-    # --- fast path: the DSR buffer as a fixed device tensor, written inside the compiled step -------------------------
-    def fast_step_inputs(self, batch_size: int) -> dict:
-        if not self.args.use_dsr:
-            return {}
-        buf = getattr(self, "_dsr_buffer", None)
-        if buf is None or buf.shape[0] != batch_size:
-            buf = mark_persistent(torch.zeros(batch_size, self.student.config.num_labels, device=self.args.device))
-            self._dsr_buffer = buf
-        previous = self.dsr_previous
-        if previous is not None and previous is not buf:  # restored from a checkpoint
-            buf.copy_(previous, non_blocking=True)
-        return {"previous": buf if previous is not None else None, "buffer": buf}
-
-    def fast_objective(self, model, pixel_values, labels, previous=None, buffer=None):
-        loss, terms, logits, _ = self._objective(model, pixel_values, labels, previous)
-        if buffer is not None:  # written after the update: `previous` is the same tensor, read by the backward
-            self.fast_copy_after_step(buffer, sorted_logits(logits.detach()))
-        self.log_terms(terms)
-        return loss
+        if a.use_dsr:  # updated whether or not DRG is on (the official code updates it inside `if DRG`, a bug)
+            current = sorted_logits(logits.detach())
+            if buffer is not None:  # the compiled step: written after the update (`previous` is the same tensor)
+                self.fast_copy_after_step(buffer, current)
+            else:
+                self.dsr_previous = current
+        return loss, terms
 
     def fast_step_done(self) -> None:
         if self.args.use_dsr:
