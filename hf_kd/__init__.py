@@ -27,7 +27,13 @@ def _method_names():
     return exported_names()
 
 
-_registry_getattr = lazy_getattr(__name__, _LAZY, more=_method_names)
+def _defining_module(attr):
+    from .methods import defining_module
+
+    return defining_module(attr)
+
+
+_registry_getattr = lazy_getattr(__name__, _LAZY, more=_defining_module)
 
 
 def __getattr__(attr: str):

@@ -13,14 +13,15 @@ import importlib
 def lazy_getattr(package: str, names: dict[str, str], more=None):
     """A module ``__getattr__`` that imports ``names[attr]`` (a module relative to ``package``) on first access.
 
-    ``more``: a function giving further ``{name: absolute module}`` for class names not in ``names`` (the methods'
-    trainer and arguments classes from the registry, ``hf_kd.methods.exported_names``), so no method is listed by hand.
+    ``more``: a function giving the absolute module of a class name not in ``names`` (or None): the methods' trainer
+    and arguments classes, found in the trainer package (``hf_kd.methods.defining_module``), so no method is listed
+    by hand.
     """
 
     def __getattr__(attr: str):
         module = names.get(attr)
         if module is None and more is not None and attr[:1].isupper():  # a class name (never a submodule's)
-            module = more().get(attr)
+            module = more(attr)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {attr!r}")
         value = getattr(importlib.import_module(module, package), attr)

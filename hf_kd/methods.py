@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
 import pkgutil
+import re
 
-__all__ = ["methods", "get_method", "exported_names"]
+__all__ = ["methods", "get_method", "exported_names", "defining_module"]
 
 _NOT_METHODS = ("base", "fast")  # trainer-package modules that hold no method
 
@@ -57,3 +59,18 @@ def exported_names() -> dict[str, str]:
         names[cls.__name__] = cls.__module__
         names[cls.args_class.__name__] = cls.args_class.__module__
     return names
+
+
+def defining_module(name: str):
+    """The module of ``hf_kd.trainers`` whose source defines class ``name`` (read, not imported), or None: so that
+    ``hf_kd.KDTrainer`` imports the KD trainer module alone, not every method's."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainers")
+    pattern = re.compile(rf"^class {re.escape(name)}\b", re.M)
+    for info in pkgutil.iter_modules([folder]):
+        if info.name.startswith("_") or info.name in _NOT_METHODS:
+            continue
+        with open(os.path.join(folder, f"{info.name}.py"), encoding="utf-8") as f:
+            if pattern.search(f.read()):
+                return f"{__package__}.trainers.{info.name}"
+    return None
+

@@ -14,7 +14,13 @@ def _method_names():
     return exported_names()
 
 
-__getattr__ = lazy_getattr(__name__, _BASE, more=_method_names)
+def _defining_module(attr):
+    from ..methods import defining_module
+
+    return defining_module(attr)
+
+
+__getattr__ = lazy_getattr(__name__, _BASE, more=_defining_module)
 
 
 def __dir__():
