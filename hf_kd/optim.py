@@ -8,7 +8,18 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["CompositeOptimizer"]
+__all__ = ["CompositeOptimizer", "init_hook_registries"]
+
+_HOOK_REGISTRIES = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
+                    "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
+                    "_optimizer_load_state_dict_post_hooks")
+
+
+def init_hook_registries(optimizer: torch.optim.Optimizer) -> None:
+    """The hook registries ``torch.optim.Optimizer.__init__`` would create, for a wrapper that subclasses it without
+    calling it (its hook API then works; no hooks run on the wrapper itself)."""
+    for name in _HOOK_REGISTRIES:
+        setattr(optimizer, name, OrderedDict())
 
 
 class CompositeOptimizer(torch.optim.Optimizer):
@@ -32,11 +43,7 @@ class CompositeOptimizer(torch.optim.Optimizer):
                     if id(p) in seen:
                         raise ValueError("a parameter appears in two of the CompositeOptimizer's optimizers")
                     seen.add(id(p))
-        # hook registries of torch.optim.Optimizer, so its hook API does not fail (no hooks run on the composite)
-        for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
-                     "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
-                     "_optimizer_load_state_dict_post_hooks"):
-            setattr(self, name, OrderedDict())
+        init_hook_registries(self)
 
     @property
     def param_groups(self) -> list[dict]:

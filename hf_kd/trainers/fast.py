@@ -29,12 +29,13 @@ backbones uses it by default).
 from __future__ import annotations
 
 import types
-from collections import OrderedDict
 from typing import Optional
 
 import torch
 import torch.nn as nn
 from torch.optim.adam import adam
+
+from ..optim import init_hook_registries
 
 __all__ = ["StepInGraph", "FastStep", "check_fast_path_args", "find_step_in_graph", "mark_persistent"]
 
@@ -80,10 +81,7 @@ class StepInGraph(torch.optim.Optimizer):
     def __init__(self, inner: torch.optim.Optimizer):
         self.inner = inner
         self.loads = 0  # bumped by load_state_dict: the compiled step then rebinds the new state tensors
-        for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
-                     "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
-                     "_optimizer_load_state_dict_post_hooks"):
-            setattr(self, name, OrderedDict())
+        init_hook_registries(self)
 
     @property
     def param_groups(self) -> list[dict]:
