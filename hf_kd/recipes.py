@@ -22,8 +22,8 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import HfArgumentParser, set_seed
 
-from .constants import is_small_image
 from .checks import check_dataset, check_enough_examples, check_output_dir, check_teacher
+from .constants import is_small_image
 from .data import load_image_data
 from .models import create_student, load_student, load_teacher
 

@@ -146,3 +146,18 @@ def test_accuracy_benchmark_configs_parse_to_the_common_settings(tmp_path, monke
         assert m.student == "cifar_resnet20" and not m.model_args, method
         assert not a.lr_milestones and a.warmup_epochs == 0 and a.learning_rate == 0.05, method
         assert a.weight_decay == 5e-4 and str(a.lr_scheduler_type.value) == "cosine", method
+
+
+def test_a_teacher_given_to_a_method_that_refuses_one_is_an_error(tmp_path, monkeypatch):
+    """The recipe runner reads ``uses_teacher``: --teacher for FFSD / LightSKD / MixSKD / CE is refused before any data
+    loads (it used to be ignored without a word)."""
+    import hf_kd.recipes
+
+    monkeypatch.setattr(hf_kd.recipes, "load_data", lambda *a, **k: pytest.fail("data loaded before the check"))
+    refused = [cls for cls in methods().values() if cls.uses_teacher == "refused"]
+    assert refused
+    for cls in refused:
+        with pytest.raises(ValueError, match="uses no pre-trained teacher.*drop --teacher"):
+            hf_kd.recipes.run(cls, defaults=dict(output_dir=str(tmp_path / cls.method_name)),
+                              argv=["--teacher", "someone/teacher"])
+

@@ -22,8 +22,8 @@ from typing import ClassVar, Optional
 import safetensors.torch
 import torch
 import torch.nn as nn
-from torch.optim.lr_scheduler import LambdaLR
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 from transformers.trainer_utils import HubStrategy, number_of_arguments
 
@@ -119,7 +119,6 @@ class DistillationTrainer(Trainer):
     teacher_accuracy: Optional[float] = None
     baseline_metrics: Optional[dict] = None  # the same student without distillation: name, top1, top5
     card_tags: tuple = ()
-    hub_model_id: Optional[str] = None  # set by Trainer.init_hf_repo when pushing
 
     def __init__(self, model: TimmStudent | DistillationModel = None, args: DistillationArguments = None,
                  teacher: Optional[TimmStudent] = None, augmentation: Optional[BatchAugment] = None,
