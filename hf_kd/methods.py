@@ -5,7 +5,8 @@ There is no hand-kept list of methods anywhere else: the package's exports (``hf
 cards (``card_template``, ``recipe``), the recipe runner (``uses_teacher``) and the tests read this. A new method is
 a loss module (``hf_kd/losses/``), a modules file (``hf_kd/modules/``: its parts and its ``DistillationModel``), a
 trainer file (``hf_kd/trainers/``), a recipe (``recipes/``), a preset (``recipes/configs/``) and a card template
-(``model_cards/``) -- nothing else (README, "Adding a method").
+(``model_cards/``), plus its measured 2-process tolerance and recipe architecture in ``tests/test_distributed.py``
+(README, "Adding a method").
 """
 
 from __future__ import annotations
