@@ -7,7 +7,7 @@ held in half precision) still gets float32 norms, attention maps and BCE logits.
 import pytest
 import torch
 
-from hf_kd import KDArguments, KDTrainer, create_student
+from hf_kd import KDArguments, KDTrainer, create_student, load_teacher
 from hf_kd.losses.ffsd import attention_loss, attention_map, diversity_loss, diversity_target
 from hf_kd.losses.mixskd import discriminator_bce
 from hf_kd.losses.precision import upcast_half
@@ -65,3 +65,21 @@ def test_teacher_forward_keeps_float64_and_upcasts_half(tmp_path):
     assert out.logits.dtype == out.pre_logits.dtype == torch.float64
     out = _trainer(tmp_path, torch.bfloat16).teacher_forward(x)
     assert out.logits.dtype == out.pre_logits.dtype == torch.float32
+
+
+def test_transformers_teacher_inputs_keep_float64(tmp_path):
+    """A transformers teacher's preprocessing (undo the student's normalisation, resize, its own normalisation) runs
+    in the batch's dtype: float64 stays float64 (it was rounded to float32), half precision is upcast to float32."""
+    from test_transformers_teacher import save_vit
+
+    teacher = load_teacher(save_vit(tmp_path / "vit", [str(i) for i in range(10)])).double().eval()
+    mean, std = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
+    teacher.set_student_normalization(mean, std)
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    pixels = (x * torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+              + torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)).clamp(0.0, 1.0)
+    inputs = teacher.teacher_inputs(x)
+    assert inputs.dtype == torch.float64 and inputs.shape == (2, 3, 24, 24)
+    torch.testing.assert_close(inputs, teacher.preprocess(pixels), rtol=1e-15, atol=1e-15)
+    assert teacher.teacher_inputs(x.float()).dtype == torch.float32
+    assert teacher.teacher_inputs(x.to(torch.bfloat16)).dtype == torch.float32

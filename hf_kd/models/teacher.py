@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..losses.precision import upcast_half
 from .student import KDOutput, MissingStagesError, TimmStudent, load_student
 
 __all__ = ["TeacherPreprocess", "TransformersTeacher", "load_teacher", "bind_student_input"]
@@ -134,7 +135,7 @@ class TeacherPreprocess:
         return self.resize[1] if self.resize is not None and self.resize[0] == "size" else None
 
     def __call__(self, pixels01: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float pixels in [0, 1] -> the teacher's ``pixel_values`` (float32)."""
+        """(B, C, H, W) float pixels in [0, 1] -> the teacher's ``pixel_values`` (in the dtype of ``pixels01``)."""
         x = pixels01
         if self.resize is not None:
             h, w = x.shape[-2:]
@@ -213,10 +214,11 @@ class TransformersTeacher(nn.Module):
         self.student_mean, self.student_std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
     def teacher_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The student's normalised batch -> the teacher's ``pixel_values`` (float32, batched, same device)."""
-        x = pixel_values.float()
-        mean = torch.tensor(self.student_mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.student_std, device=x.device).view(1, -1, 1, 1)
+        """The student's normalised batch -> the teacher's ``pixel_values`` (batched, same device; half precision
+        upcast to float32 for the resize, float32/float64 kept: ``upcast_half``)."""
+        x = upcast_half(pixel_values)
+        mean = torch.tensor(self.student_mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.student_std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return self.preprocess((x * std + mean).clamp_(0.0, 1.0))
 
     def forward_kd(self, pixel_values: torch.Tensor, stages: bool = False) -> KDOutput:
