@@ -44,13 +44,17 @@ def _previous_run(output_dir: str) -> list[str]:
 def check_output_dir(args) -> None:
     """Refuse an ``output_dir`` that holds another run's export or checkpoints, unless resuming or overwriting.
 
-    With ``overwrite_output_dir`` the earlier run's ``checkpoint-*`` folders are deleted (main process first), so
-    they neither mix with the new run's nor get picked by a later ``--resume_from_checkpoint true``; the export files
-    are replaced by the new export.
+    With ``overwrite_output_dir`` the earlier run's ``checkpoint-*`` folders are deleted (main process first, once
+    every process has looked: ``hf_kd.sync.every_process``), so they neither mix with the new run's nor get picked by
+    a later ``--resume_from_checkpoint true``; the export files are replaced by the new export.
     """
     if args.resume_from_checkpoint:
         return
-    found = _previous_run(args.output_dir)
+    from .sync import every_process
+
+    # every process looks before any deletes (all must take the same branch: the deletion ends at a barrier), and a
+    # run on machines without a shared disk counts what any of them holds
+    found = list(dict.fromkeys(name for seen in every_process(_previous_run(args.output_dir)) for name in seen))
     if not found:
         return
     if not getattr(args, "overwrite_output_dir", False):
@@ -61,7 +65,7 @@ def check_output_dir(args) -> None:
             "true (or a checkpoint-* folder), or start over with --overwrite_output_dir (deletes its checkpoints), "
             "or pick another --output_dir.")
     with args.main_process_first(desc="removing the previous run's checkpoints", local=False):
-        if args.process_index == 0:
+        if args.should_save:  # who writes checkpoints: the main process (each machine's with --save_on_each_node)
             for path in glob.glob(os.path.join(args.output_dir, "checkpoint-*")):
                 shutil.rmtree(path, ignore_errors=True)
 

@@ -19,13 +19,13 @@ from typing import Optional
 
 import yaml
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list
 from transformers import HfArgumentParser, set_seed
 
 from .checks import check_dataset, check_enough_examples, check_output_dir, check_teacher
 from .constants import is_small_image
 from .data import load_image_data
 from .models import create_student, load_student, load_teacher
+from .sync import every_process
 
 __all__ = ["ModelArguments", "DataArguments", "QUICK_DEFAULTS", "parse_args", "run", "build_teacher"]
 
@@ -178,14 +178,17 @@ def build_teacher(model_args: ModelArguments, data, training_args):
 
     Under N processes the teacher is trained once, by all of them together (its ``TrainingArguments`` see the same
     launch, so it runs under DDP like the student); its ``save_model`` returns on every process only once the main
-    process has written the export, and only then does any process read it. Whether to train is the main process's
-    decision, sent to all, so every process takes the same path.
+    process has written the export, and only then does any process read it. Every process takes the same path: an
+    export is reused only if every process sees it (``hf_kd.sync.every_process``). Across machines without a shared
+    disk, ``--save_on_each_node`` makes each machine's main process write its copy.
     """
     if model_args.teacher:
         return load_teacher(model_args.teacher), model_args.teacher
     out = training_args.output_dir.rstrip("/") + "_teacher"
-    # config.json is moved into an export last (hf_kd.sync.write_atomically): with it, the folder is complete
-    exported = broadcast_object_list([os.path.isfile(os.path.join(out, "config.json"))])[0]
+    # config.json is moved into an export last (hf_kd.sync.write_atomically): with it, the folder is complete. Reused
+    # only if every process sees it (machines without a shared disk each need their copy)
+    config = os.path.join(out, "config.json")
+    exported = all(every_process(os.path.isfile(config)))
     if not exported:
         from .trainers import DistillationArguments, SupervisedTrainer
 
@@ -198,7 +201,8 @@ def build_teacher(model_args: ModelArguments, data, training_args):
             weight_decay=training_args.weight_decay, lr_scheduler_type="cosine", eval_strategy="no",
             save_strategy="no", report_to=[], seed=training_args.seed, use_cpu=training_args.use_cpu,
             bf16=training_args.bf16, fp16=training_args.fp16, logging_steps=training_args.logging_steps,
-            dataloader_drop_last=training_args.dataloader_drop_last)
+            dataloader_drop_last=training_args.dataloader_drop_last,
+            save_on_each_node=training_args.save_on_each_node)  # each machine writes its copy, if asked
         trainer = SupervisedTrainer(model=build_student(model_args, data, model_args.teacher_architecture),
                                     args=targs, train_dataset=data.train, eval_dataset=data.eval,
                                     augmentation=data.batch_augment())
@@ -206,6 +210,11 @@ def build_teacher(model_args: ModelArguments, data, training_args):
         trainer.train()
         trainer.evaluate()
         trainer.save_model()  # collective: returns once the main process has written the whole export
+        if not os.path.isfile(config):
+            raise FileNotFoundError(
+                f"Process {PartialState().process_index} cannot see the teacher the main process exported to {out}: "
+                "the machines of this launch do not share that disk. Pass --save_on_each_node true (each machine "
+                "then writes its own copy), or an --output_dir on a shared filesystem, or a trained --teacher.")
     return load_student(out), out
 
 

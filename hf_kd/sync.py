@@ -6,7 +6,8 @@ the main process writes into a temporary folder beside the target and renames ea
 last), then every process meets at accelerate's barrier (``PartialState().wait_for_everyone()``). When it returns, on
 any process, the files are whole. ``write_atomically`` is its writer half, for code that only the main process
 reaches (an export pushed from a checkpoint, ``Trainer.create_model_card``): no other process waits there, so there is
-no barrier.
+no barrier. ``every_process`` is how processes that look at the same folder agree on what is there before any of them
+changes it (each looks at its own disk: on several machines without a shared filesystem they may see different things).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from accelerate import PartialState
+from accelerate.utils import gather_object
 
-__all__ = ["write_atomically", "main_process_writes"]
+__all__ = ["write_atomically", "main_process_writes", "every_process"]
 
 
 def write_atomically(folder: str, write: Callable[[str], None], last: Sequence[str] = ("config.json",),
@@ -56,3 +58,11 @@ def main_process_writes(folder: str, write: Callable[[str], None], writer: Optio
             write_atomically(folder, write, last=last, prefix=prefix)
     finally:
         state.wait_for_everyone()
+
+
+def every_process(value: Any) -> list:
+    """Collective: ``value`` from every process, in process order, on every process (``[value]`` with one process).
+
+    Every process must call it; no process returns before all have called it, so what each one looked at before the
+    call is its view from before any process acts on the result."""
+    return gather_object([value])

@@ -140,3 +140,18 @@ def test_every_recipe_without_a_teacher_under_two_processes(recipe, tmp_path):
         assert f"`{teacher}`" in text and "Top-1 accuracy: not recorded" not in text  # its card was whole when read
     else:
         assert not teacher.exists()
+
+
+@pytest.mark.slow
+def test_overwrite_output_dir_deletes_only_after_every_process_looked(tmp_path):
+    """--overwrite_output_dir over a run that left only checkpoints: the main process used to delete them while rank 1
+    had not looked yet; rank 1 then saw no previous run, skipped the barrier the deletion ends at, and the two
+    processes' barriers paired up wrongly from there on."""
+    out = tmp_path / "run"
+    (out / "checkpoint-1").mkdir(parents=True)
+    (out / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    cmd = launch_cmd(2, os.path.join(ROOT, "tests", "scripts", "output_dir_check.py")) + [str(out)]
+    run = run_process(cmd, timeout=600, env=ENV, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-5000:]
+    assert [json.load(open(tmp_path / f"seen_{r}.json")) for r in (0, 1)] == [["checkpoint-1"]] * 2
+    assert not (out / "checkpoint-1").exists()

@@ -58,3 +58,25 @@ def test_save_model_exports_through_the_collective_helper(data, tmp_path, monkey
     assert calls == [(str(tmp_path / "export"), {"writer": True, "prefix": ".export-"})]
     assert sorted(os.listdir(tmp_path / "export")) == ["README.md", "config.json", "model.safetensors",
                                                         "modeling_hf_kd.py", "training_args.bin"]
+
+
+def test_every_process_gives_each_process_value():
+    assert sync.every_process(["checkpoint-1"]) == [["checkpoint-1"]]  # one process: its own value, in a list
+
+
+def test_auto_teacher_export_this_process_cannot_see_is_a_clear_error(data, tmp_path, monkeypatch, one_thread):
+    """Machines without a shared disk: only the main one's export exists, so another machine's processes cannot load
+    the teacher. Each machine writes its copy with --save_on_each_node (passed on to the teacher's run); without it
+    the error says so instead of failing inside from_pretrained."""
+    from hf_kd import recipes
+
+    seen = []
+    monkeypatch.setattr(SupervisedTrainer, "train", lambda self, *a, **k: None)
+    monkeypatch.setattr(SupervisedTrainer, "evaluate", lambda self, *a, **k: {})
+    monkeypatch.setattr(SupervisedTrainer, "save_model", lambda self, *a, **k: seen.append(self.args.save_on_each_node))
+    model_args = recipes.ModelArguments(teacher_architecture="cifar_resnet20")
+    args = SupervisedTrainer.args_class(output_dir=str(tmp_path / "run"), use_cpu=True, report_to=[],
+                                        save_on_each_node=True)
+    with pytest.raises(FileNotFoundError, match="cannot see the teacher.*--save_on_each_node"):
+        recipes.build_teacher(model_args, data, args)
+    assert seen == [True]
