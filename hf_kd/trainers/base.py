@@ -176,6 +176,7 @@ class DistillationTrainer(Trainer):
         self._terms = defaultdict(list)
         self._in_checkpoint = False
         self.model_init = model_init  # Trainer.train rebuilds the model per trial through call_model_init
+        self._own_metrics = compute_metrics is None  # rebuilt per trial with the model's heads (FFSD: num_students)
         if args.fast_path:
             check_fast_path_args(args, args.world_size)
         self._fast = FastStep(self) if args.fast_path else None
@@ -248,6 +249,8 @@ class DistillationTrainer(Trainer):
         cfg["mean"], cfg["std"] = self.augmentation.mean.flatten().tolist(), self.augmentation.std.flatten().tolist()
         teacher = self.accelerator.unwrap_model(self.teacher) if self.teacher is not None else None
         wrapper = self.build_model(model, self.args, teacher)
+        if self._own_metrics:
+            self.compute_metrics = self.build_metrics(wrapper)
         return wrapper.to(memory_format=torch.channels_last) if self.args.channels_last else wrapper
 
     @property
@@ -288,7 +291,7 @@ class DistillationTrainer(Trainer):
     def teacher_forward(self, pixel_values: torch.Tensor, stages: bool = False):
         """The frozen teacher's ``KDOutput`` (eval mode, no grad, under the Trainer's autocast)."""
         if self.teacher is None:
-            raise ValueError(f"{type(self).__name__} needs a teacher: pass teacher=load_student(path).")
+            raise ValueError(f"{type(self).__name__} needs a teacher: pass teacher=load_teacher(path_or_hub_id).")
         dtype = next(self.teacher.parameters()).dtype
         out = self.teacher.forward_kd(pixel_values.to(dtype), stages=stages)
         # a bf16/fp16 teacher hands fp32 targets to the losses; a float32/float64 one keeps its dtype
