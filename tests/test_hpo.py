@@ -112,3 +112,34 @@ def test_every_trainer_searches_two_trials(data, tmp_path, method):
     for metrics, heads in evals:  # the metrics follow the trial's model (FFSD: one head per common student)
         assert all(f"eval_{h}_top1" in metrics or (h == heads[0] and "eval_top1" in metrics) for h in heads), \
             (method, sorted(metrics))
+
+
+def test_a_trial_applies_its_method_augmentation(data, tmp_path):
+    """LightSKD's random_resized_crop is read when the augmentation is chosen: a trial that searches it must train
+    with the augmentation it asked for, not the one __init__ chose."""
+    from transformers import TrainerCallback
+
+    from hf_kd import SelfKDTrainer
+    from hf_kd.data import RandomResizedCropAugment
+
+    def model_init(trial):
+        return create_student("cifar_resnet20", data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                              model_args={"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]})
+
+    args = SelfKDTrainer.args_class(output_dir=str(tmp_path), per_device_train_batch_size=16, max_steps=1,
+                                    report_to=[], use_cpu=True, save_strategy="no", eval_strategy="no",
+                                    disable_tqdm=True, random_resized_crop=False)
+    trainer = SelfKDTrainer(model_init=model_init, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                            augmentation=data.batch_augment())
+    seen = []
+
+    class AtTrainBegin(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            seen.append((args.random_resized_crop, isinstance(trainer.augmentation, RandomResizedCropAugment)))
+
+    trainer.add_callback(AtTrainBegin())
+    trainer.hyperparameter_search(
+        hp_space=lambda t: {"random_resized_crop": t.suggest_categorical("random_resized_crop", [False, True])},
+        compute_objective=lambda m: m["eval_top1"], n_trials=2, direction="maximize", backend="optuna",
+        sampler=optuna.samplers.GridSampler({"random_resized_crop": [False, True]}, seed=0))
+    assert sorted(seen) == [(False, False), (True, True)], seen

@@ -153,6 +153,7 @@ class DistillationTrainer(Trainer):
         # what the model sees at train time is what pipeline must feed it: the processor reads pretrained_cfg
         student_cfg["mean"] = [float(v) for v in args.norm_mean or augmentation.mean.flatten().tolist()]
         student_cfg["std"] = [float(v) for v in args.norm_std or augmentation.std.flatten().tolist()]
+        self._data_augmentation = augmentation  # method_augmentation reads a trial's arguments again (call_model_init)
         self.augmentation = self.method_augmentation(augmentation, args)
         super().__init__(
             model=wrapper, args=args, data_collator=data_collator or ImageCollator(),
@@ -251,6 +252,8 @@ class DistillationTrainer(Trainer):
         wrapper = self.build_model(model, self.args, teacher)
         if self._own_metrics:
             self.compute_metrics = self.build_metrics(wrapper)
+        if trial is not None:  # e.g. LightSKD's random_resized_crop searched
+            self.augmentation = self.method_augmentation(self._data_augmentation, self.args)
         return wrapper.to(memory_format=torch.channels_last) if self.args.channels_last else wrapper
 
     @property
