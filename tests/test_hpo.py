@@ -44,3 +44,103 @@ def test_two_trials_rebuild_student_and_projectors(data, tmp_path):
     assert seen[0][0] != seen[1][0] and seen[0][1] != seen[1][1]  # a fresh student and fresh projectors per trial
     assert all(built_q == asked for _, _, built_q, asked in seen)  # aux modules follow the trial's arguments
     assert built[0] is None and len(built) == 3  # __init__ once, then once per trial (with the trial)
+
+
+# method -> (trainer, a searched method argument, its values, what the built model must show for it)
+SEARCHED = {
+    "kd": ("KDTrainer", "temperature", [2.0, 8.0], None),
+    "supervised": ("SupervisedTrainer", "weight_decay", [0.0, 1e-4], None),
+    "projector_kd": ("ProjectorKDTrainer", "num_projectors", [1, 3],
+                     lambda m: m.aux["projectors"].num_projectors),
+    "ffsd": ("FFSDTrainer", "num_students", [2, 3], lambda m: len(m.aux["students"])),
+    "self_kd": ("SelfKDTrainer", "adapter_stage", [1, 2], lambda m: m.stage_index),
+    "mixskd": ("MixSKDTrainer", "discriminator_hidden", [8, 16],
+               lambda m: m.aux["discriminators"][0].fc1.out_features),
+}
+
+
+@pytest.mark.parametrize("method", list(SEARCHED))
+def test_every_trainer_searches_two_trials(data, tmp_path, method):
+    """2 optuna trials per trainer: each trial trains a fresh student and fresh auxiliary modules (no parameter
+    shared with the previous trial), built from that trial's arguments, and its evaluation reports every head."""
+    import hf_kd
+    from transformers import TrainerCallback
+
+    name, arg, values, built_value = SEARCHED[method]
+    cls = getattr(hf_kd, name)
+    teacher = None
+    if cls.uses_teacher == "required":
+        torch.manual_seed(1)
+        teacher = create_student("cifar_resnet20", data.num_labels, data.label_names,
+                                 model_args={"channels": [8, 8, 16, 16], "blocks": [1, 1, 1]})
+
+    def model_init(trial):
+        return create_student("cifar_resnet20", data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                              model_args={"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]})
+
+    args = cls.args_class(output_dir=str(tmp_path), per_device_train_batch_size=16, per_device_eval_batch_size=32,
+                          max_steps=2, report_to=[], use_cpu=True, save_strategy="no", eval_strategy="no",
+                          optim="sgd", learning_rate=0.05, disable_tqdm=True, dataloader_drop_last=True)
+    trainer = cls(model_init=model_init, teacher=teacher, args=args, train_dataset=data.train,
+                  eval_dataset=data.eval, augmentation=data.batch_augment())
+    started = []
+
+    class AtTrainBegin(TrainerCallback):  # what each trial starts from
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            m = trainer.accelerator.unwrap_model(trainer.model)
+            started.append(({id(p) for p in m.parameters()}, getattr(args, arg),
+                            built_value(m) if built_value else None, getattr(trainer, "dsr_previous", None)))
+
+    trainer.add_callback(AtTrainBegin())
+    evals = []
+
+    def objective(metrics):
+        evals.append((metrics, trainer.accelerator.unwrap_model(trainer.model).head_names))
+        return metrics["eval_top1"]
+
+    best = trainer.hyperparameter_search(
+        hp_space=lambda t: {"learning_rate": t.suggest_float("learning_rate", 1e-3, 1e-1, log=True),
+                            arg: t.suggest_categorical(arg, values)},
+        compute_objective=objective, n_trials=2, direction="maximize", backend="optuna",
+        sampler=optuna.samplers.GridSampler({"learning_rate": [0.05], arg: values}, seed=0))  # each value once
+    assert len(started) == 2 and sorted(s[1] for s in started) == sorted(values)  # each value tried once
+    assert len(evals) == 2 and set(best.hyperparameters) == {"learning_rate", arg}
+    assert not started[0][0] & started[1][0]  # no parameter of trial 1's student or aux modules reused
+    for params, asked, built, dsr in started:
+        assert asked in values and dsr is None
+        if built_value is not None:
+            assert built == asked, (method, built, asked)  # aux modules built from the trial's arguments
+    for metrics, heads in evals:  # the metrics follow the trial's model (FFSD: one head per common student)
+        assert all(f"eval_{h}_top1" in metrics or (h == heads[0] and "eval_top1" in metrics) for h in heads), \
+            (method, sorted(metrics))
+
+
+def test_a_trial_applies_its_method_augmentation(data, tmp_path):
+    """LightSKD's random_resized_crop is read when the augmentation is chosen: a trial that searches it must train
+    with the augmentation it asked for, not the one __init__ chose."""
+    from transformers import TrainerCallback
+
+    from hf_kd import SelfKDTrainer
+    from hf_kd.data import RandomResizedCropAugment
+
+    def model_init(trial):
+        return create_student("cifar_resnet20", data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                              model_args={"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]})
+
+    args = SelfKDTrainer.args_class(output_dir=str(tmp_path), per_device_train_batch_size=16, max_steps=1,
+                                    report_to=[], use_cpu=True, save_strategy="no", eval_strategy="no",
+                                    disable_tqdm=True, random_resized_crop=False)
+    trainer = SelfKDTrainer(model_init=model_init, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                            augmentation=data.batch_augment())
+    seen = []
+
+    class AtTrainBegin(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            seen.append((args.random_resized_crop, isinstance(trainer.augmentation, RandomResizedCropAugment)))
+
+    trainer.add_callback(AtTrainBegin())
+    trainer.hyperparameter_search(
+        hp_space=lambda t: {"random_resized_crop": t.suggest_categorical("random_resized_crop", [False, True])},
+        compute_objective=lambda m: m["eval_top1"], n_trials=2, direction="maximize", backend="optuna",
+        sampler=optuna.samplers.GridSampler({"random_resized_crop": [False, True]}, seed=0))
+    assert sorted(seen) == [(False, False), (True, True)], seen

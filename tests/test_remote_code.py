@@ -72,6 +72,12 @@ def test_cifar_export_loads_without_hf_kd_with_identical_logits(data, tmp_path):
     assert info["class"] == "HfKdTimmForImageClassification" and "modeling_hf_kd" in info["module"]
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "logits.npy")), expected)
     assert len(info["pipeline"]) == 3 and {p["label"] for p in info["pipeline"]} <= set(data.label_names)
+    # the pipeline without hf_kd gives what it gives with hf_kd (stock class, its image processor): same scores
+    from PIL import Image
+    from transformers import pipeline
+
+    ours = pipeline("image-classification", model=str(folder), top_k=3)(Image.fromarray(np.load(folder / "img.npy")))
+    assert info["pipeline"] == ours, (info["pipeline"], ours)
 
 
 def test_timm_shipped_architecture_stays_plain(data, tmp_path):
@@ -92,3 +98,25 @@ def test_hf_kd_process_still_loads_cifar_export_without_remote_code(data, tmp_pa
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(pixel_values=x).logits, student(pixel_values=x).logits)
+
+
+@pytest.mark.parametrize("arch", ["cifar_resnet8x4", "resnet10t"])
+def test_card_snippet_matches_the_export(data, tmp_path, arch):
+    """cifar_* cards load with trust_remote_code=True (transformers) and name `import hf_kd` for timm; cards of
+    timm-shipped architectures show the plain snippet, no remote code."""
+    from hf_kd import SupervisedTrainer
+
+    student = create_student(arch, data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                             model_args={"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]} if arch.startswith("cifar")
+                             else None)
+    args = SupervisedTrainer.args_class(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    trainer = SupervisedTrainer(model=student, args=args, train_dataset=data.train)
+    trainer.hub_model_id = "someone/student"
+    trainer.write_model_card(str(tmp_path))
+    use = (tmp_path / "README.md").read_text().split("## Use")[1]
+    if arch.startswith("cifar"):
+        assert 'pipeline("image-classification", model="someone/student", trust_remote_code=True)' in use
+        assert 'from_pretrained("someone/student", trust_remote_code=True)' in use and "import hf_kd" in use
+    else:
+        assert 'pipeline("image-classification", model="someone/student")' in use
+        assert "trust_remote_code" not in use and "import hf_kd" not in use and "ships with timm" in use

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from PIL import Image
 from transformers import (AutoImageProcessor, ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessor,
                           ViTConfig, ViTForImageClassification, ViTImageProcessor)
@@ -46,6 +47,31 @@ def save_convnext(folder, labels, seed=2):
 @pytest.fixture(scope="module")
 def vit_dir(data, tmp_path_factory):
     return save_vit(tmp_path_factory.mktemp("vit"), data.label_names)
+
+
+@pytest.fixture(scope="module")
+def convnext_dir(data, tmp_path_factory):
+    return save_convnext(tmp_path_factory.mktemp("convnext"), data.label_names)
+
+
+@pytest.fixture(params=["vit", "convnext"])
+def teacher_dir(request):
+    """(family, folder) of a tiny random transformers teacher of each family."""
+    return request.param, request.getfixturevalue(f"{request.param}_dir")
+
+
+def by_hand_teacher_input(family, x, aug, folder):
+    """The teacher's pixel_values written out for each tiny family: the student's normalisation undone, the
+    processor's resize (ViT: bilinear warp to 24x24; ConvNeXt: bicubic short side to int(40 / 0.875) = 45, clipped,
+    centre crop 40x40), then its mean/std."""
+    proc = AutoImageProcessor.from_pretrained(folder)
+    x01 = x * aug.std + aug.mean
+    if family == "vit":
+        t_in = F.interpolate(x01, size=(24, 24), mode="bilinear", antialias=True)
+    else:
+        t_in = F.interpolate(x01, size=(45, 45), mode="bicubic", antialias=True).clamp(0, 1)[..., 2:42, 2:42]
+    mean, std = torch.tensor(proc.image_mean).view(1, 3, 1, 1), torch.tensor(proc.image_std).view(1, 3, 1, 1)
+    return (t_in - mean) / std
 
 
 def student(data, seed=0):
@@ -100,6 +126,61 @@ def test_pre_logits_is_what_the_head_reads(data, tmp_path, family):
     assert pre_logits_dim(teacher, (3, 32, 32)) == (32 if family == "vit" else 16)
 
 
+def _families():
+    """family -> (tiny config, the representation the docs say the head reads, the width that implies).
+
+    The representation is recomputed from the base model's outputs, not from the head's input."""
+    import transformers as tf
+
+    vit = dict(image_size=24, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=32)
+    cls_token = lambda o: o.last_hidden_state[:, 0]  # noqa: E731
+    pooled = lambda o: o.pooler_output.flatten(1)  # noqa: E731
+    return {
+        "deit": (tf.DeiTConfig(**vit), "deit", cls_token, 32),
+        "beit": (tf.BeitConfig(**vit, use_mean_pooling=True), "beit", pooled, 32),
+        "beit_cls": (tf.BeitConfig(**vit, use_mean_pooling=False), "beit", cls_token, 32),
+        "dinov2": (tf.Dinov2Config(**vit), "dinov2", lambda o: torch.cat(
+            [o.last_hidden_state[:, 0], o.last_hidden_state[:, 1:].mean(1)], 1), 64),
+        "swin": (tf.SwinConfig(image_size=24, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[1, 2],
+                               window_size=3), "swin", pooled, 16),
+        "resnet": (tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]), "resnet", pooled, 16),
+        "regnet": (tf.RegNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], groups_width=8), "regnet",
+                   pooled, 16),
+        "mobilenet_v2": (tf.MobileNetV2Config(image_size=32, depth_multiplier=0.25), "mobilenet_v2", pooled, 1280),
+        "mobilenet_v1": (tf.MobileNetV1Config(image_size=32, depth_multiplier=0.25), "mobilenet_v1", pooled, 256),
+        "efficientnet": (tf.EfficientNetConfig(image_size=32, width_coefficient=0.1, depth_coefficient=0.1,
+                                               hidden_dim=128), "efficientnet", pooled, 128),
+    }
+
+
+@pytest.mark.parametrize("family", ["deit", "beit", "beit_cls", "dinov2", "swin", "resnet", "regnet",
+                                    "mobilenet_v2", "mobilenet_v1", "efficientnet"])
+def test_pre_logits_per_family_as_documented(family):
+    """The per-family table of hf_kd/models/teacher.py (and the README): what the head reads, and its measured
+    width. Each tiny model is fed its own input size (no resize), identity normalisation."""
+    from transformers import AutoModelForImageClassification
+
+    from hf_kd.models.teacher import TeacherPreprocess
+    from hf_kd.modules.projector_kd import pre_logits_dim
+
+    cfg, base_name, expected_fn, width = _families()[family]
+    cfg.num_labels = 5
+    torch.manual_seed(0)
+    if family == "deit":  # from_config fails on a DeiTConfig without `architectures` (from_pretrained is fine)
+        cfg.architectures = ["DeiTForImageClassification"]
+    model = AutoModelForImageClassification.from_config(cfg).eval()
+    size = getattr(cfg, "image_size", 32)
+    teacher = TransformersTeacher(model, TeacherPreprocess(resize=None, crop=None, interpolation="bilinear",
+                                                           resample_name="bilinear"))
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        out = teacher.forward_kd(x)
+        expected = expected_fn(getattr(model, base_name)(pixel_values=x))
+    torch.testing.assert_close(out.pre_logits, expected)
+    assert pre_logits_dim(teacher, (3, size, size)) == width == expected.shape[1]
+
+
 def kd_args(tmp, cls=KDArguments, **kw):
     base = dict(output_dir=str(tmp), per_device_train_batch_size=8, per_device_eval_batch_size=16, report_to=[],
                 use_cpu=True, dataloader_drop_last=True, seed=0, optim="sgd", optim_args="momentum=0.9",
@@ -108,18 +189,20 @@ def kd_args(tmp, cls=KDArguments, **kw):
     return cls(**base)
 
 
-def test_kd_loss_value_and_frozen_teacher(data, vit_dir, tmp_path):
-    teacher = load_teacher(vit_dir)
+def test_kd_loss_value_and_frozen_teacher(data, teacher_dir, tmp_path):
+    family, folder = teacher_dir
+    teacher = load_teacher(folder)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     trainer = KDTrainer(model=student(data), teacher=teacher, args=kd_args(tmp_path), train_dataset=data.train,
                         eval_dataset=data.eval, augmentation=data.batch_augment("none"))
+    trainer.teacher_name = folder
     aug, u, y = batch(data)
     x = aug(u, train=False)
     loss = trainer.compute_loss(trainer.model, {"pixel_values": x, "labels": y})
-    # by hand: the teacher fed through ITS processor (its mean/std, 24x24), the student's logits on x
-    t_in = F.interpolate(x * aug.std + aug.mean, size=(24, 24), mode="bilinear", antialias=True)
+    # by hand: the teacher fed through ITS processor (its size, interpolation, crop, mean/std)
     with torch.no_grad():
-        z_t = teacher.model(pixel_values=(t_in - 0.5) / 0.5).logits
+        z_t = teacher.model(pixel_values=by_hand_teacher_input(family, x, aug, folder)).logits
+    torch.testing.assert_close(trainer.teacher_forward(x).logits, z_t)  # the KL term alone is small at T=4
     z_s = trainer.student(pixel_values=x).logits
     expected = 0.1 * F.cross_entropy(z_s, y) + 0.9 * kd_kl_div(z_s, z_t, 4.0)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -127,34 +210,64 @@ def test_kd_loss_value_and_frozen_teacher(data, vit_dir, tmp_path):
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert trainer.teacher.training is False
-    trainer.save_model()
+    # the teacher's own card (as transformers' Trainer writes it: model-index, metric type accuracy)
+    ModelCard.from_template(ModelCardData(model_name="t", eval_results=[EvalResult(
+        task_type="image-classification", dataset_type="digits", dataset_name="digits", metric_type="accuracy",
+        metric_value=0.8125)]), template_str="---\n{{ card_data }}\n---\n").save(os.path.join(folder, "README.md"))
+    try:
+        trainer.save_model()
+    finally:
+        os.remove(os.path.join(folder, "README.md"))
     card = open(os.path.join(tmp_path, "README.md")).read()
-    assert vit_dir in card and "ViTForImageClassification" in card and "model type `vit`" in card
-    assert "resize to [24, 24] (bilinear)" in card
+    teacher_part = card[card.index("## Teacher"):card.index("## Training data")]
+    cls_name = "ViTForImageClassification" if family == "vit" else "ConvNextForImageClassification"
+    assert folder in teacher_part and cls_name in teacher_part and f"model type `{family}`" in teacher_part
+    assert "Top-1 accuracy: 0.8125" in teacher_part
+    assert ("resize to [24, 24] (bilinear)" if family == "vit" else
+            "resize the shorter side to 45 (bicubic), centre crop [40, 40]") in teacher_part
 
 
-def test_projector_kd_measures_teacher_width_and_loss(data, vit_dir, tmp_path):
-    teacher = load_teacher(vit_dir)
+@pytest.mark.parametrize("cls", [KDTrainer, ProjectorKDTrainer])
+def test_recipe_teacher_flag_takes_a_transformers_folder(data, vit_dir, tmp_path, cls):
+    """`recipes/kd.py --teacher <folder>` / `recipes/projector_kd.py --teacher <folder>` with a ViT folder."""
+    from hf_kd.recipes import run
+
+    out = tmp_path / cls.method_name
+    run(cls, defaults=dict(student="cifar_resnet8x4", output_dir=str(out)), argv=[
+        "--teacher", vit_dir, "--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "2",
+        "--per_device_train_batch_size", "16", "--eval_strategy", "no", "--save_strategy", "no", "--use_cpu", "true"])
+    card = (out / "README.md").read_text()
+    assert vit_dir in card and "model type `vit`" in card and "ViTForImageClassification" in card
+
+
+def test_projector_kd_measures_teacher_width_and_loss(data, teacher_dir, tmp_path):
+    family, folder = teacher_dir
+    teacher = load_teacher(folder)
     trainer = ProjectorKDTrainer(model=student(data), teacher=teacher, args=kd_args(tmp_path, ProjectorKDArguments),
                                  train_dataset=data.train, eval_dataset=data.eval,
                                  augmentation=data.batch_augment("none"))
     proj = trainer.projectors
-    assert (proj.in_features, proj.out_features) == (256, 32)  # resnet8x4 pooled width -> ViT hidden size
+    # resnet8x4 pooled width -> ViT hidden size 32 / ConvNeXt last stage 16
+    assert (proj.in_features, proj.out_features) == (256, 32 if family == "vit" else 16)
     aug, u, y = batch(data)
     x = aug(u, train=False)
     loss = trainer.compute_loss(trainer.model, {"pixel_values": x, "labels": y})
     s = trainer.student.forward_kd(x, stages=False)
-    f_t = teacher.forward_kd(x).pre_logits
+    with torch.no_grad():  # the head's input, from the teacher's input built by hand
+        t_in = by_hand_teacher_input(family, x, aug, folder)
+        base = teacher.model.vit if family == "vit" else teacher.model.convnext
+        out = base(pixel_values=t_in)
+        f_t = out.last_hidden_state[:, 0] if family == "vit" else out.pooler_output
     expected = F.cross_entropy(s.logits, y) + 25.0 * projector_cosine_loss(proj(s.pre_logits), f_t)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     trainer.train()
-    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert trainer.state.global_step == 2
 
 
 @pytest.mark.parametrize("cls", [KDTrainer, ProjectorKDTrainer])
-def test_bf16_autocast_on_cpu(data, vit_dir, tmp_path, cls):
-    teacher = load_teacher(vit_dir)
+def test_bf16_autocast_on_cpu(data, teacher_dir, tmp_path, cls):
+    teacher = load_teacher(teacher_dir[1])
     trainer = cls(model=student(data), teacher=teacher, args=kd_args(tmp_path, cls.args_class, bf16=True),
                   train_dataset=data.train, eval_dataset=data.eval, augmentation=data.batch_augment("none"))
     assert next(trainer.teacher.parameters()).dtype == torch.bfloat16  # held in the mixed-precision dtype
@@ -164,6 +277,7 @@ def test_bf16_autocast_on_cpu(data, vit_dir, tmp_path, cls):
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
 
 
 def test_load_teacher_errors_and_timm_wrapper_passthrough(data, tmp_path):
@@ -183,20 +297,26 @@ def test_load_teacher_errors_and_timm_wrapper_passthrough(data, tmp_path):
     teacher = load_teacher(save_vit(tmp_path / "vit3", ["a", "b", "c"]))
     with pytest.raises(ValueError, match="classes"):
         KDTrainer(model=student(data), teacher=teacher, args=kd_args(tmp_path), train_dataset=data.train)
+    # same count, other order: the transformers config's id2label is read as a timm teacher's is
+    named = create_student("cifar_resnet8x4", 3, ["cat", "dog", "eel"])
+    teacher = load_teacher(save_vit(tmp_path / "vit_swapped", ["dog", "cat", "eel"]))
+    with pytest.raises(ValueError, match="disagree on label names"):
+        KDTrainer(model=named, teacher=teacher, args=kd_args(tmp_path), train_dataset=data.train)
+    teacher = load_teacher(save_vit(tmp_path / "vit_same", ["cat", "dog", "eel"]))
+    KDTrainer(model=named, teacher=teacher, args=kd_args(tmp_path), train_dataset=data.train)  # accepted
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_with_a_vit_teacher(data, vit_dir, tmp_path):
-    """2 gloo processes vs 1 process with gradient_accumulation_steps=2 (tests/test_distributed.py's protocol)."""
+def test_two_processes_match_one_with_transformers_teachers(data, vit_dir, convnext_dir, tmp_path, monkeypatch):
+    """2 gloo processes vs 1 process with gradient_accumulation_steps=2 (tests/test_distributed.py's protocol), KD and
+    PEFD from a ViT and a ConvNeXt teacher."""
     from test_distributed import launch
 
-    names = ["kd_vit", "projector_kd_vit"]
-    os.environ["HF_KD_TEST_VIT_TEACHER"] = vit_dir
-    try:
-        launch(tmp_path / "ddp", 2, 1, names)
-        launch(tmp_path / "single", 1, 2, names)
-    finally:
-        del os.environ["HF_KD_TEST_VIT_TEACHER"]
+    names = ["kd_vit", "projector_kd_vit", "kd_convnext", "projector_kd_convnext"]
+    monkeypatch.setenv("HF_KD_TEST_VIT_TEACHER", vit_dir)
+    monkeypatch.setenv("HF_KD_TEST_CONVNEXT_TEACHER", convnext_dir)
+    launch(tmp_path / "ddp", 2, 1, names)
+    launch(tmp_path / "single", 1, 2, names)
     for name in names:
         assert json.load(open(tmp_path / "ddp" / f"{name}_info.json")) == {"world_size": 2, "steps": 3}
         a = torch.load(tmp_path / "ddp" / f"{name}_student.pt")

@@ -153,6 +153,7 @@ class DistillationTrainer(Trainer):
         # what the model sees at train time is what pipeline must feed it: the processor reads pretrained_cfg
         student_cfg["mean"] = [float(v) for v in args.norm_mean or augmentation.mean.flatten().tolist()]
         student_cfg["std"] = [float(v) for v in args.norm_std or augmentation.std.flatten().tolist()]
+        self._data_augmentation = augmentation  # method_augmentation reads a trial's arguments again (call_model_init)
         self.augmentation = self.method_augmentation(augmentation, args)
         super().__init__(
             model=wrapper, args=args, data_collator=data_collator or ImageCollator(),
@@ -176,6 +177,7 @@ class DistillationTrainer(Trainer):
         self._terms = defaultdict(list)
         self._in_checkpoint = False
         self.model_init = model_init  # Trainer.train rebuilds the model per trial through call_model_init
+        self._own_metrics = compute_metrics is None  # rebuilt per trial with the model's heads (FFSD: num_students)
         if args.fast_path:
             check_fast_path_args(args, args.world_size)
         self._fast = FastStep(self) if args.fast_path else None
@@ -248,6 +250,10 @@ class DistillationTrainer(Trainer):
         cfg["mean"], cfg["std"] = self.augmentation.mean.flatten().tolist(), self.augmentation.std.flatten().tolist()
         teacher = self.accelerator.unwrap_model(self.teacher) if self.teacher is not None else None
         wrapper = self.build_model(model, self.args, teacher)
+        if self._own_metrics:
+            self.compute_metrics = self.build_metrics(wrapper)
+        if trial is not None:  # e.g. LightSKD's random_resized_crop searched
+            self.augmentation = self.method_augmentation(self._data_augmentation, self.args)
         return wrapper.to(memory_format=torch.channels_last) if self.args.channels_last else wrapper
 
     @property
@@ -288,7 +294,7 @@ class DistillationTrainer(Trainer):
     def teacher_forward(self, pixel_values: torch.Tensor, stages: bool = False):
         """The frozen teacher's ``KDOutput`` (eval mode, no grad, under the Trainer's autocast)."""
         if self.teacher is None:
-            raise ValueError(f"{type(self).__name__} needs a teacher: pass teacher=load_student(path).")
+            raise ValueError(f"{type(self).__name__} needs a teacher: pass teacher=load_teacher(path_or_hub_id).")
         dtype = next(self.teacher.parameters()).dtype
         out = self.teacher.forward_kd(pixel_values.to(dtype), stages=stages)
         # a bf16/fp16 teacher hands fp32 targets to the losses; a float32/float64 one keeps its dtype

@@ -29,9 +29,12 @@ TRAINERS = {
     "self_kd_drg": ("hf_kd.trainers.self_kd", "SelfKDTrainer", False, "cifar_resnet8x4", {"use_dsr": False}),
     "self_kd": ("hf_kd.trainers.self_kd", "SelfKDTrainer", False, "cifar_resnet8x4", {}),
     "mixskd": ("hf_kd.trainers.mixskd", "MixSKDTrainer", False, "cifar_resnet8x4", {}),
-    # a transformers ViT teacher (folder in $HF_KD_TEST_VIT_TEACHER, tests/test_transformers_teacher.py)
+    # transformers ViT / ConvNeXt teachers (folders in $HF_KD_TEST_VIT_TEACHER / $HF_KD_TEST_CONVNEXT_TEACHER,
+    # tests/test_transformers_teacher.py)
     "kd_vit": ("hf_kd.trainers.kd", "KDTrainer", "vit", "cifar_resnet8x4", {}),
     "projector_kd_vit": ("hf_kd.trainers.projector_kd", "ProjectorKDTrainer", "vit", "cifar_resnet8x4", {}),
+    "kd_convnext": ("hf_kd.trainers.kd", "KDTrainer", "convnext", "cifar_resnet8x4", {}),
+    "projector_kd_convnext": ("hf_kd.trainers.projector_kd", "ProjectorKDTrainer", "convnext", "cifar_resnet8x4", {}),
 }
 
 
@@ -48,8 +51,8 @@ def main(out: str, grad_accum: int, names: list[str]):
         torch.manual_seed(0)
         student = hf_kd.create_student(arch, data.num_labels, data.label_names, mean=data.mean, std=data.std)
         torch.manual_seed(1)
-        if needs_teacher == "vit":
-            teacher = hf_kd.load_teacher(os.environ["HF_KD_TEST_VIT_TEACHER"])
+        if needs_teacher in ("vit", "convnext"):
+            teacher = hf_kd.load_teacher(os.environ[f"HF_KD_TEST_{needs_teacher.upper()}_TEACHER"])
         else:
             teacher = hf_kd.create_student("cifar_resnet20", data.num_labels, data.label_names) if needs_teacher \
                 else None
