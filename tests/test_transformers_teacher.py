@@ -272,8 +272,13 @@ def test_bf16_autocast_on_cpu(data, teacher_dir, tmp_path, cls):
                   train_dataset=data.train, eval_dataset=data.eval, augmentation=data.batch_augment("none"))
     assert next(trainer.teacher.parameters()).dtype == torch.bfloat16  # held in the mixed-precision dtype
     aug, u, _ = batch(data)
+    seen = []
+    teacher_inputs = teacher.teacher_inputs
+    teacher.teacher_inputs = lambda x: seen.append(x.dtype) or teacher_inputs(x)
     out = trainer.teacher_forward(aug(u, train=False))
+    del teacher.teacher_inputs
     assert out.logits.dtype == torch.float32 and out.pre_logits.dtype == torch.float32
+    assert seen == [torch.float32]  # preprocessed from the student's batch as it is, not rounded to bf16 first
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

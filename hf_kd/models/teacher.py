@@ -209,6 +209,8 @@ class TransformersTeacher(nn.Module):
     def architecture(self) -> str:
         return (getattr(self.config, "architectures", None) or [type(self.model).__name__])[0]
 
+    own_preprocessing = True  # takes the student's batch as it is and casts to its dtype after preprocessing
+
     def set_student_normalization(self, mean: Sequence[float], std: Sequence[float]):
         """The normalisation of the batches ``forward_kd`` receives: (x/255 - mean) / std per channel."""
         self.student_mean, self.student_std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
