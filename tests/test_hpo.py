@@ -144,3 +144,33 @@ def test_a_trial_applies_its_method_augmentation(data, tmp_path):
         compute_objective=lambda m: m["eval_top1"], n_trials=2, direction="maximize", backend="optuna",
         sampler=optuna.samplers.GridSampler({"random_resized_crop": [False, True]}, seed=0))
     assert sorted(seen) == [(False, False), (True, True)], seen
+
+
+def test_a_trial_applies_its_data_augmentation_arguments(data, tmp_path):
+    """The data-level overrides (``augmentation``, ``pad_mode``, ``norm_mean``/``norm_std``) are arguments too: a trial
+    that searches one trains with it (it used to keep what __init__ chose, silently)."""
+    from transformers import TrainerCallback
+
+    from hf_kd import SupervisedTrainer
+
+    def model_init(trial):
+        return create_student("cifar_resnet20", data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                              model_args={"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]})
+
+    args = SupervisedTrainer.args_class(output_dir=str(tmp_path), per_device_train_batch_size=16, max_steps=1,
+                                        report_to=[], use_cpu=True, save_strategy="no", eval_strategy="no",
+                                        disable_tqdm=True, pad_mode="constant")
+    trainer = SupervisedTrainer(model_init=model_init, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                                augmentation=data.batch_augment("cifar"))
+    seen = []
+
+    class AtTrainBegin(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            seen.append((args.pad_mode, trainer.augmentation.pad_mode))
+
+    trainer.add_callback(AtTrainBegin())
+    trainer.hyperparameter_search(
+        hp_space=lambda t: {"pad_mode": t.suggest_categorical("pad_mode", ["constant", "reflect"])},
+        compute_objective=lambda m: m["eval_top1"], n_trials=2, direction="maximize", backend="optuna",
+        sampler=optuna.samplers.GridSampler({"pad_mode": ["constant", "reflect"]}, seed=0))
+    assert sorted(seen) == [("constant", "constant"), ("reflect", "reflect")], seen

@@ -183,6 +183,8 @@ class TransformersTeacher(nn.Module):
     ``KDOutput(logits, pre_logits)``: ``pre_logits`` is what the classification head reads (module docstring).
     """
 
+    own_preprocessing = True  # takes the student's batch as it is; casts to its dtype after preprocessing
+
     def __init__(self, model: nn.Module, preprocess: TeacherPreprocess, name: Optional[str] = None):
         super().__init__()
         self.model = model
@@ -208,8 +210,6 @@ class TransformersTeacher(nn.Module):
     @property
     def architecture(self) -> str:
         return (getattr(self.config, "architectures", None) or [type(self.model).__name__])[0]
-
-    own_preprocessing = True  # takes the student's batch as it is and casts to its dtype after preprocessing
 
     def set_student_normalization(self, mean: Sequence[float], std: Sequence[float]):
         """The normalisation of the batches ``forward_kd`` receives: (x/255 - mean) / std per channel."""

@@ -145,16 +145,10 @@ class DistillationTrainer(Trainer):
         student_cfg = wrapper.student.config.pretrained_cfg
         if augmentation is None:
             augmentation = BatchAugment(student_cfg["mean"], student_cfg["std"], "none")
-        if args.augmentation or args.pad_mode or args.norm_mean:
-            augmentation = BatchAugment(args.norm_mean or augmentation.mean.flatten().tolist(),
-                                        args.norm_std or augmentation.std.flatten().tolist(),
-                                        args.augmentation or augmentation.kind, augmentation.padding,
-                                        args.pad_mode or augmentation.pad_mode)
+        self._data_augmentation = augmentation  # a search trial's arguments are applied to it again (call_model_init)
+        self.augmentation = self.training_augmentation(augmentation, args)
         # what the model sees at train time is what pipeline must feed it: the processor reads pretrained_cfg
-        student_cfg["mean"] = [float(v) for v in args.norm_mean or augmentation.mean.flatten().tolist()]
-        student_cfg["std"] = [float(v) for v in args.norm_std or augmentation.std.flatten().tolist()]
-        self._data_augmentation = augmentation  # method_augmentation reads a trial's arguments again (call_model_init)
-        self.augmentation = self.method_augmentation(augmentation, args)
+        student_cfg["mean"], student_cfg["std"] = self.input_normalization(args)
         super().__init__(
             model=wrapper, args=args, data_collator=data_collator or ImageCollator(),
             compute_metrics=compute_metrics or self.build_metrics(wrapper),
@@ -222,6 +216,23 @@ class DistillationTrainer(Trainer):
         """The batched augmentation this method trains with (default: the data's, with the user's overrides)."""
         return augmentation
 
+    def training_augmentation(self, augmentation: BatchAugment, args: DistillationArguments) -> BatchAugment:
+        """The data's augmentation with the user's ``augmentation`` / ``pad_mode`` / ``norm_mean`` / ``norm_std``
+        overrides, then the method's (``method_augmentation``)."""
+        if args.augmentation or args.pad_mode or args.norm_mean or args.norm_std:
+            augmentation = BatchAugment(args.norm_mean or augmentation.mean.flatten().tolist(),
+                                        args.norm_std or augmentation.std.flatten().tolist(),
+                                        args.augmentation or augmentation.kind, augmentation.padding,
+                                        args.pad_mode or augmentation.pad_mode)
+        return self.method_augmentation(augmentation, args)
+
+    def input_normalization(self, args: DistillationArguments) -> tuple[list[float], list[float]]:
+        """The mean/std the student is trained with (``norm_mean``/``norm_std`` exactly as given, else the
+        augmentation's), which the exported config must hold."""
+        mean = args.norm_mean or self.augmentation.mean.flatten().tolist()
+        std = args.norm_std or self.augmentation.std.flatten().tolist()
+        return [float(v) for v in mean], [float(v) for v in std]
+
     @property
     def eval_head_names(self) -> list[str]:
         return self.accelerator.unwrap_model(self.model).head_names
@@ -244,16 +255,18 @@ class DistillationTrainer(Trainer):
         model = super().call_model_init(trial)
         if isinstance(model, DistillationModel):
             return model
-        if self.teacher is not None:
-            check_same_labels(model, self.teacher)
-        cfg = model.config.pretrained_cfg  # what pipeline must feed the exported student, as in __init__
-        cfg["mean"], cfg["std"] = self.augmentation.mean.flatten().tolist(), self.augmentation.std.flatten().tolist()
         teacher = self.accelerator.unwrap_model(self.teacher) if self.teacher is not None else None
+        if teacher is not None:
+            check_same_labels(model, teacher)
+        if trial is not None:  # the trial's arguments may choose the augmentation (e.g. LightSKD's random crop)
+            self.augmentation = self.training_augmentation(self._data_augmentation, self.args)
+        cfg = model.config.pretrained_cfg  # what pipeline must feed the exported student, as in __init__
+        cfg["mean"], cfg["std"] = self.input_normalization(self.args)
+        if teacher is not None:
+            bind_student_input(teacher, cfg["mean"], cfg["std"])  # a searched norm_mean changes the teacher's input
         wrapper = self.build_model(model, self.args, teacher)
         if self._own_metrics:
             self.compute_metrics = self.build_metrics(wrapper)
-        if trial is not None:  # e.g. LightSKD's random_resized_crop searched
-            self.augmentation = self.method_augmentation(self._data_augmentation, self.args)
         return wrapper.to(memory_format=torch.channels_last) if self.args.channels_last else wrapper
 
     @property
