@@ -174,3 +174,52 @@ def test_a_trial_applies_its_data_augmentation_arguments(data, tmp_path):
         compute_objective=lambda m: m["eval_top1"], n_trials=2, direction="maximize", backend="optuna",
         sampler=optuna.samplers.GridSampler({"pad_mode": ["constant", "reflect"]}, seed=0))
     assert sorted(seen) == [("constant", "constant"), ("reflect", "reflect")], seen
+
+
+def _search_snapshots(method, data, out, fast):
+    """2 trials (learning rates 0.05, 0.01) of ``method``; the parameters each trial ends with."""
+    from hf_kd.methods import get_method
+
+    cls = get_method(method)
+    torch.manual_seed(1)
+    teacher = (create_student("cifar_resnet20", data.num_labels, data.label_names,
+                              model_args={"channels": [8, 8, 16, 16], "blocks": [1, 1, 1]})
+               if cls.uses_teacher == "required" else None)
+
+    def model_init(trial):
+        torch.manual_seed(0)
+        return create_student("cifar_resnet20", data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                              model_args={"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]})
+
+    args = cls.args_class(output_dir=str(out), max_steps=3, per_device_train_batch_size=8, report_to=[], use_cpu=True,
+                          dataloader_drop_last=True, seed=0, optim="sgd", optim_args="momentum=0.9",
+                          save_strategy="no", eval_strategy="no", disable_tqdm=True, fast_path=fast)
+    trainer = cls(model_init=model_init, teacher=teacher, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                  augmentation=data.batch_augment())
+    if fast:
+        trainer.fast_step.compile_options = {"backend": "aot_eager"}  # dynamo + AOTAutograd, no inductor compile
+    snaps = []
+
+    def objective(metrics):
+        snaps.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        return metrics["eval_top1"]
+
+    lrs = [0.05, 0.01]
+    trainer.hyperparameter_search(
+        hp_space=lambda t: {"learning_rate": t.suggest_categorical("learning_rate", lrs)},
+        compute_objective=objective, n_trials=2, direction="maximize", backend="optuna",
+        sampler=optuna.samplers.GridSampler({"learning_rate": lrs}, seed=0))
+    return snaps
+
+
+@pytest.mark.parametrize("method", ["kd", "ffsd"])
+def test_search_with_the_fast_path_trains_each_trial_like_eager(method, data, tmp_path):
+    """With ``fast_path`` every trial's compiled step trains that trial's model and optimizer (a new student, aux
+    modules and, for FFSD, SGD + Adam per trial), as the eager search does."""
+    eager = _search_snapshots(method, data, tmp_path / "eager", False)
+    fast = _search_snapshots(method, data, tmp_path / "fast", True)
+    assert len(eager) == len(fast) == 2
+    assert any(not torch.equal(eager[0][k], eager[1][k]) for k in eager[0])  # the trials differ
+    for e, f in zip(eager, fast):
+        for k, v in e.items():
+            torch.testing.assert_close(f[k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
