@@ -348,7 +348,7 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
     teacher = trainer.teacher
     teacher_name = _teacher_name(trainer)
     method_hp, training_hp = method_hyperparameters(args)
-    used = trainer.used_hyperparameters() if hasattr(trainer, "used_hyperparameters") else {}
+    used = trainer.used_hyperparameters()
     method_hp = [(n, _plain(used.get(n, v))) for n, v in method_hp]
     training_hp = [(n, _plain(used.get(n, v))) for n, v in training_hp]
     curves = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, CURVES_FILE))

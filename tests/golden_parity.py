@@ -274,6 +274,8 @@ def compare(fixture: dict, result: dict, rtol: float = RTOL) -> tuple[list[str],
     if len(ref_terms) != len(got_terms):
         problems.append(f"{len(got_terms)} training steps logged terms, the fixture has {len(ref_terms)}")
     for step, (r, g) in enumerate(zip(ref_terms, got_terms)):
+        if not r:
+            problems.append(f"step {step}: the fixture holds no loss terms (an incomplete fixture)")
         if set(r) != set(g):
             problems.append(f"step {step}: terms {sorted(g)} != fixture {sorted(r)}")
         for name in sorted(set(r) & set(g)):
@@ -281,11 +283,18 @@ def compare(fixture: dict, result: dict, rtol: float = RTOL) -> tuple[list[str],
                   _rel(g[name], r[name], abs(r[name]) + TERM_ATOL / rtol), rtol)
 
     if fixture.get("mixup"):
+        if len(result["mixup"]) != len(fixture["mixup"]):
+            problems.append(f"{len(result['mixup'])} mixup draws recorded, the fixture has {len(fixture['mixup'])}")
         for step, (r, g) in enumerate(zip(fixture["mixup"], result["mixup"])):
             if r["perm"] != g["perm"] or abs(r["lam"] - g["lam"]) > 1e-15:
                 problems.append(f"step {step}: mixup draw (lam {g['lam']}, perm {g['perm']}) != fixture "
                                 f"({r['lam']}, {r['perm']})")
 
+    if set(fixture["delta"]) != set(fixture["init"]):  # every trained tensor's update, or the fixture is incomplete
+        problems.append(f"the fixture's updates cover {len(fixture['delta'])} tensors, its initial state "
+                        f"{len(fixture['init'])}: {sorted(set(fixture['init']) ^ set(fixture['delta']))[:8]}")
+    for key in sorted(set(result["delta"]) - set(fixture["delta"])):
+        problems.append(f"{key}: updated by hf_kd, absent from the fixture")
     for key, r in fixture["delta"].items():
         g = result["delta"].get(key)
         if g is None:
@@ -300,6 +309,8 @@ def compare(fixture: dict, result: dict, rtol: float = RTOL) -> tuple[list[str],
         check("delta", f"{key} update sum", _rel(g["sum"], r["sum"], r["abs_sum"]), rtol)
         check("delta", f"{key} update sum|.|", _rel(g["abs_sum"], r["abs_sum"], r["abs_sum"]), rtol)
         check("delta", f"{key} update sum of squares", _rel(g["sumsq"], r["sumsq"], r["sumsq"]), rtol)
+        if not len(r["idx"]) == len(r["val"]) == len(g["val"]):
+            problems.append(f"{key}: {len(g['val'])} sampled entries, the fixture has {len(r['val'])}")
         for i, rv, gv in zip(r["idx"], r["val"], g["val"]):
             check("delta", f"{key} update [{i}] ({gv!r} vs official {rv!r})", _rel(gv, rv, max(abs(rv), rms)), rtol)
     return problems, worst

@@ -91,6 +91,7 @@ def test_fast_path_matches_eager(runs, method):
     for k, v in r["eager"].items():
         torch.testing.assert_close(r["fast"][k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
     assert [sorted(x) for x in r["fast_logs"]] == [sorted(x) for x in r["eager_logs"]]  # the same terms logged
+    assert len(r["eager_logs"]) == 2  # logging_steps=2 over 4 steps
     for fast, eager in zip(r["fast_logs"], r["eager_logs"]):
         for name in eager:
             assert fast[name] == pytest.approx(eager[name], rel=1e-4, abs=2e-6), (method, name)
@@ -105,6 +106,7 @@ def test_fast_path_resumes_exactly(runs, method):
     for k, v in r["fast"].items():
         assert torch.equal(r["resumed"][k], v), (method, k)
     assert r["resumed_logs"][-1] == r["fast_logs"][-1]
+    assert r["trainer"].state.global_step == 4  # the resumed run did train steps 3 and 4
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -119,6 +121,7 @@ def test_uncompiled_step_matches_eager(data, tmp_path, method):
     assert fast.fast_step.compiled is not None and not fast.fast_step.graphs  # built, never compiled or captured
     for k, v in snapshot(eager).items():
         torch.testing.assert_close(snapshot(fast)[k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
+    assert len(loss_logs(fast)) == len(loss_logs(eager)) == 1
     for a, b in zip(loss_logs(fast), loss_logs(eager)):
         assert a == pytest.approx(b, rel=1e-4, abs=2e-6)
 

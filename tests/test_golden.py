@@ -60,7 +60,8 @@ def test_golden_fixture_provenance(name):
 
 
 def test_golden_comparison_catches_small_differences():
-    """The comparison itself: an exact copy passes, a 1e-7 relative change of one term or one update does not."""
+    """The comparison itself: an exact copy passes; a 1e-7 relative change of one term or one update, a missing update
+    and an incomplete fixture do not."""
     fixture = gp.load_fixture("kd")
     same = {"terms": copy.deepcopy(fixture["terms"]), "mixup": [], "init": fixture["init"],
             "teacher_init": fixture["teacher_init"], "delta": copy.deepcopy(fixture["delta"])}
@@ -74,6 +75,17 @@ def test_golden_comparison_catches_small_differences():
     update = copy.deepcopy(same)
     update["delta"][key]["sumsq"] *= 1 + 1e-7
     assert any(key in p for p in gp.compare(fixture, update)[0])
+
+    # an incomplete fixture (or a result) can't pass by comparing nothing
+    empty_delta = copy.deepcopy(fixture)
+    empty_delta["delta"] = {}
+    assert gp.compare(empty_delta, same)[0]
+    empty_terms = copy.deepcopy(fixture)
+    empty_terms["terms"] = [{} for _ in fixture["terms"]]
+    assert gp.compare(empty_terms, {**same, "terms": [{} for _ in fixture["terms"]]})[0]
+    missing = copy.deepcopy(same)
+    del missing["delta"][key]
+    assert any(key in p for p in gp.compare(fixture, missing)[0])
 
     stale = copy.deepcopy(same)
     stale["init"] = copy.deepcopy(fixture["init"])

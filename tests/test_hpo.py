@@ -202,6 +202,7 @@ def _search_snapshots(method, data, out, fast):
 
     def objective(metrics):
         snaps.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        assert not fast or trainer.fast_step.compiled is not None  # the trial really ran the compiled step
         return metrics["eval_top1"]
 
     lrs = [0.05, 0.01]
@@ -223,3 +224,43 @@ def test_search_with_the_fast_path_trains_each_trial_like_eager(method, data, tm
     for e, f in zip(eager, fast):
         for k, v in e.items():
             torch.testing.assert_close(f[k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
+
+
+def test_a_trial_applies_its_normalization_to_student_export_and_teacher(data, tmp_path):
+    """A searched norm_mean/norm_std reaches the training augmentation, the student's exported preprocessing and a
+    transformers teacher's input rebuild (which undoes the student's normalisation)."""
+    from test_transformers_teacher import save_vit
+    from transformers import TrainerCallback
+
+    from hf_kd import KDTrainer, load_teacher
+
+    teacher = load_teacher(save_vit(tmp_path / "vit", data.label_names))
+
+    def model_init(trial):
+        return create_student("cifar_resnet20", data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                              model_args={"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]})
+
+    args = KDTrainer.args_class(output_dir=str(tmp_path / "run"), per_device_train_batch_size=16, max_steps=1,
+                                report_to=[], use_cpu=True, save_strategy="no", eval_strategy="no",
+                                disable_tqdm=True)
+    trainer = KDTrainer(model_init=model_init, teacher=teacher, args=args, train_dataset=data.train,
+                        eval_dataset=data.eval, augmentation=data.batch_augment())
+    stats = {"a": ([0.25, 0.5, 0.75], [0.5, 0.25, 0.125]), "b": ([0.125, 0.25, 0.375], [0.25, 0.5, 0.75])}
+    seen = []
+
+    class AtTrainBegin(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            seen.append([list(args.norm_mean), trainer.augmentation.mean.flatten().tolist(),
+                         trainer.student.config.pretrained_cfg["mean"], list(teacher.student_mean),
+                         list(args.norm_std), trainer.augmentation.std.flatten().tolist(),
+                         trainer.student.config.pretrained_cfg["std"], list(teacher.student_std)])
+
+    def hp_space(trial):
+        mean, std = stats[trial.suggest_categorical("stats", list(stats))]
+        return {"norm_mean": mean, "norm_std": std}
+
+    trainer.add_callback(AtTrainBegin())
+    trainer.hyperparameter_search(hp_space=hp_space, compute_objective=lambda m: m["eval_top1"], n_trials=2,
+                                  direction="maximize", backend="optuna",
+                                  sampler=optuna.samplers.GridSampler({"stats": list(stats)}, seed=0))
+    assert sorted(seen) == sorted([[m] * 4 + [s] * 4 for m, s in stats.values()]), seen

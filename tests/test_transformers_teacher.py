@@ -140,6 +140,7 @@ def _families():
         "deit": (tf.DeiTConfig(**vit), "deit", cls_token, 32),
         "beit": (tf.BeitConfig(**vit, use_mean_pooling=True), "beit", pooled, 32),
         "beit_cls": (tf.BeitConfig(**vit, use_mean_pooling=False), "beit", cls_token, 32),
+        "data2vec_vision": (tf.Data2VecVisionConfig(**vit, use_mean_pooling=True), "data2vec_vision", pooled, 32),
         "dinov2": (tf.Dinov2Config(**vit), "dinov2", lambda o: torch.cat(
             [o.last_hidden_state[:, 0], o.last_hidden_state[:, 1:].mean(1)], 1), 64),
         "swin": (tf.SwinConfig(image_size=24, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[1, 2],
@@ -154,7 +155,7 @@ def _families():
     }
 
 
-@pytest.mark.parametrize("family", ["deit", "beit", "beit_cls", "dinov2", "swin", "resnet", "regnet",
+@pytest.mark.parametrize("family", ["deit", "beit", "beit_cls", "data2vec_vision", "dinov2", "swin", "resnet", "regnet",
                                     "mobilenet_v2", "mobilenet_v1", "efficientnet"])
 def test_pre_logits_per_family_as_documented(family):
     """The per-family table of hf_kd/models/teacher.py (and the README): what the head reads, and its measured
@@ -329,3 +330,17 @@ def test_two_processes_match_one_with_transformers_teachers(data, vit_dir, convn
         for k in a:
             if "running_" not in k and "num_batches" not in k:
                 assert (a[k] - b[k]).abs().max().item() < 5e-5, (name, k)
+
+
+def test_rebound_student_normalization_reaches_the_teacher_input(data, vit_dir):
+    """The teacher keeps its statistics on the device between steps; binding another student normalisation (a new
+    trainer, a search trial with another norm_mean) must replace them, not keep the first."""
+    x = torch.randn(2, 3, 32, 32)
+    teacher = load_teacher(vit_dir)
+    teacher.set_student_normalization([0.5] * 3, [0.25] * 3)
+    first = teacher.teacher_inputs(x)
+    teacher.set_student_normalization([0.3, 0.4, 0.5], [0.2, 0.25, 0.3])
+    fresh = load_teacher(vit_dir)
+    fresh.set_student_normalization([0.3, 0.4, 0.5], [0.2, 0.25, 0.3])
+    torch.testing.assert_close(teacher.teacher_inputs(x), fresh.teacher_inputs(x), rtol=0, atol=0)
+    assert not torch.allclose(first, fresh.teacher_inputs(x))

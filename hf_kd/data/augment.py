@@ -40,7 +40,9 @@ class BatchAugment:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 255] (uint8, or float after a reflect-padded crop) -> (x/255 - mean) / std."""
         x = x.float() / 255.0
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # moved once, not copied to the device in every step
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
     def draw(self, shape: Sequence[int], device=None) -> tuple[torch.Tensor, ...]:
         """The random parameters of one training batch of ``shape`` (B, C, H, W): per-sample crop offsets i, j and

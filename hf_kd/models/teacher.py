@@ -26,7 +26,7 @@ run (``hf_kd.modules.projector_kd.pre_logits_dim``). Per family (transformers 5.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -87,6 +87,7 @@ class TeacherPreprocess:
     scale: float = 1.0
     mean: Optional[tuple] = None
     std: Optional[tuple] = None
+    _stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_image_processor(cls, processor) -> "TeacherPreprocess":
@@ -127,13 +128,6 @@ class TeacherPreprocess:
         return cls(resize=resize, crop=crop, interpolation=mode, resample_name=name, scale=scale, mean=mean,
                    std=std)
 
-    @property
-    def input_size(self) -> Optional[tuple]:
-        """(H, W) the teacher receives for a square input, or None when it follows the input size."""
-        if self.crop is not None:
-            return self.crop
-        return self.resize[1] if self.resize is not None and self.resize[0] == "size" else None
-
     def __call__(self, pixels01: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float pixels in [0, 1] -> the teacher's ``pixel_values`` (in the dtype of ``pixels01``)."""
         x = pixels01
@@ -158,10 +152,18 @@ class TeacherPreprocess:
             x = x[..., top:top + ch, left:left + cw]
         x = x * self.scale
         if self.mean is not None:
-            mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            mean, std = channel_stats(self._stats, self.mean, self.std, x)
             x = (x - mean) / std
         return x
+
+
+def channel_stats(cache: dict, mean: Sequence[float], std: Sequence[float], x: torch.Tensor):
+    """``mean``/``std`` as (1, C, 1, 1) tensors in ``x``'s dtype and device, made once per (dtype, device) and kept
+    in ``cache``: no host-to-device copy in every training step."""
+    key = (x.dtype, x.device)
+    if key not in cache:
+        cache[key] = tuple(torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in (mean, std))
+    return cache[key]
 
 
 def find_head(model: nn.Module) -> tuple[str, nn.Module]:
@@ -194,7 +196,7 @@ class TransformersTeacher(nn.Module):
         self._head_input = None
         head.register_forward_pre_hook(self._keep_head_input)
         # until the trainer binds the student's normalisation, inputs are taken as normalised like the teacher's
-        self.student_mean, self.student_std = preprocess.mean or (0.0,), preprocess.std or (1.0,)
+        self.set_student_normalization(preprocess.mean or (0.0,), preprocess.std or (1.0,))
 
     def _keep_head_input(self, module, args):
         self._head_input = args[0]
@@ -214,13 +216,13 @@ class TransformersTeacher(nn.Module):
     def set_student_normalization(self, mean: Sequence[float], std: Sequence[float]):
         """The normalisation of the batches ``forward_kd`` receives: (x/255 - mean) / std per channel."""
         self.student_mean, self.student_std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self._student_stats = {}
 
     def teacher_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The student's normalised batch -> the teacher's ``pixel_values`` (batched, same device; half precision
         upcast to float32 for the resize, float32/float64 kept: ``upcast_half``)."""
         x = upcast_half(pixel_values)
-        mean = torch.tensor(self.student_mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.student_std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        mean, std = channel_stats(self._student_stats, self.student_mean, self.student_std, x)
         return self.preprocess((x * std + mean).clamp_(0.0, 1.0))
 
     def forward_kd(self, pixel_values: torch.Tensor, stages: bool = False) -> KDOutput:

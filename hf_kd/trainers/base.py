@@ -308,9 +308,9 @@ class DistillationTrainer(Trainer):
         """The frozen teacher's ``KDOutput`` (eval mode, no grad, under the Trainer's autocast)."""
         if self.teacher is None:
             raise ValueError(f"{type(self).__name__} needs a teacher: pass teacher=load_teacher(path_or_hub_id).")
+        # a transformers teacher casts after its own preprocessing (undoing a bf16 batch's normalisation loses bits)
         if not getattr(self.teacher, "own_preprocessing", False):
             pixel_values = pixel_values.to(next(self.teacher.parameters()).dtype)
-        # a transformers teacher casts after its own preprocessing (undoing the normalisation of a bf16 batch loses bits)
         out = self.teacher.forward_kd(pixel_values, stages=stages)
         # a bf16/fp16 teacher hands fp32 targets to the losses; a float32/float64 one keeps its dtype
         out.logits, out.pre_logits = upcast_half(out.logits), upcast_half(out.pre_logits)

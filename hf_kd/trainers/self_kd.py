@@ -36,8 +36,8 @@ clipping (``max_grad_norm`` defaults to 0 in hf_kd, not transformers' 1.0).
 Augmentation: LightSKD trains CIFAR with ``RandomResizedCrop(32)`` (scale 0.08-1, ratio 3/4-4/3) + horizontal flip and
 CIFAR-10 normalisation statistics. ``RandomResizedCropAugment`` does that crop batched on the device with torch ops
 (global RNG inside the step, so resume stays exact); it replaces the data layer's batched pad-crop when
-``random_resized_crop`` is on (``hf_kd.data.augment``) (the default "auto": on for data whose batched augmentation is the CIFAR pad-crop and no
-``--augmentation`` / ``--pad_mode`` override). ``norm_mean``/``norm_std`` override the normalisation (the preset sets
+``random_resized_crop`` is on (``hf_kd.data.augment``). Left unset (None), it is on for data whose batched
+augmentation is the CIFAR pad-crop and no ``--augmentation`` / ``--pad_mode`` override. ``norm_mean``/``norm_std`` override the normalisation (the preset sets
 LightSKD's CIFAR-10 values); they are written into the exported config so inference preprocesses the same way.
 """
 
