@@ -6,8 +6,13 @@ only its own hyperparameters, read unchanged from its paper preset (``recipes/co
 weights, projectors, mixup alpha, ...). The baseline (``ce``) is the same student, schedule and augmentation with
 plain cross-entropy. KD and PEFD share one teacher, trained once (seed 0) before them and reported in the table.
 
-Resumable: a finished run (``result.json`` in its folder) is skipped; an interrupted one continues from its last
-checkpoint (``save_strategy=epoch``); so a long matrix can be spread over several sittings. Writes
+Resumable: a finished run (``result.json`` in its folder, or its record in ``results.json`` when the folder is gone,
+as in a results folder copied without ``runs/``) is skipped; an interrupted one continues from its last checkpoint
+(``save_strategy=epoch``). So a long matrix can be spread over several sittings, even on different machines: a later
+sitting must use the first one's data, student, teacher and schedule (it stops, naming what differs, otherwise), may
+add methods and seeds, and is recorded beside the earlier ones (its command, hardware and methods) in
+``settings.json``. ``--rerun METHOD`` discards that method's finished runs of the given seeds and trains them again.
+Writes
 ``results.json`` (settings, every run's evaluations and loss terms, the summary), ``results.md`` (the table) and
 ``accuracy.png`` (bars with error bars; mean eval curves).
 
@@ -29,6 +34,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -123,6 +129,66 @@ def read_run(run_dir: Path) -> dict:
                 evals=evals, losses=losses)
 
 
+def recorded_runs(out: Path) -> list[dict]:
+    """Every finished run of the matrix in ``out``: each ``runs/<method>-seed<k>/result.json``, and each run recorded
+    in ``results.json`` whose folder is gone (a results folder copied or committed without ``runs/``)."""
+    found = {}
+    if (out / "results.json").is_file():
+        for r in json.loads((out / "results.json").read_text())["runs"]:
+            if not (out / "runs" / f"{r['method']}-seed{r['seed']}").exists():
+                found[r["method"], r["seed"]] = r
+    for path in (out / "runs").glob("*/result.json"):
+        r = json.loads(path.read_text())
+        found[r["method"], r["seed"]] = r
+    return sorted(found.values(), key=lambda r: f"{r['method']}-seed{r['seed']}")
+
+
+def restore_runs(out: Path, drop=()) -> None:
+    """Before a sitting: give every finished run its ``runs/<method>-seed<k>/result.json`` back (so ``execute`` skips
+    it), except the ``(method, seed)`` pairs in ``drop``, which are forgotten with their folders (``--rerun``)."""
+    drop = set(drop)
+    runs = [r for r in recorded_runs(out) if (r["method"], r["seed"]) not in drop]
+    for method, seed in drop:
+        shutil.rmtree(out / "runs" / f"{method}-seed{seed}", ignore_errors=True)
+    if (out / "results.json").is_file():
+        summary = json.loads((out / "results.json").read_text())
+        (out / "results.json").write_text(json.dumps(dict(summary, runs=runs), indent=1))
+    for r in runs:
+        done = out / "runs" / f"{r['method']}-seed{r['seed']}" / "result.json"
+        if not done.is_file():
+            done.parent.mkdir(parents=True)
+            done.write_text(json.dumps(r, indent=1))
+
+
+def join_sitting(old: dict | None, new: dict, rerun=()) -> dict:
+    """The settings of a matrix after one more sitting. A sitting must train what the earlier ones trained: same
+    common run settings (data, subset, student, schedule, augmentation), teacher, and, for a method that already has
+    runs, the same method hyperparameters (unless it is re-run); otherwise the table would mix two experiments, so
+    this stops and names the differences. Seeds and methods are the union; each sitting's command, hardware and
+    methods are kept in ``sittings``."""
+    sitting = {k: new[k] for k in ("date", "command", "hardware", "methods", "seeds")}
+    new = {k: v for k, v in new.items() if k not in ("date", "command", "hardware", "methods")}
+    if old is None:
+        return dict(new, sittings=[sitting])
+    differ = [f"{k}: {old['common'].get(k)!r} before, {new['common'].get(k)!r} now"
+              for k in sorted(set(old["common"]) | set(new["common"])) if old["common"].get(k) != new["common"].get(k)]
+    differ += [f"{k}: {old.get(k)!r} before, {new[k]!r} now" for k in ("teacher", "teacher_epochs")
+               if old.get(k) != new[k]]
+    old_hp = old.get("method_hyperparameters", {})
+    differ += [f"{m}'s hyperparameters: {old_hp[m]} before, {hp} now (pass --rerun {m} to train it again)"
+               for m, hp in new["method_hyperparameters"].items() if m in old_hp and old_hp[m] != hp and m not in rerun]
+    if differ:
+        raise SystemExit("this sitting does not continue the matrix already in --out, whose settings.json says "
+                         "otherwise:\n  " + "\n  ".join(differ) + "\nuse the same flags as before, or a new --out")
+    sittings = old.get("sittings") or [dict(date=None, command=old.get("command"), hardware=old.get("hardware"),
+                                            methods=list(old_hp), seeds=old.get("seeds"))]
+    merged = dict(old, method_hyperparameters={**old_hp, **new["method_hyperparameters"]},
+                  seeds=sorted(set(old.get("seeds", [])) | set(new["seeds"])), sittings=[*sittings, sitting])
+    merged.pop("command", None)
+    merged.pop("hardware", None)
+    return merged
+
+
 def execute(o, method: str, seed: int, teacher_dir: Path | None, lock: threading.Lock) -> dict:
     run_dir = Path(o.out) / "runs" / f"{method}-seed{seed}"
     done = run_dir / "result.json"
@@ -184,7 +250,7 @@ def welch_interval(a, b, level=0.95):
 
 
 def summarize(out: Path, settings: dict) -> dict:
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/result.json"))]
+    runs = recorded_runs(out)
     by = {}
     for r in runs:
         by.setdefault(r["method"], []).append(r)
@@ -217,12 +283,22 @@ def pct(x):
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
+def sittings_text(s: dict) -> str:
+    sittings = s.get("sittings") or [s]
+    if len(sittings) == 1:
+        return f"Hardware: {sittings[0].get('hardware')}. Command: `{sittings[0].get('command')}`."
+    return f"Run in {len(sittings)} sittings: " + "; ".join(
+        f"({i}) {', '.join(LABELS.get(m, m) for m in x.get('methods') or [])}"
+        f"{', ' + x['date'] if x.get('date') else ''}, hardware: {x.get('hardware')}, command: `{x.get('command')}`"
+        for i, x in enumerate(sittings, 1)) + "."
+
+
 def table(summary: dict) -> str:
     s = summary["settings"]
     lines = [f"Data: {s.get('dataset_title') or s.get('dataset')}; train subset {s.get('train_subset')}, "
              f"evaluated on {s.get('eval_images')}. Student `{s.get('student')}`, teacher `{s.get('teacher')}` "
              f"({s.get('teacher_epochs')} epochs). Schedule: {s.get('schedule')}. Seeds {s.get('seeds')}. "
-             f"Hardware: {s.get('hardware')}. Command: `{s.get('command')}`.", "",
+             + sittings_text(s), "",
              "| method | top-1, final epoch (mean ± std) | top-1, best evaluation (mean ± std) | gain over CE, final "
              "(95 % CI) | top-5 final (mean) | runs | minutes per run |",
              "|---|---|---|---|---|---|---|"]
@@ -344,14 +420,22 @@ def main():
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--rerun", nargs="+", default=[], choices=list(METHODS),
+                   help="discard these methods' finished runs of --seeds and train them again")
     p.add_argument("--summarize", action="store_true", help="only rebuild results.json/md/png from finished runs")
     o = p.parse_args()
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
     settings_file = out / "settings.json"
+    old = json.loads(settings_file.read_text()) if settings_file.is_file() else None
     if o.summarize:
-        summarize(out, json.loads(settings_file.read_text()))
+        if old is None:
+            p.error(f"--summarize: {settings_file} does not exist, so there is no matrix to summarize")
+        summarize(out, old)
         return
+    if set(o.rerun) - set(o.methods):
+        p.error(f"--rerun {' '.join(sorted(set(o.rerun) - set(o.methods)))}: not among --methods, so it would not be "
+                "trained again; add it to --methods")
     if o.epochs % o.eval_every:
         p.error("--epochs must be a multiple of --eval_every, so that the last epoch is evaluated")
     o.threads = o.threads or max(1, (os.cpu_count() or 1) // o.jobs)
@@ -369,8 +453,11 @@ def main():
                   f"{o.weight_decay}, pad-4 crop + flip, evaluation every {o.eval_every} epochs"
                   + (", bf16" if o.bf16 else "")),
         hardware=f"{hardware()}, {o.jobs} run(s) at a time, {o.threads} thread(s) each",
-        command="python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
+        command="python benchmarks/accuracy.py " + shlex.join(sys.argv[1:]), methods=o.methods,
+        date=datetime.date.today().isoformat(),
         method_hyperparameters={m: method_fields(m) for m in o.methods}, common=common_config(o))
+    settings = join_sitting(old, settings, o.rerun)  # before anything is discarded: a mismatch changes nothing
+    restore_runs(out, drop=[(m, k) for m in o.rerun for k in o.seeds])
     settings_file.write_text(json.dumps(settings, indent=1))
 
     lock = threading.Lock()

@@ -5,7 +5,9 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +85,61 @@ def test_welch_interval_and_headline_table(acc, tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| KD (Hinton) | 46.00 ± 1.41 | 47.00 ± 1.41 (best of 1) | +5.00 [" in md
     assert (tmp_path / "accuracy.png").stat().st_size > 0 and summary["rows"][0]["method"] == "ce"
+
+
+def fake_recipe(calls):
+    """Stands in for a recipe process: records the run and writes the trainer state a finished run leaves."""
+
+    def call(cmd, **kw):
+        run_dir = Path(cmd[cmd.index("--config") + 1]).parent
+        calls.append(run_dir.name)
+        history = [{"epoch": 2.0, "loss": 1.0, "step": 8},
+                   {"epoch": 2.0, "eval_top1": 0.3 + 0.01 * len(calls), "eval_top5": 0.6, "step": 8}]
+        (run_dir / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+        return 0
+
+    return call
+
+
+def test_a_matrix_spread_over_sittings_keeps_every_run_and_refuses_other_settings(acc, tmp_path, monkeypatch):
+    """A later sitting (another machine, a results folder copied without runs/) adds to the matrix: the runs recorded
+    in results.json count as finished, every method's hyperparameters and every sitting's command stay recorded. A
+    sitting with another schedule stops before it changes anything; --rerun trains a method's runs again."""
+    calls = []
+    monkeypatch.setattr(acc.subprocess, "call", fake_recipe(calls))
+
+    def sitting(*args):
+        monkeypatch.setattr(acc.sys, "argv", ["accuracy.py", "--out", str(tmp_path), "--dataset", "digits",
+                                              "--max_train_samples", "128", "--epochs", "2", "--eval_every", "2",
+                                              "--teacher_epochs", "2", "--batch_size", "32", *args])
+        acc.main()
+        return json.loads((tmp_path / "settings.json").read_text())
+
+    sitting("--methods", "ce", "kd", "--seeds", "0", "1")
+    assert sorted(calls) == ["ce-seed0", "ce-seed1", "kd-seed0", "kd-seed1", "teacher-seed0"]
+    shutil.rmtree(tmp_path / "runs")  # as committed: results.json and the table, no run folders
+    table = (tmp_path / "results.md").read_text()
+    sitting("--summarize")
+    assert (tmp_path / "results.md").read_text() == table and not (tmp_path / "runs").exists()
+    settings = sitting("--methods", "ce", "kd", "mixskd", "--seeds", "0", "1")
+    assert sorted(calls[5:]) == ["mixskd-seed0", "mixskd-seed1"]  # ce, kd and the teacher were not trained again
+    assert set(settings["method_hyperparameters"]) == {"ce", "kd", "mixskd"}
+    assert [x["methods"] for x in settings["sittings"]] == [["ce", "kd"], ["ce", "kd", "mixskd"]]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert sorted((r["method"], r["seed"]) for r in summary["runs"]) == sorted(
+        [(m, s) for m in ("ce", "kd", "mixskd") for s in (0, 1)] + [("teacher", 0)])
+    assert "Run in 2 sittings: (1) CE baseline, KD (Hinton)" in (tmp_path / "results.md").read_text()
+
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(SystemExit, match=r"num_train_epochs: 2 before, 4 now"):
+        sitting("--methods", "ce", "--seeds", "0", "--epochs", "4", "--rerun", "ce")
+    assert (tmp_path / "results.json").read_text() == before and (tmp_path / "runs" / "ce-seed0" / "result.json").is_file()
+
+    monkeypatch.setattr(acc, "method_fields", lambda m: {"temperature": 2.0} if m == "kd" else {})
+    with pytest.raises(SystemExit, match=r"kd's hyperparameters: .*--rerun kd"):
+        sitting("--methods", "kd", "--seeds", "0")
+    settings = sitting("--methods", "kd", "--seeds", "0", "--rerun", "kd")
+    assert calls[7:] == ["kd-seed0"] and settings["method_hyperparameters"]["kd"] == {"temperature": 2.0}
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [r["final_top1"] for r in runs if (r["method"], r["seed"]) == ("kd", 0)] == [pytest.approx(0.38)]
+    assert len(runs) == 7
