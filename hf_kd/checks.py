@@ -71,11 +71,16 @@ def check_output_dir(args) -> None:
 
 
 # --- enough data for one step ----------------------------------------------------------------------------------------
+def batches_per_epoch(num_examples: int, args) -> int:
+    """Batches each process's training dataloader yields per epoch (``per_device_train_batch_size`` per process)."""
+    per_step = args.per_device_train_batch_size * max(1, args.world_size)
+    return num_examples // per_step if args.dataloader_drop_last else math.ceil(num_examples / per_step)
+
+
 def check_enough_examples(num_examples: int, args, what: str = "training set") -> None:
     """Refuse a run whose training set gives no optimizer step (the run would "finish" having trained nothing)."""
     per_step = args.per_device_train_batch_size * max(1, args.world_size)
-    batches = num_examples // per_step if args.dataloader_drop_last else math.ceil(num_examples / per_step)
-    if batches > 0:
+    if batches_per_epoch(num_examples, args) > 0:
         return
     accum = args.gradient_accumulation_steps
     raise ValueError(

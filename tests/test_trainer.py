@@ -169,6 +169,26 @@ def test_lr_milestones_multistep_by_epoch(data, tmp_path):
     assert lrs == pytest.approx([0.1] * 4 + [0.01] * 4 + [0.001] * 4)
 
 
+def test_steps_per_epoch_counts_a_last_short_accumulation_group_as_trainer_does(data, tmp_path):
+    """5 batches at gradient_accumulation_steps 2 are 3 optimizer steps per epoch in transformers, so the epoch-based
+    schedule (lr_milestones, warmup_epochs) must count 3 (it counted 2: the lr dropped a step early each epoch)."""
+    tr = SupervisedTrainer(model=student(data), args=DistillationArguments(
+        output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8, gradient_accumulation_steps=2,
+        report_to=[], use_cpu=True, lr_milestones=[1], save_strategy="no"), train_dataset=data.train.select(range(40)))
+    tr.train()
+    assert tr.state.max_steps == 6 and tr.steps_per_epoch() == 3
+
+
+def test_optimizer_cls_and_kwargs_is_used_with_the_trainers_parameter_groups(data, tmp_path):
+    """Trainer(optimizer_cls_and_kwargs=...) chooses the optimizer (it was ignored: AdamW was built instead)."""
+    tr = SupervisedTrainer(model=student(data), args=DistillationArguments(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, weight_decay=5e-4), train_dataset=data.train,
+        optimizer_cls_and_kwargs=(torch.optim.RMSprop, {"lr": 0.01, "alpha": 0.9}))
+    opt = tr.create_optimizer()
+    assert type(opt) is torch.optim.RMSprop and opt.defaults["alpha"] == 0.9
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4]  # decay_all_parameters: one group
+
+
 def test_weight_decay_on_all_parameters_by_default(data, tmp_path):
     tr = SupervisedTrainer(model=student(data), args=DistillationArguments(
         output_dir=str(tmp_path), report_to=[], use_cpu=True, weight_decay=5e-4), train_dataset=data.train)

@@ -76,6 +76,14 @@ def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -
                       f"{hint}")
 
 
+def own_parameter_groups(cls, kwargs: dict) -> bool:
+    """Whether an optimizer choice (``get_optimizer_cls_and_kwargs``) takes the trainer's parameter groups: a
+    ``torch.optim.Optimizer`` class, not a factory (Muon, Dion) nor one that brings its own parameters (GaLore's
+    "params", LOMO's "model", layer-wise "optimizer_dict")."""
+    return (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)
+            and not {"params", "model", "optimizer_dict"} & set(kwargs))
+
+
 class DistillationTrainer(Trainer):
     """``Trainer`` for a student (a ``TimmStudent``) and the modules a distillation method adds.
 
@@ -400,29 +408,44 @@ class DistillationTrainer(Trainer):
         return super()._clip_grad_norm(model)
 
     # --- optimizer and schedule -----------------------------------------------------------------------------------
-    def param_groups(self, model: nn.Module) -> list[dict]:
-        """Parameter groups of the optimizer. Methods with per-module settings override this (add "lr" etc.)."""
-        params = [p for p in model.parameters() if p.requires_grad]
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """``decay_all_parameters``: every parameter, BatchNorm and biases included, as the papers' code decays them;
+        otherwise transformers' rule (no decay for biases and norms)."""
         if self.args.decay_all_parameters:
-            return [{"params": params, "weight_decay": self.args.weight_decay}]
+            return [n for n, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
+
+    def param_groups(self, model: nn.Module, prefixes: tuple[str, ...] = ("",), weight_decay: Optional[float] = None,
+                     **extra) -> list[dict]:
+        """Decay and no-decay groups (``get_decay_parameter_names``) of the trainable parameters whose names start
+        with one of ``prefixes``, empty groups left out; ``extra`` (e.g. "lr") goes into each group. A method with
+        per-module settings builds its optimizer from several calls (FFSD)."""
+        wd = self.args.weight_decay if weight_decay is None else weight_decay
         decay = set(self.get_decay_parameter_names(model))
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        return [{"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
-                {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n.startswith(tuple(prefixes))]
+        groups = ({"params": [p for n, p in named if n in decay], "weight_decay": wd, **extra},
+                  {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0, **extra})
+        return [g for g in groups if g["params"]]
 
     def create_optimizer(self, model=None):
+        """transformers' optimizer choice (``optim``, ``optim_args``, ``optimizer_cls_and_kwargs``) over
+        ``param_groups``. transformers' own ``create_optimizer`` would keep an empty no-decay group when every
+        parameter decays (the default), which changes the optimizer's state layout; it still builds the optimizers
+        that choose their own parameters (GaLore, LOMO, layer-wise, factories)."""
         if self.optimizer is None:
             opt_model = self.model if model is None else model
-            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            kwargs.pop("params", None)
-            self.optimizer = cls([g for g in self.param_groups(opt_model) if g["params"]], **kwargs)
+            cls, kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            if not own_parameter_groups(cls, kwargs):
+                return super().create_optimizer(model)
+            self.optimizer = cls(self.param_groups(opt_model), **kwargs)
         return self.optimizer
 
     def steps_per_epoch(self) -> int:
-        n = len(self.train_dataset)
-        per_step = self.args.per_device_train_batch_size * self.args.world_size
-        batches = n // per_step if self.args.dataloader_drop_last else math.ceil(n / per_step)
-        return max(1, batches // self.args.gradient_accumulation_steps)
+        """Optimizer steps per epoch, counted as ``Trainer`` does: a last, shorter accumulation group is a step too."""
+        from ..checks import batches_per_epoch
+
+        batches = batches_per_epoch(len(self.train_dataset), self.args)
+        return max(1, math.ceil(batches / self.args.gradient_accumulation_steps))
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """``lr_milestones``: MultiStepLR semantics by epoch (the papers' schedules), with optional linear warm-up."""

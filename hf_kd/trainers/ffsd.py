@@ -25,7 +25,6 @@ from typing import ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn as nn
 from transformers.training_args import OptimizerNames
 
 from ..arguments import DistillationArguments
@@ -35,7 +34,7 @@ from ..models import TimmStudent
 from ..modules.base import DistillationModel
 from ..modules.ffsd import FFSDModel, FFSDOutput
 from ..optim import CompositeOptimizer
-from .base import DistillationTrainer
+from .base import DistillationTrainer, own_parameter_groups
 
 __all__ = ["FFSDArguments", "FFSDModel", "FFSDTrainer", "FFSDMetrics"]
 
@@ -158,15 +157,6 @@ class FFSDTrainer(DistillationTrainer):
                 "decoder_weight_decay": a.weight_decay if a.decoder_weight_decay is None else a.decoder_weight_decay}
 
     # --- optimizer: SGD over the networks, Adam over the decoders, one schedule ---------------------------------------
-    def _groups(self, model: nn.Module, prefixes: Sequence[str], weight_decay: float, **extra) -> list[dict]:
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n.startswith(tuple(prefixes))]
-        if self.args.decay_all_parameters:
-            return [{"params": [p for _, p in named], "weight_decay": weight_decay, **extra}]
-        decay = set(self.get_decay_parameter_names(model))
-        return [g for g in ({"params": [p for n, p in named if n in decay], "weight_decay": weight_decay, **extra},
-                            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0, **extra})
-                if g["params"]]
-
     def create_optimizer(self, model=None):
         """Official per-module optimizers as one ``CompositeOptimizer``: ``optim`` (SGD Nesterov) over the leader, its
         trans-fusion branch and the students (``weight_decay``) and over the fusion module (``fusion_weight_decay``);
@@ -174,12 +164,17 @@ class FFSDTrainer(DistillationTrainer):
         if self.optimizer is None:
             m = self.accelerator.unwrap_model(self.model if model is None else model)
             a = self.args
-            cls, kwargs = self.get_optimizer_cls_and_kwargs(a, m)
-            kwargs.pop("params", None)
-            networks = self._groups(m, ["student.", "aux.students.", "aux.trans_fusion."], a.weight_decay) + \
-                self._groups(m, ["aux.fusion."], a.fusion_weight_decay)
+            cls, kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(a, m)
+            if not own_parameter_groups(cls, kwargs):
+                raise ValueError(f"FFSDTrainer builds the official per-module optimizers (SGD over the networks, Adam "
+                                 f"over the decoders); the chosen optimizer ({getattr(cls, '__name__', cls)}) brings "
+                                 f"its own parameters or is a factory and cannot be one of them. Choose a "
+                                 f"torch.optim class with --optim (e.g. sgd).")
+            networks = self.param_groups(m, ("student.", "aux.students.", "aux.trans_fusion.")) + \
+                self.param_groups(m, ("aux.fusion.",), a.fusion_weight_decay)
             dec_wd = a.weight_decay if a.decoder_weight_decay is None else a.decoder_weight_decay
-            decoders = self._groups(m, ["aux.decoders.", "aux.leader_decoder."], dec_wd, lr=a.decoder_learning_rate)
+            decoders = self.param_groups(m, ("aux.decoders.", "aux.leader_decoder."), dec_wd,
+                                         lr=a.decoder_learning_rate)
             covered = sum(len(g["params"]) for g in networks + decoders)
             if covered != sum(1 for p in m.parameters() if p.requires_grad):
                 raise RuntimeError("FFSDTrainer.create_optimizer: some trainable parameters are in no group")
