@@ -120,6 +120,23 @@ def test_round_trip_loaders(exported):
     assert list(proc.data_config["mean"]) == [0.1, 0.2, 0.3]
 
 
+def test_load_student_for_another_label_set_gets_a_fresh_classifier(exported):
+    """num_labels=N on a 3-class export: the body loads, the new head is timm's fresh init (transformers left it
+    uninitialised: NaN/garbage seen); the same label count keeps the exported head."""
+    student, d = exported
+    new = load_student(d, num_labels=10)
+    head, body = new.timm_model.get_classifier(), dict(new.timm_model.named_parameters())
+    assert head.weight.shape == (10, 64) and new.config.num_labels == 10
+    assert torch.isfinite(head.weight).all() and torch.isfinite(head.bias).all()
+    bound = 1 / 64 ** 0.5  # nn.Linear's own init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert head.weight.abs().max() <= bound and head.weight.std() > bound / 4 and head.bias.abs().max() <= bound
+    for name, p in student.timm_model.named_parameters():
+        if not name.startswith("fc."):
+            assert torch.equal(body[name], p), name
+    same = load_student(d, num_labels=3)
+    assert torch.equal(same.timm_model.get_classifier().weight, student.timm_model.get_classifier().weight)
+
+
 def test_round_trip_fresh_process(exported, tmp_path):
     """save_pretrained -> AutoModelForImageClassification.from_pretrained in a new interpreter: identical logits."""
     student, d = exported

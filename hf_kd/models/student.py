@@ -210,4 +210,9 @@ def load_student(path_or_repo: str, num_labels: int | None = None, **kwargs) -> 
         raise ValueError(f"{path_or_repo} holds a '{model_type}' model; hf_kd students are timm backbones "
                          "(model_type 'timm_wrapper'). To use it as a teacher, load it with "
                          "hf_kd.load_teacher(path_or_id).")
-    return TimmStudent.from_pretrained(path_or_repo, **kwargs)
+    student, info = TimmStudent.from_pretrained(path_or_repo, output_loading_info=True, **kwargs)
+    if num_labels is not None and info["mismatched_keys"]:
+        # transformers leaves a resized head uninitialised (memory garbage, NaN seen) and relies on _init_weights,
+        # which keeps timm's init and so does nothing: give it timm's fresh classifier
+        student.timm_model.reset_classifier(num_labels)
+    return student
