@@ -312,6 +312,35 @@ def test_load_teacher_errors_and_timm_wrapper_passthrough(data, tmp_path):
     KDTrainer(model=named, teacher=teacher, args=kd_args(tmp_path), train_dataset=data.train)  # accepted
 
 
+@pytest.mark.parametrize("name, rebuilt", [
+    ("ViTImageProcessor", True), ("ConvNextImageProcessor", True), ("DeiTImageProcessor", True),
+    ("BeitImageProcessor", True), ("BitImageProcessor", True), ("MobileNetV2ImageProcessor", True),
+    ("EfficientNetImageProcessor", False),  # include_top: divides by std a second time
+    ("LevitImageProcessor", False),  # short side to 256/224 of the target, then crop
+    ("PoolFormerImageProcessor", False),  # crop_pct with crop_size
+    ("MobileViTImageProcessor", False),  # crop larger than the resize; BGR flip
+])
+def test_a_processor_hf_kd_cannot_rebuild_is_refused(name, rebuilt, tmp_path):
+    """load_teacher compares the rebuilt preprocessing with the processor's own output on a probe image: the
+    families it rebuilds pass; the others were silently fed other inputs than their processor's (gap 0.7 to 4.7)."""
+    import transformers
+
+    from hf_kd.models.teacher import TeacherPreprocess, check_preprocess
+
+    processor = getattr(transformers, name)()
+    try:
+        check_preprocess(TeacherPreprocess.from_image_processor(processor), processor, "t")
+    except ValueError as e:
+        assert not rebuilt and f"its {name} preprocesses images in a way hf_kd does not rebuild" in str(e)
+    else:
+        assert rebuilt
+    if name == "LevitImageProcessor":  # end to end: load_teacher refuses the folder before any training
+        folder = save_vit(tmp_path / "vit", ["a", "b"])
+        processor.save_pretrained(folder)
+        with pytest.raises(ValueError, match="LevitImageProcessor preprocesses images in a way"):
+            load_teacher(folder)
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_with_transformers_teachers(data, vit_dir, convnext_dir, tmp_path, monkeypatch):
     """2 gloo processes vs 1 process with gradient_accumulation_steps=2 (tests/test_distributed.py's protocol), KD and

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..losses.precision import upcast_half
 from .student import KDOutput, MissingStagesError, TimmStudent, load_student
 
-__all__ = ["TeacherPreprocess", "TransformersTeacher", "load_teacher", "bind_student_input"]
+__all__ = ["TeacherPreprocess", "TransformersTeacher", "load_teacher", "bind_student_input", "check_preprocess"]
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +265,34 @@ def load_teacher(path_or_repo: str, **kwargs) -> TimmStudent | TransformersTeach
         raise ValueError(f"{path_or_repo} has no image processor config (preprocessor_config.json): hf_kd needs it "
                          f"to feed the teacher as it was trained. Save one with the model "
                          f"(image_processor.save_pretrained(folder)). ({e})") from None
-    return TransformersTeacher(model, TeacherPreprocess.from_image_processor(processor), name=path_or_repo)
+    preprocess = TeacherPreprocess.from_image_processor(processor)
+    check_preprocess(preprocess, processor, path_or_repo)
+    return TransformersTeacher(model, preprocess, name=path_or_repo)
+
+
+def check_preprocess(preprocess: TeacherPreprocess, processor, name: str, tolerance: float = 0.05) -> None:
+    """Refuse a teacher whose image processor does more than ``TeacherPreprocess`` rebuilds (LeViT's and
+    PoolFormer's resize rules, EfficientNet's ``include_top``, MobileViT's BGR flip, ...): both preprocess one smooth
+    probe image and must agree in shape and, after normalisation, within ``tolerance`` (matching families differ by
+    <= 0.02, from the clamp after a bicubic resize; the others by 0.7 or more)."""
+    probe = F.interpolate(torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)), size=(32, 32),
+                          mode="bilinear", align_corners=False)
+    want = processor(images=probe * 255.0, return_tensors="pt")["pixel_values"].float()
+    try:
+        got = preprocess(probe)
+    except ValueError as e:  # e.g. a crop larger than the resize
+        found = str(e)
+    else:
+        gap = (got - want).abs().max().item() if got.shape == want.shape else None
+        found = (f"shape {tuple(got.shape)} against {tuple(want.shape)}" if gap is None else
+                 None if gap <= tolerance else f"a difference of {gap:.3g}")
+    if found is not None:
+        raise ValueError(
+            f"Teacher {name}: its {type(processor).__name__} preprocesses images in a way hf_kd does not rebuild on "
+            f"the device ({found} on a probe image), so the teacher would see inputs unlike its training data. hf_kd "
+            f"supports processors that resize (size or shortest_edge, ConvNeXt's crop_pct), centre-crop, rescale and "
+            f"normalise, as ViT, DeiT, BEiT, ConvNeXt, Swin, ResNet, RegNet and MobileNet's do. Use such a teacher, "
+            f"or a timm model (timm:<name>).")
 
 
 def bind_student_input(teacher, mean: Sequence[float], std: Sequence[float]) -> None:
