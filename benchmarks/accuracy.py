@@ -89,7 +89,7 @@ def method_fields(method: str) -> dict:
 
 
 def common_config(o) -> dict:
-    steps_per_epoch = o.max_train_samples // o.batch_size  # dataloader_drop_last
+    steps_per_epoch = o.train_images // o.batch_size  # dataloader_drop_last
     return dict(
         dataset=o.dataset, dataset_title=o.dataset_title, max_train_samples=o.max_train_samples, subset_seed=0,
         max_eval_samples=o.max_eval_samples, in_memory=True, student=o.student, num_train_epochs=o.epochs,
@@ -177,6 +177,9 @@ def join_sitting(old: dict | None, new: dict, rerun=()) -> dict:
     old_hp = old.get("method_hyperparameters", {})
     differ += [f"{m}'s hyperparameters: {old_hp[m]} before, {hp} now (pass --rerun {m} to train it again)"
                for m, hp in new["method_hyperparameters"].items() if m in old_hp and old_hp[m] != hp and m not in rerun]
+    missing = sorted(set(old.get("seeds", [])) - set(new["seeds"]))
+    differ += [f"{m}'s hyperparameters changed, but its runs of seeds {missing} would stay: re-run every seed"
+               for m in rerun if m in old_hp and old_hp[m] != new["method_hyperparameters"].get(m) and missing]
     if differ:
         raise SystemExit("this sitting does not continue the matrix already in --out, whose settings.json says "
                          "otherwise:\n  " + "\n  ".join(differ) + "\nuse the same flags as before, or a new --out")
@@ -445,6 +448,7 @@ def main():
 
     data = load_image_data(o.dataset, max_train_samples=o.max_train_samples, max_eval_samples=o.max_eval_samples)
     sub = data.source.get("train_subset")
+    o.train_images = len(data.train)  # what --max_train_samples selects (all of them for 0 or more than there are)
     settings = dict(
         dataset=o.dataset, dataset_title=o.dataset_title or o.dataset, train_subset=describe_subset(sub) or
         f"all {len(data.train):,} images", eval_images=f"{len(data.eval):,} images of split '{data.source['eval_split']}'",

@@ -24,7 +24,7 @@ def acc():
 
 def opts(tmp_path, **kw):
     base = dict(out=str(tmp_path), dataset="digits", dataset_title=None, max_train_samples=128,
-                max_eval_samples=None, student="cifar_resnet20", teacher_architecture="cifar_resnet56",
+                max_eval_samples=None, train_images=128, student="cifar_resnet20", teacher_architecture="cifar_resnet56",
                 teacher_epochs=2, epochs=2, batch_size=32, lr=0.05, weight_decay=5e-4, eval_every=1, bf16=False,
                 threads=1)
     return argparse.Namespace(**{**base, **kw})
@@ -69,6 +69,8 @@ def test_every_run_shares_student_schedule_and_augmentation(acc, tmp_path):
     assert configs["ffsd"]["lambda_self_distillation"] == 1000.0 and configs["mixskd"]["mixup_alpha"] == 0.4
     assert "temperature" not in configs["ce"] and "teacher" not in configs["ffsd"]
     assert "lr_milestones" not in configs["kd"] and "norm_mean" not in configs["mixskd"]
+    # evaluations fall on epoch ends of the images actually selected (--max_train_samples 0 means all of them)
+    assert acc.common_config(opts(tmp_path, max_train_samples=0, train_images=1000))["eval_steps"] == 1000 // 32
 
 
 def test_welch_interval_and_headline_table(acc, tmp_path):
@@ -133,13 +135,17 @@ def test_a_matrix_spread_over_sittings_keeps_every_run_and_refuses_other_setting
     before = (tmp_path / "results.json").read_text()
     with pytest.raises(SystemExit, match=r"num_train_epochs: 2 before, 4 now"):
         sitting("--methods", "ce", "--seeds", "0", "--epochs", "4", "--rerun", "ce")
-    assert (tmp_path / "results.json").read_text() == before and (tmp_path / "runs" / "ce-seed0" / "result.json").is_file()
+    assert (tmp_path / "results.json").read_text() == before
+    assert (tmp_path / "runs" / "ce-seed0" / "result.json").is_file()
 
     monkeypatch.setattr(acc, "method_fields", lambda m: {"temperature": 2.0} if m == "kd" else {})
     with pytest.raises(SystemExit, match=r"kd's hyperparameters: .*--rerun kd"):
         sitting("--methods", "kd", "--seeds", "0")
-    settings = sitting("--methods", "kd", "--seeds", "0", "--rerun", "kd")
-    assert calls[7:] == ["kd-seed0"] and settings["method_hyperparameters"]["kd"] == {"temperature": 2.0}
+    with pytest.raises(SystemExit, match=r"kd's hyperparameters changed, but its runs of seeds \[1\] would stay"):
+        sitting("--methods", "kd", "--seeds", "0", "--rerun", "kd")  # seed 1 would keep the old temperature
+    settings = sitting("--methods", "kd", "--seeds", "0", "1", "--rerun", "kd")
+    assert sorted(calls[7:]) == ["kd-seed0", "kd-seed1"] and settings["method_hyperparameters"]["kd"] == {
+        "temperature": 2.0}
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
-    assert [r["final_top1"] for r in runs if (r["method"], r["seed"]) == ("kd", 0)] == [pytest.approx(0.38)]
+    assert sorted(r["final_top1"] for r in runs if r["method"] == "kd") == pytest.approx([0.38, 0.39])
     assert len(runs) == 7

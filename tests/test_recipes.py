@@ -130,8 +130,9 @@ def test_accuracy_benchmark_configs_parse_to_the_common_settings(tmp_path, monke
     acc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(acc)
     o = argparse.Namespace(dataset="digits", dataset_title=None, max_train_samples=128, max_eval_samples=None,
-                           student="cifar_resnet20", teacher_architecture="cifar_resnet56", teacher_epochs=2,
-                           epochs=2, batch_size=32, lr=0.05, weight_decay=5e-4, eval_every=1, bf16=False)
+                           train_images=128, student="cifar_resnet20", teacher_architecture="cifar_resnet56",
+                           teacher_epochs=2, epochs=2, batch_size=32, lr=0.05, weight_decay=5e-4, eval_every=1,
+                           bf16=False)
     for method, (recipe, _, _) in acc.METHODS.items():
         cfg = tmp_path / f"{method}.yaml"
         cfg.write_text(yaml.safe_dump(acc.run_config(o, method, 0, tmp_path / method, tmp_path / "t")))

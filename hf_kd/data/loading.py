@@ -246,8 +246,9 @@ def balanced_subset(labels: Sequence[int], n: int, seed: int = 0) -> np.ndarray:
 def _subset(ds: Dataset, n: Optional[int], label_column: str, seed: int, what: str, record: dict) -> Dataset:
     if not n or n >= len(ds):
         return ds
-    idx = balanced_subset(ds[label_column], n, seed)
-    counts = np.bincount(np.asarray(ds[label_column])[idx])
+    labels = ds.with_format("numpy")[label_column][:]  # one columnar read (a plain column is read row by row)
+    idx = balanced_subset(labels, n, seed)
+    counts = np.bincount(labels[idx])
     counts = counts[counts > 0]
     record[f"{what}_subset"] = dict(size=int(n), of=len(ds), seed=int(seed), classes=int(len(counts)),
                                     per_class_min=int(counts.min()), per_class_max=int(counts.max()))
