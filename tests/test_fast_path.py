@@ -173,10 +173,13 @@ def test_adamw_and_clipping_match_eager(data, tmp_path):
     eager.train()
     fast = make("supervised", data, tmp_path / "f", True, **kw)
     fast.train()
+    # eager and fast differ by ~1e-8 here; AdamW almost cancels a uniform gradient scale, so a missing clip moves
+    # the parameters by only ~3e-5 in 3 steps: the tolerance stays well below that
     for k, v in snapshot(eager).items():
-        torch.testing.assert_close(snapshot(fast)[k], v, rtol=1e-4, atol=2e-5)
-    assert [x.get("grad_norm") for x in fast.state.log_history[:-1]] == pytest.approx(
-        [x.get("grad_norm") for x in eager.state.log_history[:-1]], rel=1e-4)
+        torch.testing.assert_close(snapshot(fast)[k], v, rtol=1e-5, atol=1e-6)
+    norms = [x.get("grad_norm") for x in eager.state.log_history[:-1]]
+    assert [x.get("grad_norm") for x in fast.state.log_history[:-1]] == pytest.approx(norms, rel=1e-4)
+    assert max(norms) > kw["max_grad_norm"]  # clipping did act
 
 
 @pytest.mark.slow

@@ -246,7 +246,8 @@ def test_a_trial_applies_its_normalization_to_student_export_and_teacher(data, t
     trainer = KDTrainer(model_init=model_init, teacher=teacher, args=args, train_dataset=data.train,
                         eval_dataset=data.eval, augmentation=data.batch_augment())
     stats = {"a": ([0.25, 0.5, 0.75], [0.5, 0.25, 0.125]), "b": ([0.125, 0.25, 0.375], [0.25, 0.5, 0.75])}
-    seen = []
+    seen, applied = [], []
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
     class AtTrainBegin(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
@@ -254,6 +255,9 @@ def test_a_trial_applies_its_normalization_to_student_export_and_teacher(data, t
                          trainer.student.config.pretrained_cfg["mean"], list(teacher.student_mean),
                          list(args.norm_std), trainer.augmentation.std.flatten().tolist(),
                          trainer.student.config.pretrained_cfg["std"], list(teacher.student_std)])
+            # what the teacher applies (its cached device statistics), not only the attributes just set
+            mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (args.norm_mean, args.norm_std))
+            applied.append((teacher.teacher_inputs(x), teacher.preprocess((x * std + mean).clamp(0.0, 1.0))))
 
     def hp_space(trial):
         mean, std = stats[trial.suggest_categorical("stats", list(stats))]
@@ -264,3 +268,6 @@ def test_a_trial_applies_its_normalization_to_student_export_and_teacher(data, t
                                   direction="maximize", backend="optuna",
                                   sampler=optuna.samplers.GridSampler({"stats": list(stats)}, seed=0))
     assert sorted(seen) == sorted([[m] * 4 + [s] * 4 for m, s in stats.values()]), seen
+    assert len(applied) == 2
+    for got, want in applied:
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

@@ -17,8 +17,10 @@ def _write(names):
 
 
 def test_config_json_moves_in_last_so_it_marks_a_complete_export(tmp_path, monkeypatch):
-    moved, replace = [], os.replace
+    moved, replace, listdir = [], os.replace, os.listdir
     monkeypatch.setattr(sync.os, "replace", lambda a, b: (moved.append(os.path.basename(b)), replace(a, b)))
+    # the directory lists config.json first, so only write_atomically's own ordering can put it last
+    monkeypatch.setattr(sync.os, "listdir", lambda p: sorted(listdir(p), key=lambda n: n != "config.json"))
     sync.write_atomically(str(tmp_path), _write(["config.json", "model.safetensors", "README.md", "z.png"]))
     assert moved[-1] == "config.json" and sorted(moved) == ["README.md", "config.json", "model.safetensors", "z.png"]
     assert sorted(os.listdir(tmp_path)) == ["README.md", "config.json", "model.safetensors", "z.png"]  # no temp left

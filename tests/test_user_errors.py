@@ -177,6 +177,16 @@ def test_misspelt_teacher_folder_offline_names_the_close_match(tmp_path, monkeyp
         run(KDTrainer, defaults=dict(output_dir="o"), argv=[*QUICK, "--teacher", "outputs/teachr"])
 
 
+def count_hub_requests(monkeypatch) -> list:
+    """The repo ids of every ``HfApi.repo_info`` call from now on (the checks' one request to the Hub)."""
+    from huggingface_hub import HfApi
+
+    requests, real = [], HfApi.repo_info
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, repo_id, **kw: (requests.append(repo_id),
+                                                                          real(self, repo_id, **kw))[1])
+    return requests
+
+
 def test_unreachable_hub_teacher_fails_at_once(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
@@ -186,9 +196,11 @@ def test_unreachable_hub_teacher_fails_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     from hf_kd.checks import check_teacher
 
+    requests = count_hub_requests(monkeypatch)
     with pytest.raises(ConnectionError, match=r"'someone/teacher' is not a local folder, and the Hub "
                                               r"\(http://127.0.0.1:9\) cannot be reached"):
         check_teacher("someone/teacher")
+    assert requests == ["someone/teacher"]  # one request, no retries
 
 
 def _hub_unreachable(monkeypatch, tmp_path):
@@ -256,8 +268,10 @@ def test_unknown_dataset_name_unreachable_hub_fails_at_once(tmp_path, monkeypatc
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    requests = count_hub_requests(monkeypatch)
     with pytest.raises(ConnectionError, match="cannot be reached.*a preset"):
         check_dataset("cifar1000", cache_dir=str(tmp_path))
+    assert requests == ["cifar1000"]  # one request, no retries
     with pytest.raises(FileNotFoundError, match=r"--dataset ./no/such: no such folder"):
         check_dataset("./no/such")
 
