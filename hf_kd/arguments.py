@@ -60,6 +60,11 @@ class DistillationArguments(TrainingArguments):
                                         "paper's statistics); written into the exported config."})
     norm_std: Optional[list[float]] = field(
         default=None, metadata={"help": "Normalisation std overriding the data's (give it with norm_mean)."})
+    teacher_label_map: Optional[str] = field(
+        default=None, metadata={"help": "A JSON object (or the path of a JSON file holding one) mapping each student "
+                                        "label name to the teacher's label name or output index. Needed only where "
+                                        "names cannot be matched (a side with numbered labels only, or other "
+                                        "names); otherwise labels are matched by name (hf_kd.labels)."})
     channels_last: bool = field(
         default=False, metadata={"help": "Run every network (student, aux modules, teacher) and the input batch in "
                                          "channels_last memory format (faster convolutions on recent GPUs)."})

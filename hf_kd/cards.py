@@ -175,23 +175,6 @@ def _teacher_architecture(teacher) -> str:
         (getattr(teacher.config, "architectures", None) or [type(teacher).__name__])[0]
 
 
-def _teacher_preprocessing(teacher) -> Optional[str]:
-    """How a transformers teacher's input is rebuilt from the student's batch (None for timm_wrapper teachers)."""
-    p = getattr(teacher, "preprocess", None)
-    if p is None:
-        return None
-    steps = []
-    if p.resize is not None:
-        steps.append(f"resize to {list(p.resize[1])}" if p.resize[0] == "size" else
-                     f"resize the shorter side to {p.resize[1]}")
-        steps[-1] += f" ({p.resample_name})"
-    if p.crop is not None:
-        steps.append(f"centre crop {list(p.crop)}")
-    if p.mean is not None:
-        steps.append(f"mean {_rounded(p.mean)}, std {_rounded(p.std)}")
-    return ", ".join(steps) or "none"
-
-
 def _teacher_accuracy(trainer, name: Optional[str]) -> Optional[float]:
     """``trainer.teacher_accuracy``, else the Top-1 in the teacher's own model card (local export or Hub cache)."""
     acc = trainer.teacher_accuracy
@@ -377,7 +360,7 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
         teacher=(teacher_name or "(in-memory model, no id recorded)") if teacher is not None else None,
         teacher_architecture=_teacher_architecture(teacher) if teacher is not None else None,
         teacher_model_type=getattr(teacher.config, "model_type", None) if teacher is not None else None,
-        teacher_preprocessing=_teacher_preprocessing(teacher) if teacher is not None else None,
+        teacher_notes=list(trainer.teacher_notes) if teacher is not None else [],
         teacher_parameters=sum(p.numel() for p in teacher.parameters()) if teacher is not None else None,
         teacher_accuracy=_teacher_accuracy(trainer, teacher_name) if teacher is not None else None,
         method_hyperparameters=method_hp, training_hyperparameters=training_hp,

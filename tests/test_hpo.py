@@ -252,12 +252,12 @@ def test_a_trial_applies_its_normalization_to_student_export_and_teacher(data, t
     class AtTrainBegin(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
             seen.append([list(args.norm_mean), trainer.augmentation.mean.flatten().tolist(),
-                         trainer.student.config.pretrained_cfg["mean"], list(teacher.student_mean),
+                         trainer.student.config.pretrained_cfg["mean"], list(trainer.teacher_input.student_mean),
                          list(args.norm_std), trainer.augmentation.std.flatten().tolist(),
-                         trainer.student.config.pretrained_cfg["std"], list(teacher.student_std)])
+                         trainer.student.config.pretrained_cfg["std"], list(trainer.teacher_input.student_std)])
             # what the teacher applies (its cached device statistics), not only the attributes just set
             mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (args.norm_mean, args.norm_std))
-            applied.append((teacher.teacher_inputs(x), teacher.preprocess((x * std + mean).clamp(0.0, 1.0))))
+            applied.append((trainer.teacher_input(x), teacher.preprocess((x * std + mean).clamp(0.0, 1.0))))
 
     def hp_space(trial):
         mean, std = stats[trial.suggest_categorical("stats", list(stats))]

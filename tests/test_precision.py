@@ -68,24 +68,26 @@ def test_teacher_forward_keeps_float64_and_upcasts_half(tmp_path):
 
 
 def test_transformers_teacher_inputs_keep_float64(tmp_path):
-    """A transformers teacher's preprocessing (undo the student's normalisation, resize, its own normalisation) runs
-    in the batch's dtype: float64 stays float64 (it was rounded to float32), half precision is upcast to float32.
-    The expected input is written out by hand in float64, with statistics that float32 cannot hold exactly."""
+    """A teacher's input (undo the student's normalisation, resize, its own normalisation) is made in the batch's
+    dtype: float64 stays float64 (it was rounded to float32), half precision is upcast to float32. The expected
+    input is written out by hand in float64, with statistics that float32 cannot hold exactly."""
     import torch.nn.functional as F
     from test_transformers_teacher import save_vit
+
+    from hf_kd.models import TeacherInput, input_spec
 
     teacher = load_teacher(save_vit(tmp_path / "vit", [str(i) for i in range(10)])).double().eval()
     t_mean, t_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     teacher.preprocess.mean, teacher.preprocess.std = t_mean, t_std
     mean, std = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
-    teacher.set_student_normalization(mean, std)
+    teacher_inputs = TeacherInput(mean, std, input_spec(teacher))
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     as64 = lambda v: torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1)  # noqa: E731
     pixels = (x * as64(std) + as64(mean)).clamp(0.0, 1.0)
     expected = (F.interpolate(pixels, size=(24, 24), mode="bilinear", antialias=True).clamp(0.0, 1.0)
                 - as64(t_mean)) / as64(t_std)
-    inputs = teacher.teacher_inputs(x)
+    inputs = teacher_inputs(x)
     assert inputs.dtype == torch.float64 and inputs.shape == (2, 3, 24, 24)
     torch.testing.assert_close(inputs, expected, rtol=1e-13, atol=1e-13)
-    assert teacher.teacher_inputs(x.float()).dtype == torch.float32
-    assert teacher.teacher_inputs(x.to(torch.bfloat16)).dtype == torch.float32
+    assert teacher_inputs(x.float()).dtype == torch.float32
+    assert teacher_inputs(x.to(torch.bfloat16)).dtype == torch.float32

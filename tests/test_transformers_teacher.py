@@ -17,7 +17,7 @@ from transformers import (AutoImageProcessor, ConvNextConfig, ConvNextForImageCl
 from hf_kd import KDArguments, KDTrainer, ProjectorKDArguments, ProjectorKDTrainer, create_student, load_teacher
 from hf_kd.losses import kd_kl_div
 from hf_kd.losses.projector_kd import projector_cosine_loss
-from hf_kd.models import TransformersTeacher
+from hf_kd.models import TeacherInput, TransformersTeacher, input_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,15 +61,15 @@ def teacher_dir(request):
 
 
 def by_hand_teacher_input(family, x, aug, folder):
-    """The teacher's pixel_values written out for each tiny family: the student's normalisation undone, the
-    processor's resize (ViT: bilinear warp to 24x24; ConvNeXt: bicubic short side to int(40 / 0.875) = 45, clipped,
-    centre crop 40x40), then its mean/std."""
+    """The teacher's pixel_values written out for each tiny family: the student's normalisation undone, the view
+    resized to the teacher's network input with its processor's resampling (ViT: bilinear to 24x24; ConvNeXt:
+    bicubic to its 40x40 crop size, clipped; the view is not cropped again), then its mean/std."""
     proc = AutoImageProcessor.from_pretrained(folder)
     x01 = x * aug.std + aug.mean
     if family == "vit":
         t_in = F.interpolate(x01, size=(24, 24), mode="bilinear", antialias=True)
     else:
-        t_in = F.interpolate(x01, size=(45, 45), mode="bicubic", antialias=True).clamp(0, 1)[..., 2:42, 2:42]
+        t_in = F.interpolate(x01, size=(40, 40), mode="bicubic", antialias=True).clamp(0, 1)
     mean, std = torch.tensor(proc.image_mean).view(1, 3, 1, 1), torch.tensor(proc.image_std).view(1, 3, 1, 1)
     return (t_in - mean) / std
 
@@ -87,33 +87,33 @@ def batch(data, n=8):
 
 @pytest.mark.parametrize("family", ["vit", "convnext"])
 def test_teacher_inputs_match_its_image_processor(data, tmp_path, family):
+    """The teacher input rebuilt on the device equals its own image processor's output on the same view, the
+    processor's centre crop left out (ConvNeXt's crop_pct set to 1: the view is already a crop)."""
     folder = (save_vit if family == "vit" else save_convnext)(tmp_path / family, data.label_names)
     teacher = load_teacher(folder)
     assert isinstance(teacher, TransformersTeacher) and teacher.model_type == family
     u = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     mean, std = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]  # a student normalisation unlike the teacher's
     x = (u.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    teacher.set_student_normalization(mean, std)
-    ours = teacher.teacher_inputs(x)
-    ref = AutoImageProcessor.from_pretrained(folder)(
-        [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in u], return_tensors="pt").pixel_values
+    ours = TeacherInput(mean, std, input_spec(teacher))(x)
+    processor = AutoImageProcessor.from_pretrained(folder, **({"crop_pct": 1.0} if family == "convnext" else {}))
+    ref = processor([Image.fromarray(a.permute(1, 2, 0).numpy()) for a in u], return_tensors="pt").pixel_values
     assert ours.shape == ref.shape == ((4, 3, 24, 24) if family == "vit" else (4, 3, 40, 40))
     # the processor resizes 8-bit images (rounding: 2/255 after its (x - 0.5) / 0.5); on random-noise pixels its
     # bicubic differs from torch's at a few pixels (measured max 0.16, mean 0.003)
     diff = (ours - ref).abs()
     assert diff.mean() < 0.01 and diff.max() < 0.25, (diff.mean(), diff.max())
     # without undoing the student's normalisation the teacher would see something else entirely
-    teacher.set_student_normalization([0.5] * 3, [0.5] * 3)
-    assert (teacher.teacher_inputs(x) - ref).abs().mean() > 0.1
+    assert (TeacherInput([0.5] * 3, [0.5] * 3, input_spec(teacher))(x) - ref).abs().mean() > 0.1
 
 
 @pytest.mark.parametrize("family", ["vit", "convnext"])
 def test_pre_logits_is_what_the_head_reads(data, tmp_path, family):
     folder = (save_vit if family == "vit" else save_convnext)(tmp_path / family, data.label_names)
     teacher = load_teacher(folder).eval()
-    x = torch.randn(4, 3, 32, 32)
-    out = teacher.forward_kd(x)
-    m, pv = teacher.model, teacher.teacher_inputs(x)
+    pv = torch.randn(4, *input_spec(teacher).example_size())
+    out = teacher.forward_kd(pv)
+    m = teacher.model
     if family == "vit":  # CLS token of the final layer-normed hidden state, width hidden_size
         expected = m.vit(pixel_values=pv).last_hidden_state[:, 0]
     else:  # pooler_output: LayerNorm of the globally averaged last stage, width hidden_sizes[-1]
@@ -123,7 +123,7 @@ def test_pre_logits_is_what_the_head_reads(data, tmp_path, family):
     torch.testing.assert_close(out.logits, m(pixel_values=pv).logits)
     from hf_kd.modules.projector_kd import pre_logits_dim
 
-    assert pre_logits_dim(teacher, (3, 32, 32)) == (32 if family == "vit" else 16)
+    assert pre_logits_dim(teacher, input_spec(teacher).example_size()) == (32 if family == "vit" else 16)
 
 
 def _families():
@@ -200,7 +200,7 @@ def test_kd_loss_value_and_frozen_teacher(data, teacher_dir, tmp_path):
     aug, u, y = batch(data)
     x = aug(u, train=False)
     loss = trainer.compute_loss(trainer.model, {"pixel_values": x, "labels": y})
-    # by hand: the teacher fed through ITS processor (its size, interpolation, crop, mean/std)
+    # by hand: the teacher fed through ITS preprocessing (its size, interpolation, mean/std)
     with torch.no_grad():
         z_t = teacher.model(pixel_values=by_hand_teacher_input(family, x, aug, folder)).logits
     torch.testing.assert_close(trainer.teacher_forward(x).logits, z_t)  # the KL term alone is small at T=4
@@ -224,8 +224,9 @@ def test_kd_loss_value_and_frozen_teacher(data, teacher_dir, tmp_path):
     cls_name = "ViTForImageClassification" if family == "vit" else "ConvNextForImageClassification"
     assert folder in teacher_part and cls_name in teacher_part and f"model type `{family}`" in teacher_part
     assert "Top-1 accuracy: 0.8125" in teacher_part
-    assert ("resize to [24, 24] (bilinear)" if family == "vit" else
-            "resize the shorter side to 45 (bicubic), centre crop [40, 40]") in teacher_part
+    assert ("Teacher sees 24x24 px (bilinear), mean [0.5, 0.5, 0.5]" if family == "vit" else
+            "Teacher sees 40x40 px (bicubic), mean [0.5, 0.5, 0.5]") in teacher_part
+    assert "student 32x32 px" in teacher_part
 
 
 @pytest.mark.parametrize("cls", [KDTrainer, ProjectorKDTrainer])
@@ -274,10 +275,10 @@ def test_bf16_autocast_on_cpu(data, teacher_dir, tmp_path, cls):
     assert next(trainer.teacher.parameters()).dtype == torch.bfloat16  # held in the mixed-precision dtype
     aug, u, _ = batch(data)
     seen = []
-    teacher_inputs = teacher.teacher_inputs
-    teacher.teacher_inputs = lambda x: seen.append(x.dtype) or teacher_inputs(x)
+    teacher_input = trainer.teacher_input
+    trainer.teacher_input = lambda x: seen.append(x.dtype) or teacher_input(x)
     out = trainer.teacher_forward(aug(u, train=False))
-    del teacher.teacher_inputs
+    trainer.teacher_input = teacher_input
     assert out.logits.dtype == torch.float32 and out.pre_logits.dtype == torch.float32
     assert seen == [torch.float32]  # preprocessed from the student's batch as it is, not rounded to bf16 first
     trainer.train()
@@ -303,11 +304,12 @@ def test_load_teacher_errors_and_timm_wrapper_passthrough(data, tmp_path):
     teacher = load_teacher(save_vit(tmp_path / "vit3", ["a", "b", "c"]))
     with pytest.raises(ValueError, match="classes"):
         KDTrainer(model=student(data), teacher=teacher, args=kd_args(tmp_path), train_dataset=data.train)
-    # same count, other order: the transformers config's id2label is read as a timm teacher's is
+    # same names, other order: the transformers config's id2label is read as a timm teacher's is, and the
+    # teacher's outputs are re-ordered by name
     named = create_student("cifar_resnet8x4", 3, ["cat", "dog", "eel"])
     teacher = load_teacher(save_vit(tmp_path / "vit_swapped", ["dog", "cat", "eel"]))
-    with pytest.raises(ValueError, match="disagree on label names"):
-        KDTrainer(model=named, teacher=teacher, args=kd_args(tmp_path), train_dataset=data.train)
+    trainer = KDTrainer(model=named, teacher=teacher, args=kd_args(tmp_path), train_dataset=data.train)
+    assert trainer.teacher_labels.index == (1, 0, 2)
     teacher = load_teacher(save_vit(tmp_path / "vit_same", ["cat", "dog", "eel"]))
     KDTrainer(model=named, teacher=teacher, args=kd_args(tmp_path), train_dataset=data.train)  # accepted
 
@@ -361,15 +363,16 @@ def test_two_processes_match_one_with_transformers_teachers(data, vit_dir, convn
                 assert (a[k] - b[k]).abs().max().item() < 5e-5, (name, k)
 
 
-def test_rebound_student_normalization_reaches_the_teacher_input(data, vit_dir):
-    """The teacher keeps its statistics on the device between steps; binding another student normalisation (a new
-    trainer, a search trial with another norm_mean) must replace them, not keep the first."""
+def test_rebound_student_normalization_reaches_the_teacher_input(data, vit_dir, tmp_path):
+    """The teacher input keeps its statistics on the device between steps; a new binding (a new trainer, a search
+    trial with another norm_mean) must replace them, not keep the first."""
     x = torch.randn(2, 3, 32, 32)
     teacher = load_teacher(vit_dir)
-    teacher.set_student_normalization([0.5] * 3, [0.25] * 3)
-    first = teacher.teacher_inputs(x)
-    teacher.set_student_normalization([0.3, 0.4, 0.5], [0.2, 0.25, 0.3])
-    fresh = load_teacher(vit_dir)
-    fresh.set_student_normalization([0.3, 0.4, 0.5], [0.2, 0.25, 0.3])
-    torch.testing.assert_close(teacher.teacher_inputs(x), fresh.teacher_inputs(x), rtol=0, atol=0)
-    assert not torch.allclose(first, fresh.teacher_inputs(x))
+    trainer = KDTrainer(model=student(data), teacher=teacher, args=kd_args(tmp_path), train_dataset=data.train)
+    cfg = dict(trainer.student.config.pretrained_cfg, mean=[0.5] * 3, std=[0.25] * 3)
+    trainer.bind_teacher_input(teacher, cfg)
+    first = trainer.teacher_input(x)
+    trainer.bind_teacher_input(teacher, dict(cfg, mean=[0.3, 0.4, 0.5], std=[0.2, 0.25, 0.3]))
+    fresh = TeacherInput([0.3, 0.4, 0.5], [0.2, 0.25, 0.3], input_spec(teacher))
+    torch.testing.assert_close(trainer.teacher_input(x), fresh(x), rtol=0, atol=0)
+    assert not torch.allclose(first, fresh(x))

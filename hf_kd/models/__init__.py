@@ -8,8 +8,9 @@ from .cifar import CIFAR_ARCHITECTURES, CifarResNet, CifarWideResNet
 
 _LAZY = {**dict.fromkeys(["KDOutput", "MissingStagesError", "TimmStudent", "create_student", "load_student"],
                          ".student"),
-         **dict.fromkeys(["TeacherPreprocess", "TransformersTeacher", "load_teacher"], ".teacher")}
+         **dict.fromkeys(["InputSpec", "TeacherInput", "TeacherPreprocess", "TransformersTeacher", "input_spec",
+                          "load_teacher"], ".teacher")}
 __getattr__ = lazy_getattr(__name__, _LAZY)
-__all__ = ["CIFAR_ARCHITECTURES", "CifarResNet", "CifarWideResNet", "KDOutput", "MissingStagesError",
-           "TeacherPreprocess", "TimmStudent", "TransformersTeacher", "create_student", "load_student",
-           "load_teacher"]
+__all__ = ["CIFAR_ARCHITECTURES", "CifarResNet", "CifarWideResNet", "InputSpec", "KDOutput", "MissingStagesError",
+           "TeacherInput", "TeacherPreprocess", "TimmStudent", "TransformersTeacher", "create_student", "input_spec",
+           "load_student", "load_teacher"]

@@ -51,6 +51,10 @@ class TimmStudent(TimmWrapperForImageClassification):
     """A timm backbone as an AutoModel-loadable classifier; see the module docstring for what it adds."""
 
     def __init__(self, config: TimmWrapperConfig):
+        if getattr(config, "model_args", None):
+            # timm's own Hub configs of fine-tuned models record create_model's num_classes in model_args; the
+            # wrapper passes num_classes itself (from num_labels), and twice is a TypeError
+            config.model_args = {k: v for k, v in config.model_args.items() if k != "num_classes"}
         super().__init__(config)
         # save_pretrained reverts this PrefixChange -> timm-native keys (the stock class drops it when built from
         # scratch; get_model_conversion_mapping(self) would skip it for an out-of-tree subclass).
@@ -129,6 +133,15 @@ class TimmStudent(TimmWrapperForImageClassification):
         return spatial[-n:]
 
 
+def _timm_labels(model) -> Optional[list[str]]:
+    """The class names of a pretrained timm model where timm knows them (its ImageNet label sets: the readable
+    descriptions, as transformers names a timm Hub model's classes), else None (numbered classes)."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(model)
+    return [str(d) for d in ImageNetInfo(subset).label_descriptions()] if subset else None
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
@@ -196,7 +209,7 @@ def load_student(path_or_repo: str, num_labels: int | None = None, **kwargs) -> 
 
         name = path_or_repo[len("timm:"):]
         model = timm.create_model(name, pretrained=True, **({"num_classes": num_labels} if num_labels else {}))
-        student = create_student(name.split(".")[0], model.num_classes,
+        student = create_student(name.split(".")[0], model.num_classes, None if num_labels else _timm_labels(model),
                                  model_args=kwargs.pop("model_args", None))
         student.timm_model.load_state_dict(model.state_dict())
         cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in ("architecture", "tag")}

@@ -1,18 +1,23 @@
-"""Any transformers image classifier (ViT, ConvNeXt, Swin, BEiT, ResNet, MobileNet, ...) as a frozen teacher.
+"""Teachers of every kind, and the one rule by which each sees the training images.
 
-``load_teacher(path_or_id)`` returns a ``TimmStudent`` for ``timm_wrapper`` folders / ids and ``timm:<name>`` (as
-``load_student``), and a ``TransformersTeacher`` for every other ``model_type``: the model loaded with
-``AutoModelForImageClassification`` plus its image processor's preprocessing, exposing the same ``forward_kd`` the
-distillation trainers call.
+``load_teacher(path_or_id)`` returns a ``TimmStudent`` for ``timm_wrapper`` folders / ids (hf_kd exports, ``timm/...``
+Hub ids) and ``timm:<name>`` (as ``load_student``), and a ``TransformersTeacher`` for every other ``model_type``: the
+model loaded with ``AutoModelForImageClassification``, with its image processor read into a ``TeacherPreprocess``.
+Both expose ``forward_kd(pixel_values)`` on the teacher's *own* input.
 
-The teacher keeps its own preprocessing. It receives the batch the student sees (after the student's augmentation
-and normalisation) and rebuilds, batched on the device, what its image processor would have produced from those
-pixels: undo the student's normalisation (back to [0, 1]), resize with the processor's interpolation (and centre-crop
-where the processor does), then rescale/normalise with the processor's mean/std (``TeacherPreprocess``).
+The input contract (``InputSpec``, ``TeacherInput``), the same for every teacher kind: the student's augmented view
+(one random crop/flip per image, as the student sees it) reaches the teacher through the teacher's own preprocessing,
+batched on the device: the student's normalisation undone (back to [0, 1] pixels), the view resized to the teacher's
+input size with the teacher's resampling, then the teacher's rescale and mean/std. The view is not centre-cropped
+again: it already is a crop of the image, the same content the student is scored on, and a second crop would
+hide part of it from the teacher (timm's distillation task also only re-normalises). The teacher's size and
+statistics come from its ``pretrained_cfg`` (timm / hf_kd) or its image processor (transformers; the network input
+size is the processor's crop size, else its resize size). Where the teacher's preprocessing equals the student's the
+batch passes unchanged.
 
-PEFD's teacher feature (``pre_logits``) is the input of the classification head, captured by a forward pre-hook on
-it, so it is exactly the pooled representation the head reads, whatever the family; its width is measured by a dry
-run (``hf_kd.modules.projector_kd.pre_logits_dim``). Per family (transformers 5.x heads):
+PEFD's teacher feature (``pre_logits``) of a transformers teacher is the input of its classification head, captured
+by a forward pre-hook on it, so it is exactly the pooled representation the head reads, whatever the family; its
+width is measured by a dry run (``hf_kd.modules.projector_kd.pre_logits_dim``). Per family (transformers 5.x heads):
 
 - ViT, DeiT (``ForImageClassification``): the CLS token of the final layer-normed hidden state
   (``last_hidden_state[:, 0]``); BEiT / Data2VecVision: mean of the patch tokens through the pooler's LayerNorm
@@ -25,7 +30,9 @@ run (``hf_kd.modules.projector_kd.pre_logits_dim``). Per family (transformers 5.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -36,7 +43,8 @@ import torch.nn.functional as F
 from ..losses.precision import upcast_half
 from .student import KDOutput, MissingStagesError, TimmStudent, load_student
 
-__all__ = ["TeacherPreprocess", "TransformersTeacher", "load_teacher", "bind_student_input", "check_preprocess"]
+__all__ = ["InputSpec", "TeacherInput", "TeacherPreprocess", "TransformersTeacher", "input_spec", "load_teacher",
+           "check_preprocess"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,12 +188,10 @@ def find_head(model: nn.Module) -> tuple[str, nn.Module]:
 class TransformersTeacher(nn.Module):
     """A transformers ``AutoModelForImageClassification`` as a frozen teacher with ``forward_kd``.
 
-    ``forward_kd(pixel_values)`` takes the student's normalised batch, rebuilds the teacher's input
-    (``TeacherPreprocess``; the student's mean/std are set by the trainer through ``bind_student_input``) and returns
-    ``KDOutput(logits, pre_logits)``: ``pre_logits`` is what the classification head reads (module docstring).
+    ``forward_kd(pixel_values)`` takes the teacher's own input (what its image processor gives; the trainer makes it
+    from the student's batch with ``TeacherInput``) and returns ``KDOutput(logits, pre_logits)``: ``pre_logits`` is
+    what the classification head reads (module docstring). ``preprocess`` is the image processor as batched ops.
     """
-
-    own_preprocessing = True  # takes the student's batch as it is; casts to its dtype after preprocessing
 
     def __init__(self, model: nn.Module, preprocess: TeacherPreprocess, name: Optional[str] = None):
         super().__init__()
@@ -195,8 +201,6 @@ class TransformersTeacher(nn.Module):
         self.head_name, head = find_head(model)
         self._head_input = None
         head.register_forward_pre_hook(self._keep_head_input)
-        # until the trainer binds the student's normalisation, inputs are taken as normalised like the teacher's
-        self.set_student_normalization(preprocess.mean or (0.0,), preprocess.std or (1.0,))
 
     def _keep_head_input(self, module, args):
         self._head_input = args[0]
@@ -213,27 +217,13 @@ class TransformersTeacher(nn.Module):
     def architecture(self) -> str:
         return (getattr(self.config, "architectures", None) or [type(self.model).__name__])[0]
 
-    def set_student_normalization(self, mean: Sequence[float], std: Sequence[float]):
-        """The normalisation of the batches ``forward_kd`` receives: (x/255 - mean) / std per channel."""
-        self.student_mean, self.student_std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-        self._student_stats = {}
-
-    def teacher_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The student's normalised batch -> the teacher's ``pixel_values`` (batched, same device; half precision
-        upcast to float32 for the resize, float32/float64 kept: ``upcast_half``)."""
-        x = upcast_half(pixel_values)
-        mean, std = channel_stats(self._student_stats, self.student_mean, self.student_std, x)
-        return self.preprocess((x * std + mean).clamp_(0.0, 1.0))
-
     def forward_kd(self, pixel_values: torch.Tensor, stages: bool = False) -> KDOutput:
         if stages:
             raise MissingStagesError(
                 f"The transformers teacher '{self.architecture}' gives logits and its pooled feature only, not the "
                 "feature stages this method needs; use a timm_wrapper teacher (load_student) for feature-map methods.")
-        x = self.teacher_inputs(pixel_values)
-        p = next(self.model.parameters())
         self._head_input = None
-        logits = self.model(pixel_values=x.to(p.dtype)).logits
+        logits = self.model(pixel_values=pixel_values).logits
         pre, self._head_input = self._head_input, None
         if pre is None:
             raise RuntimeError(f"The head '{self.head_name}' of {self.architecture} did not run in forward.")
@@ -241,6 +231,123 @@ class TransformersTeacher(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> KDOutput:
         return self.forward_kd(pixel_values)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The input a network was trained on: ``size`` (h, w), or ``shortest_edge`` (the shorter side, aspect kept);
+    the resampling that makes it (``interpolation``, a torch mode); ``scale`` (pixels in [0, 1] are multiplied by
+    it before normalising: a transformers processor's ``rescale_factor`` relative to 1/255); ``mean`` / ``std``
+    (None: not normalised)."""
+
+    size: Optional[tuple] = None
+    shortest_edge: Optional[int] = None
+    interpolation: str = "bilinear"
+    scale: float = 1.0
+    mean: Optional[tuple] = None
+    std: Optional[tuple] = None
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """The teacher's (h, w) for a view of (h, w) pixels (transformers' shortest-edge rule where it applies)."""
+        if self.size is not None:
+            return tuple(self.size)
+        if self.shortest_edge is not None:
+            s = self.shortest_edge
+            return (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+        return h, w
+
+    def example_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input, for dry runs (a shortest-edge network gets a square)."""
+        h, w = self.size or (self.shortest_edge,) * 2
+        return (len(self.mean) if self.mean else 3, int(h), int(w))
+
+    def describe(self) -> str:
+        size = "x".join(map(str, self.size)) if self.size else f"shorter side {self.shortest_edge}"
+        norm = f"mean {_rounded(self.mean)}, std {_rounded(self.std)}" if self.mean else "not normalised"
+        return f"{size} px ({self.interpolation}), {norm}"
+
+
+def _rounded(values) -> list:
+    return [round(float(v), 4) for v in values]
+
+
+def input_spec(model) -> InputSpec:
+    """The ``InputSpec`` of any teacher (or student): a ``TransformersTeacher`` from its image processor (network
+    input = the crop if the processor crops, else the resize), anything with a timm ``pretrained_cfg`` (hf_kd
+    exports, ``timm/...`` ids, ``timm:<name>``) from ``input_size`` / ``interpolation`` / ``mean`` / ``std``."""
+    p = getattr(model, "preprocess", None)
+    if isinstance(p, TeacherPreprocess):
+        size = edge = None
+        if p.crop is not None:
+            size = tuple(p.crop)
+        elif p.resize is not None and p.resize[0] == "size":
+            size = tuple(p.resize[1])
+        elif p.resize is not None:
+            edge = int(p.resize[1])
+        return InputSpec(size=size, shortest_edge=edge, interpolation=p.interpolation, scale=p.scale,
+                         mean=p.mean, std=p.std)
+    cfg = getattr(getattr(model, "config", None), "pretrained_cfg", None)
+    if not cfg or "input_size" not in cfg:
+        raise ValueError(f"{type(model).__name__} carries no preprocessing (config.pretrained_cfg with input_size, "
+                         "mean, std): hf_kd cannot tell which images it was trained on. Load teachers with "
+                         "hf_kd.load_teacher(path_or_id).")
+    mode, _ = _interpolation(cfg.get("interpolation") or "bilinear")
+    mode = mode if mode in ("nearest", "bilinear", "bicubic") else "bilinear"  # timm's "random": train-time only
+    mean, std = cfg.get("mean"), cfg.get("std")
+    return InputSpec(size=tuple(int(v) for v in cfg["input_size"][1:]), interpolation=mode,
+                     mean=tuple(float(v) for v in mean) if mean is not None else None,
+                     std=tuple(float(v) for v in std) if std is not None else None)
+
+
+class TeacherInput:
+    """The student's normalised training batch -> a teacher's own input (the module docstring's contract).
+
+    Undo the student's (x/255 - mean) / std, resize the view to the teacher's size with its interpolation
+    (antialiased, clipped to [0, 1] as an 8-bit image would be), rescale and normalise with the teacher's
+    statistics. Batched on the batch's device; the statistics are made once per (dtype, device): no host copy or sync
+    per step. Half-precision batches are upcast to float32 first (undoing a bf16 normalisation loses bits); float32
+    and float64 keep their dtype. Where the teacher's preprocessing equals the student's (same statistics, same
+    size) the batch is returned as it is.
+    """
+
+    def __init__(self, student_mean: Sequence[float], student_std: Sequence[float], spec: InputSpec):
+        self.student_mean = tuple(float(v) for v in student_mean)
+        self.student_std = tuple(float(v) for v in student_std)
+        self.spec = spec
+        self.same_normalization = spec.scale == 1.0 and spec.mean is not None and all(
+            math.isclose(a, b, rel_tol=0, abs_tol=1e-6) for a, b in
+            zip(self.student_mean + self.student_std, spec.mean + spec.std)) and len(spec.mean) == len(student_mean)
+        self._student_stats, self._teacher_stats = {}, {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        out = self.spec.output_size(h, w)
+        if self.same_normalization and out == (h, w):
+            return x
+        x = upcast_half(x)
+        mean, std = channel_stats(self._student_stats, self.student_mean, self.student_std, x)
+        x = (x * std + mean).clamp(0.0, 1.0)
+        if out != (h, w):
+            mode = self.spec.interpolation
+            x = F.interpolate(x, size=out, mode=mode, antialias=mode in ("bilinear", "bicubic"),
+                              **({} if mode == "nearest" else {"align_corners": False})).clamp(0.0, 1.0)
+        if self.spec.scale != 1.0:
+            x = x * self.spec.scale
+        if self.spec.mean is not None:
+            mean, std = channel_stats(self._teacher_stats, self.spec.mean, self.spec.std, x)
+            x = (x - mean) / std
+        return x
+
+    def describe(self, student_size: Sequence[int]) -> Optional[str]:
+        """None when the teacher takes the student's batch as it is, else what changes, e.g. "teacher sees 224x224
+        px (bicubic), mean [...], std [...]; student 32x32 px, mean [...], std [...]"."""
+        h, w = (int(v) for v in student_size[-2:])
+        if self.same_normalization and self.spec.output_size(h, w) == (h, w):
+            return None
+        th, tw = self.spec.output_size(h, w)
+        spec = dataclasses.replace(self.spec, size=(th, tw), shortest_edge=None)
+        return (f"teacher sees {spec.describe()}; student {h}x{w} px, mean {_rounded(self.student_mean)}, std "
+                f"{_rounded(self.student_std)}")
 
 
 def load_teacher(path_or_repo: str, **kwargs) -> TimmStudent | TransformersTeacher:
@@ -293,9 +400,3 @@ def check_preprocess(preprocess: TeacherPreprocess, processor, name: str, tolera
             f"supports processors that resize (size or shortest_edge, ConvNeXt's crop_pct), centre-crop, rescale and "
             f"normalise, as ViT, DeiT, BEiT, ConvNeXt, Swin, ResNet, RegNet and MobileNet's do. Use such a teacher, "
             f"or a timm model (timm:<name>).")
-
-
-def bind_student_input(teacher, mean: Sequence[float], std: Sequence[float]) -> None:
-    """Tell a ``TransformersTeacher`` how the student's batches are normalised (no-op for other teachers)."""
-    if isinstance(teacher, TransformersTeacher):
-        teacher.set_student_normalization(mean, std)

@@ -60,8 +60,8 @@ class ProjectorEnsemble(nn.Module):
 
 @torch.no_grad()
 def pre_logits_dim(model, input_size: Sequence[int]) -> int:
-    """Width D of a model's pooled pre-logits feature (B, D) (a ``TimmStudent`` or a ``TransformersTeacher``, whose
-    ``forward_kd`` takes the student's input), from a one-image dry run in eval mode.
+    """Width D of a model's pooled pre-logits feature (B, D) (a ``TimmStudent`` or a ``TransformersTeacher``), from
+    a one-image dry run of ``input_size`` (C, H, W) in eval mode.
 
     Eval mode and no_grad, so BN running statistics and the RNG are left untouched; the training flag is restored.
     """
@@ -96,8 +96,10 @@ class ProjectorKDModel(DistillationModel):
     @classmethod
     def build(cls, student, teacher, num_projectors: int = 3) -> "ProjectorKDModel":
         """Projectors from the student's to the teacher's pooled-feature width, both measured by a dry run."""
-        input_size = student.config.pretrained_cfg["input_size"]
-        d_s, d_t = pre_logits_dim(student, input_size), pre_logits_dim(teacher, input_size)
+        from ..models.teacher import input_spec
+
+        d_s = pre_logits_dim(student, student.config.pretrained_cfg["input_size"])
+        d_t = pre_logits_dim(teacher, input_spec(teacher).example_size())  # on the teacher's own input
         return cls(student, ProjectorEnsemble(d_s, d_t, num_projectors))
 
     def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -31,29 +32,16 @@ from ..arguments import DistillationArguments
 from ..data import BatchAugment, ImageCollator
 from ..losses.precision import upcast_half
 from ..metrics import ClassificationMetrics, topk_ids
+from ..labels import LabelMatch, load_label_map, match_labels
 from ..models import TimmStudent
-from ..models.teacher import bind_student_input
+from ..models.teacher import TeacherInput, input_spec
 from ..modules.base import DistillationModel, DistillationOutput
 from ..sync import main_process_writes, write_atomically
 from .fast import FastStep, StepInGraph, check_fast_path_args, find_step_in_graph
 
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationOutput", "DistillationTrainer"]
 
-
-def check_same_labels(student, teacher, what: str = "teacher"):
-    """Teacher and student must agree on the classes they predict, index by index."""
-    s, t = student.config, teacher.config
-    if s.num_labels != t.num_labels:
-        raise ValueError(f"The {what} predicts {t.num_labels} classes but the student {s.num_labels}; distillation "
-                         f"needs the same label set. Train the {what} on the student's dataset (recipes/"
-                         "train_teacher.py) or build the student with the teacher's num_labels.")
-    sl, tl = [s.id2label[i] for i in range(s.num_labels)], [t.id2label[i] for i in range(t.num_labels)]
-    generic = all(n in (str(i), f"LABEL_{i}") for i, n in enumerate(sl)) or \
-        all(n in (str(i), f"LABEL_{i}") for i, n in enumerate(tl))
-    if sl != tl and not generic:
-        diff = [(i, a, b) for i, (a, b) in enumerate(zip(sl, tl)) if a != b][:5]
-        raise ValueError(f"The {what} and the student disagree on label names, e.g. (id, student, {what}) {diff}. "
-                         "They must index the same classes in the same order.")
+logger = logging.getLogger(__name__)
 
 
 def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -> ValueError:
@@ -127,6 +115,8 @@ class DistillationTrainer(Trainer):
     teacher_accuracy: Optional[float] = None
     baseline_metrics: Optional[dict] = None  # the same student without distillation: name, top1, top5
     card_tags: tuple = ()
+    teacher_labels: LabelMatch = LabelMatch()  # which teacher output each student class reads (hf_kd.labels)
+    teacher_notes: tuple = ()  # how the teacher's input and labels differ from the student's (log and card)
 
     def __init__(self, model: TimmStudent | DistillationModel = None, args: DistillationArguments = None,
                  teacher: Optional[TimmStudent] = None, augmentation: Optional[BatchAugment] = None,
@@ -149,7 +139,10 @@ class DistillationTrainer(Trainer):
             # in place: same parameter/buffer names, so checkpoints and the student export are unchanged
             wrapper = nn.SyncBatchNorm.convert_sync_batchnorm(wrapper)
         if teacher is not None:
-            check_same_labels(wrapper.student, teacher)
+            self.teacher_labels = match_labels(wrapper.student.config, teacher.config,
+                                               load_label_map(args.teacher_label_map))
+        elif args.teacher_label_map:
+            raise ValueError("teacher_label_map is given but there is no teacher; drop --teacher_label_map.")
         student_cfg = wrapper.student.config.pretrained_cfg
         if augmentation is None:
             augmentation = BatchAugment(student_cfg["mean"], student_cfg["std"], "none")
@@ -165,7 +158,7 @@ class DistillationTrainer(Trainer):
             self.model.to(memory_format=torch.channels_last)
         self.teacher = None
         if teacher is not None:
-            bind_student_input(teacher, student_cfg["mean"], student_cfg["std"])  # a transformers teacher's input
+            self.bind_teacher_input(teacher, student_cfg)
             teacher = teacher.eval().requires_grad_(False)
             # a frozen teacher only runs forward: keep it in the mixed-precision dtype, no fp32 copy on the device
             # (--bf16/--fp16, or `accelerate launch --mixed_precision ...`, which TrainingArguments reads)
@@ -265,13 +258,13 @@ class DistillationTrainer(Trainer):
             return model
         teacher = self.accelerator.unwrap_model(self.teacher) if self.teacher is not None else None
         if teacher is not None:
-            check_same_labels(model, teacher)
+            self.teacher_labels = match_labels(model.config, teacher.config, load_label_map(self.args.teacher_label_map))
         if trial is not None:  # the trial's arguments may choose the augmentation (e.g. LightSKD's random crop)
             self.augmentation = self.training_augmentation(self._data_augmentation, self.args)
         cfg = model.config.pretrained_cfg  # what pipeline must feed the exported student, as in __init__
         cfg["mean"], cfg["std"] = self.input_normalization(self.args)
         if teacher is not None:
-            bind_student_input(teacher, cfg["mean"], cfg["std"])  # a searched norm_mean changes the teacher's input
+            self.bind_teacher_input(teacher, cfg)  # a searched norm_mean changes what the teacher's input undoes
         wrapper = self.build_model(model, self.args, teacher)
         if self._own_metrics:
             self.compute_metrics = self.build_metrics(wrapper)
@@ -311,18 +304,37 @@ class DistillationTrainer(Trainer):
         ``graph=True`` (the fast path's compiled step): every value a device tensor, copied without a sync."""
         return {}
 
+    def bind_teacher_input(self, teacher, student_cfg: dict) -> None:
+        """``teacher_input``: how the student's batches (normalised with ``student_cfg``'s mean/std) become the
+        teacher's own input (``hf_kd.models.teacher.TeacherInput``). Says once, in the log and the card, where the
+        teacher's input differs from the student's and how the label names were matched."""
+        self.teacher_input = TeacherInput(student_cfg["mean"], student_cfg["std"], input_spec(teacher))
+        self.teacher_notes = [n for n in (self.teacher_input.describe(student_cfg["input_size"]),
+                                          self.teacher_labels.note) if n]
+        self._teacher_index = {}
+        if self.teacher_notes and self.args.process_index == 0:
+            logger.warning("Teacher: " + "; ".join(self.teacher_notes) + ".")
+
     @torch.no_grad()
     def teacher_forward(self, pixel_values: torch.Tensor, stages: bool = False):
-        """The frozen teacher's ``KDOutput`` (eval mode, no grad, under the Trainer's autocast)."""
+        """The frozen teacher's ``KDOutput`` (eval mode, no grad, under the Trainer's autocast) on the student's
+        batch: the batch through the teacher's own preprocessing (``teacher_input``), cast to the teacher's dtype,
+        and its logits in the student's class order (``teacher_labels``: re-ordered or restricted by name)."""
         if self.teacher is None:
             raise ValueError(f"{type(self).__name__} needs a teacher: pass teacher=load_teacher(path_or_hub_id).")
-        # a transformers teacher casts after its own preprocessing (undoing a bf16 batch's normalisation loses bits)
-        if not getattr(self.teacher, "own_preprocessing", False):
-            pixel_values = pixel_values.to(next(self.teacher.parameters()).dtype)
-        out = self.teacher.forward_kd(pixel_values, stages=stages)
+        x = self.teacher_input(pixel_values).to(next(self.teacher.parameters()).dtype)
+        out = self.teacher.forward_kd(x, stages=stages)
         # a bf16/fp16 teacher hands fp32 targets to the losses; a float32/float64 one keeps its dtype
         out.logits, out.pre_logits = upcast_half(out.logits), upcast_half(out.pre_logits)
+        if self.teacher_labels.index is not None:
+            out.logits = out.logits.index_select(1, self.teacher_class_index(out.logits.device))
         return out
+
+    def teacher_class_index(self, device) -> torch.Tensor:
+        """``teacher_labels.index`` as a tensor on ``device``, made once (no host copy per step)."""
+        if device not in self._teacher_index:
+            self._teacher_index[device] = torch.tensor(self.teacher_labels.index, dtype=torch.long, device=device)
+        return self._teacher_index[device]
 
     def log_terms(self, terms: dict[str, torch.Tensor]):
         """Record loss terms of a training step; averaged over the logging window and logged by name."""
