@@ -259,9 +259,13 @@ def test_teacher_required_and_label_mismatch_errors(data, tmp_path):
         ProjectorKDTrainer(model=tiny(data, TINY_S), teacher=tiny(data, TINY_T, num_labels=5),
                            args=make_args(tmp_path))
     names = [f"class_{i}" for i in range(10)]
-    with pytest.raises(ValueError, match="disagree on label names"):
+    reordered = ProjectorKDTrainer(model=tiny(data, TINY_S, label_names=names),
+                                   teacher=tiny(data, TINY_T, label_names=names[::-1]), args=make_args(tmp_path))
+    assert reordered.teacher_labels.index == tuple(range(9, -1, -1))  # same names, other order: matched by name
+    with pytest.raises(ValueError, match="predict different classes"):
         ProjectorKDTrainer(model=tiny(data, TINY_S, label_names=names),
-                           teacher=tiny(data, TINY_T, label_names=names[::-1]), args=make_args(tmp_path))
+                           teacher=tiny(data, TINY_T, label_names=[f"other_{i}" for i in range(10)]),
+                           args=make_args(tmp_path))
 
 
 def test_arguments_defaults_follow_official_script():
