@@ -7,7 +7,8 @@
 - Export contract: ``save_model`` / ``push_to_hub`` write only the student (config with preprocessing, timm-native
   safetensors, model card). Checkpoints written during training keep the whole ``DistillationModel`` + optimizer,
   scheduler and RNG state, so ``resume_from_checkpoint`` continues exactly (random augmentation runs batched in the
-  step, see ``hf_kd.data.BatchAugment``).
+  step, see ``hf_kd.data.BatchAugment``). Each checkpoint also records the method and the teacher
+  (``hf_kd.manifest``): a resume with another one is refused before any training.
 - Each loss term is logged by name; evaluation reports top-1/top-5 through ``evaluate``.
 """
 
@@ -26,13 +27,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
-from transformers.trainer_utils import HubStrategy, number_of_arguments
+from transformers.trainer_utils import HubStrategy, get_last_checkpoint, number_of_arguments
 
 from ..arguments import DistillationArguments
 from ..data import BatchAugment, ImageCollator
 from ..losses.precision import upcast_half
-from ..metrics import ClassificationMetrics, topk_ids
+from ..manifest import MANIFEST_NAME, read_manifest, resume_mismatch, teacher_identity, write_manifest
 from ..labels import LabelMatch, load_label_map, match_labels
+from ..metrics import ClassificationMetrics, topk_ids
 from ..models import TimmStudent
 from ..models.teacher import TeacherInput, input_spec
 from ..modules.base import DistillationModel, DistillationOutput
@@ -157,6 +159,8 @@ class DistillationTrainer(Trainer):
         if args.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.teacher = None
+        # hashed as given, before the cast below: the same teacher gives the same manifest under --bf16 and fp32
+        self._teacher_identity = teacher_identity(teacher)
         if teacher is not None:
             self.bind_teacher_input(teacher, student_cfg)
             teacher = teacher.eval().requires_grad_(False)
@@ -496,12 +500,17 @@ class DistillationTrainer(Trainer):
         """Inside a checkpoint: Trainer's full-state save. Otherwise export the student (``export_student``) to
         ``output_dir`` (default ``args.output_dir``).
 
+        A checkpoint also gets its manifest (``checkpoint_manifest``), which a resume checks.
+
         Every process calls it; the one that saves (``args.should_save``) writes and the others wait at a barrier
         until the export is complete (``hf_kd.sync.main_process_writes``), so any process may read the export when
         this returns (the recipes' auto-trained teacher is read by every process).
         """
         if self._in_checkpoint:
-            return super().save_model(output_dir, _internal_call)
+            super().save_model(output_dir, _internal_call)
+            if self.args.should_save:  # beside the weights, before the checkpoint is pushed or resumed from
+                write_manifest(output_dir, self.checkpoint_manifest())
+            return
         main_process_writes(output_dir or self.args.output_dir, self._write_export, writer=self.args.should_save,
                             prefix=".export-")
         if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model
@@ -562,12 +571,44 @@ class DistillationTrainer(Trainer):
         self.push_in_progress = push_folder(self, checkpoint_folder)
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
-        """``Trainer.train``, refusing up front a training set too small for one optimizer step."""
+        """``Trainer.train``, refusing up front a training set too small for one optimizer step, and a checkpoint
+        written by another method or teacher (``check_resume``)."""
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
             from ..checks import check_enough_examples
 
             check_enough_examples(len(self.train_dataset), self.args)
+        if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):
+            # as Trainer resolves it; None (no checkpoint) is left to Trainer's own error
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        else:
+            checkpoint = resume_from_checkpoint
+        if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
+            self.check_resume(os.fspath(checkpoint))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def checkpoint_manifest(self) -> dict:
+        """What a checkpoint records about its run: the method and the teacher (name, Hub revision, weights hash;
+        ``hf_kd.manifest``). The name is the recipe's ``teacher_name`` when set, else what the teacher knows."""
+        teacher = self._teacher_identity
+        if teacher is not None and self.teacher_name:
+            teacher = {**teacher, "name": self.teacher_name}
+        return {"method": self.method_name, "trainer": type(self).__name__, "teacher": teacher}
+
+    def check_resume(self, checkpoint: str) -> None:
+        """Refuse a checkpoint written by another method or teacher (its manifest), before any training: its state
+        might load (KD and plain cross-entropy keep the same keys) and the run would go on under another objective.
+        A checkpoint without a manifest (an older hf_kd) resumes, with a warning that it could not be checked."""
+        try:
+            saved = read_manifest(checkpoint)
+        except (OSError, ValueError) as e:  # ValueError: invalid JSON, e.g. a file cut short
+            raise damaged_checkpoint_error(checkpoint, os.path.join(checkpoint, MANIFEST_NAME), e) from None
+        if saved is None:
+            logger.warning(f"Checkpoint {checkpoint} has no {MANIFEST_NAME} (written by an older hf_kd): the method "
+                           "and teacher it was trained with cannot be checked. Resume it with the same ones.")
+            return
+        error = resume_mismatch(checkpoint, saved, self.checkpoint_manifest())
+        if error:
+            raise ValueError(error)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         try:
