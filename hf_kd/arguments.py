@@ -89,13 +89,35 @@ class DistillationArguments(TrainingArguments):
         if self.norm_mean is not None and (len(self.norm_mean) != len(self.norm_std) or min(self.norm_std) <= 0):
             raise ValueError(f"norm_mean/norm_std need one value per channel each and std > 0, got "
                              f"{self.norm_mean}, {self.norm_std}")
+        self.check_schedule()
+        if self.max_steps == 0:
+            raise ValueError("--max_steps 0 would train nothing (and transformers would still take a step and "
+                             "export); give a number of steps > 0, or -1 (the default) to train num_train_epochs.")
         if self.fast_path:
             check_fast_path_args(self)
             self.logging_nan_inf_filter = False  # torch.isnan(loss) in a Python `or`: a host sync every step
-            self.accelerator_config.non_blocking = True  # batches copied to the device without a sync
+            # batches copied to the device without a sync (with pinned memory: off on the CPU, where there is no
+            # copy to overlap and transformers would warn that pinning is off)
+            self.accelerator_config.non_blocking = self.dataloader_pin_memory
             if self.per_device_eval_batch_size == 8:  # transformers' default; evaluation is launch-bound too
                 self.per_device_eval_batch_size = 1024
 
+
+    def check_schedule(self):
+        """Schedule arguments are applied or refused, never ignored: ``warmup_epochs`` and ``lr_gamma`` belong to the
+        ``lr_milestones`` schedule, and that schedule replaces transformers' (whose ``warmup_steps`` it would drop)."""
+        if self.lr_milestones:
+            if self.warmup_steps:
+                raise ValueError(f"--warmup_steps {self.warmup_steps} is transformers' warm-up, which the "
+                                 "--lr_milestones schedule replaces; give the warm-up as --warmup_epochs instead.")
+            return
+        unused = [f"--{n} {getattr(self, n)}" for n, default in (("warmup_epochs", 0.0), ("lr_gamma", 0.1))
+                  if getattr(self, n) != default]
+        if unused:
+            raise ValueError(f"{' and '.join(unused)} apply to the --lr_milestones schedule, and none is given (the "
+                             f"learning rate follows --lr_scheduler_type {self.lr_scheduler_type}). Give "
+                             "--lr_milestones, or drop them (a warm-up for --lr_scheduler_type is --warmup_steps; a "
+                             "value below 1 is a fraction of the training steps).")
 
     def quiet_defaults(self):
         """Defaults that only silence warnings hf_kd itself would cause (values the user set are kept).

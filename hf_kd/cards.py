@@ -183,15 +183,16 @@ def _teacher_accuracy(trainer, name: Optional[str]) -> Optional[float]:
     path = os.path.join(name, "README.md")
     if not os.path.isfile(path):
         from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import HFValidationError
 
         try:
             cached = try_to_load_from_cache(name, "README.md")
-        except Exception:  # noqa: BLE001 - not a repo id
+        except HFValidationError:  # a name that is not a repo id
             return None
         path = cached if isinstance(cached, str) else None
     try:
         results = ModelCard.load(path).data.eval_results or [] if path else []
-    except Exception:  # noqa: BLE001 - a card we cannot parse: no accuracy
+    except (OSError, ValueError, yaml.YAMLError):  # a card that cannot be read or parsed: no accuracy recorded
         return None
     top1 = [r.metric_value for r in results if "top-1" in (r.metric_name or "").lower() or r.metric_type == "accuracy"]
     return top1[0] if top1 else None

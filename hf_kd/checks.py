@@ -142,7 +142,7 @@ def _check_hub(repo_id: str, repo_type: str, what: str, extra: str, cache_dir: O
     """Raise at once if ``repo_id`` cannot be used: offline and not cached, Hub unreachable and not cached, or no
     such repo. One request without retries (transformers and datasets retry 5 times before they give up)."""
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HTTPError, RepositoryNotFoundError
 
     if _offline():
         if _cached(repo_id, repo_type, cache_dir):
@@ -156,7 +156,7 @@ def _check_hub(repo_id: str, repo_type: str, what: str, extra: str, cache_dir: O
     except RepositoryNotFoundError:
         raise FileNotFoundError(f"{what} '{repo_id}' is neither a local folder nor a {repo_type} repo on the Hub "
                                 f"({constants.ENDPOINT}; a private repo needs `hf auth login`). {extra}") from None
-    except Exception as e:  # noqa: BLE001 - no connection, DNS, proxy, timeout: all mean "cannot reach"
+    except (HTTPError, OSError) as e:  # no connection, DNS, proxy, timeout, a server error: "cannot reach"
         if _cached(repo_id, repo_type, cache_dir):
             return  # the loader falls back to the cached copy
         raise HubUnreachableError(f"{what} '{repo_id}' is not a local folder, and the Hub ({constants.ENDPOINT}) "

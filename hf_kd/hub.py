@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HTTPError
 from transformers.trainer_utils import HubStrategy
 from transformers.utils.hub import PushInProgress
 
@@ -87,7 +87,7 @@ def upload_export(folder: str, repo_id: str, *, token: Optional[str] = None, rev
                                  revision=revision, allow_patterns=_allowed(keep_training_args),
                                  ignore_patterns=list(EXPORT_IGNORE),  # a copy: upload_folder extends the list
                                  delete_patterns=list(STALE_WEIGHTS))
-    except Exception as e:  # noqa: BLE001 - every failure gets the same retry hint
+    except (HTTPError, OSError, ValueError) as e:  # the Hub or the network refused: every such failure gets the hint
         hint = retry_hint(folder, repo_id, revision, bool(private), keep_training_args)
         if isinstance(e, HfHubHTTPError):
             e.append_to_message(f"\n\nUpload of the exported student to {repo_id} failed. {hint}")
@@ -127,7 +127,7 @@ def push_to_hub(trainer, commit_message: Optional[str] = "End of training", bloc
     if trainer.hub_model_id is None and trainer.is_world_process_zero():  # as Trainer (at __init__ if push_to_hub)
         try:
             trainer.init_hf_repo(token=token, private=private)
-        except Exception as e:  # noqa: BLE001 - export locally first, then report
+        except (HTTPError, OSError, ValueError) as e:  # the Hub refused: export locally first, then report
             error = e
     trainer._finish_current_push()  # a background push from a checkpoint reads the files the export rewrites
     trainer.save_model(_internal_call=True)  # every process: the main one writes, the others wait until it is done

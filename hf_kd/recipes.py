@@ -25,6 +25,7 @@ from .checks import check_dataset, check_enough_examples, check_output_dir, chec
 from .constants import is_small_image
 from .data import load_image_data
 from .models import create_student, load_student, load_teacher
+from .models.student import check_architecture
 from .sync import every_process
 
 __all__ = ["ModelArguments", "DataArguments", "QUICK_DEFAULTS", "parse_args", "run", "build_teacher"]
@@ -233,9 +234,13 @@ def describe_data(trainer, data, data_args: Optional[DataArguments] = None) -> N
 
 
 def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_args, uses_teacher: str) -> None:
-    """Fail in seconds, before any data loads, on a taken output_dir, a teacher the method refuses or cannot find,
-    or an unknown dataset (``uses_teacher``: the trainer's declaration)."""
+    """Fail in seconds, before any data loads, on a taken output_dir, an unknown student (or auto-teacher)
+    architecture, a teacher the method refuses or cannot find, or an unknown dataset (``uses_teacher``: the trainer's
+    declaration)."""
     check_output_dir(training_args)
+    check_architecture(model_args.student, "--student")
+    if uses_teacher == "required" and not model_args.teacher:  # a teacher would be trained first
+        check_architecture(model_args.teacher_architecture, "--teacher_architecture")
     if model_args.teacher:
         if uses_teacher == "refused":
             raise ValueError(f"--teacher {model_args.teacher}: this method uses no pre-trained teacher (its networks "
@@ -284,7 +289,8 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
         trainer.save_model()
     best, final = best_and_final(trainer.state.log_history)
     if trainer.is_world_process_zero():
-        acc = (f"eval top-1 final {final:.4f}, best over evaluations {best:.4f}, top-5 {metrics['eval_top5']:.4f}"
+        top5 = f", top-5 {metrics['eval_top5']:.4f}" if "eval_top5" in metrics else ""  # (> 5 classes only)
+        acc = (f"eval top-1 final {final:.4f}, best over evaluations {best:.4f}{top5}"
                if final is not None else "no evaluation ran")
         print(f"[hf_kd] {trainer.method_name}: student {model_args.student} exported to {training_args.output_dir}; "
               f"{acc}" + (f"; pushed to {trainer.hub_model_id}" if training_args.push_to_hub else ""))

@@ -139,7 +139,7 @@ def test_teacher_logits_equal_its_own_preprocessing_and_forward(data, tmp_path, 
                         augmentation=data.batch_augment("cifar"))
     views, inside = one_step(trainer)
     assert views.dtype == torch.uint8 and views.shape[-2:] == (32, 32)
-    net = teacher.model if kind == "transformers" else teacher.timm_model
+    net = (teacher.model if kind == "transformers" else teacher.timm_model).eval()
     with torch.no_grad():
         x = own_pipeline(views, **own)
         ref = net(pixel_values=x).logits if kind == "transformers" else net(x)

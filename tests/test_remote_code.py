@@ -53,7 +53,7 @@ def test_cifar_export_loads_without_hf_kd_with_identical_logits(data, tmp_path):
     folder = tmp_path / "export"
     student.save_pretrained(folder)
     cfg = json.load(open(folder / "config.json"))
-    assert cfg["auto_map"] == {"AutoModelForImageClassification": "modeling_hf_kd.HfKdTimmForImageClassification"}
+    assert cfg["auto_map"] == {"AutoModelForImageClassification": "modeling_hf_kd.TimmWrapperForImageClassification"}
     assert not hasattr(student.config, "auto_map") or student.config.auto_map is None  # in memory: untouched
     source = (folder / MODELING_FILE).read_text()
     assert source == modeling_source() and cifar.CifarResNet.__doc__ in source  # generated from hf_kd's code
@@ -69,7 +69,9 @@ def test_cifar_export_loads_without_hf_kd_with_identical_logits(data, tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     info = json.load(open(tmp_path / "info.json"))
     assert info["stock"] != "loaded"  # without the remote code transformers cannot build it
-    assert info["class"] == "HfKdTimmForImageClassification" and "modeling_hf_kd" in info["module"]
+    assert info["class"] == "TimmWrapperForImageClassification" and "modeling_hf_kd" in info["module"]
+    # pipeline lists the class as supported: no "not supported for image-classification" error in the log
+    assert "not supported for image-classification" not in run.stderr + run.stdout
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "logits.npy")), expected)
     assert len(info["pipeline"]) == 3 and {p["label"] for p in info["pipeline"]} <= set(data.label_names)
     # the pipeline without hf_kd gives what it gives with hf_kd (stock class, its image processor): same scores

@@ -108,7 +108,7 @@ def test_kd_loss_in_trainer_matches_formula(data, teacher, tmp_path):
     with torch.no_grad():
         loss, _ = tr.training_loss(tr.model, inputs["pixel_values"], inputs["labels"])  # the objective, BN in eval
         s = tr.student(inputs["pixel_values"]).logits
-        t = teacher(inputs["pixel_values"]).logits
+        t = tr.teacher(inputs["pixel_values"]).logits  # the trainer's frozen copy (the caller's is left in train mode)
     expected = 0.3 * F.cross_entropy(s, inputs["labels"]) + 0.7 * kd_kl_div(s, t, 3.0)
     torch.testing.assert_close(loss, expected)
 

@@ -208,7 +208,7 @@ def test_kd_loss_value_and_frozen_teacher(data, teacher_dir, tmp_path):
     expected = 0.1 * F.cross_entropy(z_s, y) + 0.9 * kd_kl_div(z_s, z_t, 4.0)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     trainer.train()
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert trainer.teacher.training is False
     # the teacher's own card (as transformers' Trainer writes it: model-index, metric type accuracy)
@@ -263,7 +263,7 @@ def test_projector_kd_measures_teacher_width_and_loss(data, teacher_dir, tmp_pat
     expected = F.cross_entropy(s.logits, y) + 25.0 * projector_cosine_loss(proj(s.pre_logits), f_t)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     trainer.train()
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters())
     assert trainer.state.global_step == 2
 
 
@@ -284,7 +284,7 @@ def test_bf16_autocast_on_cpu(data, teacher_dir, tmp_path, cls):
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters())
 
 
 def test_load_teacher_errors_and_timm_wrapper_passthrough(data, tmp_path):

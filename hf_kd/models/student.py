@@ -27,7 +27,7 @@ from transformers.utils import ModelOutput
 from ..constants import default_crop_pct
 from . import cifar  # noqa: F401  (registers the cifar_* archs into timm)
 
-__all__ = ["TimmStudent", "KDOutput", "create_student", "load_student", "MissingStagesError"]
+__all__ = ["TimmStudent", "KDOutput", "check_architecture", "create_student", "load_student", "MissingStagesError"]
 
 
 class MissingStagesError(ValueError):
@@ -150,6 +150,39 @@ def _jsonable(obj):
     return obj
 
 
+def check_architecture(architecture: str, what: str = "backbone") -> None:
+    """A clear error for a name timm does not know, listing the closest known names first (a typo such as
+    ``cifar_resnt32`` gets ``cifar_resnet32``). Cheap: the recipes call it before any data loads."""
+    import timm
+
+    if timm.is_model(architecture):
+        return
+    import difflib
+
+    names = timm.list_models()
+    close = difflib.get_close_matches(architecture, names, n=8, cutoff=0.6)
+    close += [m for m in names if architecture.split("_")[0] in m and m not in close][:8 - len(close)]
+    raise ValueError(
+        f"Unknown {what} '{architecture}': timm has no such architecture (after `import hf_kd`, which adds "
+        f"{', '.join(cifar.CIFAR_ARCHITECTURES)}). Closest names: {', '.join(close) or 'none'}. See "
+        "`timm.list_models()`.")
+
+
+def _image_size_args(architecture: str, input_size: Sequence[int] | None, model_args: dict) -> dict:
+    """timm architectures built for one input size (ViT, DeiT, Swin, ...: ``fixed_input_size`` in their default
+    ``pretrained_cfg``) get the data's size as ``img_size``, unless given: built at 224 px, a ViT refuses 32-px
+    images at the first step."""
+    import timm
+
+    if input_size is None or "img_size" in model_args:
+        return model_args
+    default = timm.get_pretrained_cfg(architecture, allow_unregistered=False) if "." not in architecture else None
+    if default is None or not getattr(default, "fixed_input_size", False):
+        return model_args
+    size = tuple(int(v) for v in input_size[1:])
+    return model_args if size == tuple(default.input_size[1:]) else {**model_args, "img_size": size}
+
+
 def create_student(
     architecture: str,
     num_labels: int,
@@ -167,11 +200,7 @@ def create_student(
     """
     import timm
 
-    if not timm.is_model(architecture):
-        close = [m for m in timm.list_models() if architecture.split("_")[0] in m][:8]
-        raise ValueError(
-            f"Unknown backbone '{architecture}': timm has no such architecture (after `import hf_kd`, which adds "
-            f"{', '.join(cifar.CIFAR_ARCHITECTURES)}). Similar names: {close}. See `timm.list_models()`.")
+    check_architecture(architecture)
     labels = list(label_names) if label_names is not None else [str(i) for i in range(num_labels)]
     if len(labels) != num_labels:
         raise ValueError(f"{len(labels)} label names given for num_labels={num_labels}")
@@ -180,7 +209,7 @@ def create_student(
         num_labels=num_labels,
         id2label=dict(enumerate(labels)),
         label2id={n: i for i, n in enumerate(labels)} if len(set(labels)) == len(labels) else None,
-        model_args=dict(model_args or {}),
+        model_args=_image_size_args(architecture, input_size, dict(model_args or {})),
     )
     student = TimmStudent(config)
     cfg = config.pretrained_cfg
@@ -214,7 +243,7 @@ def load_student(path_or_repo: str, num_labels: int | None = None, **kwargs) -> 
         student.timm_model.load_state_dict(model.state_dict())
         cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in ("architecture", "tag")}
         student.config.pretrained_cfg = {**_jsonable(cfg), "num_classes": model.num_classes}
-        return student
+        return student.eval()  # as from_pretrained returns a model
     if num_labels is not None:  # a new classifier for a different label set
         kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     revision = {k: v for k, v in kwargs.items() if k == "revision"}

@@ -18,10 +18,10 @@ import logging
 import math
 import os
 import pickle
-from collections import defaultdict
 from typing import ClassVar, Optional
 
 import safetensors.torch
+from safetensors import SafetensorError
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,6 +44,30 @@ from .fast import FastStep, StepInGraph, check_fast_path_args, find_step_in_grap
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationOutput", "DistillationTrainer"]
 
 logger = logging.getLogger(__name__)
+
+
+def set_training_normalization(cfg: dict, mean: list, std: list) -> None:
+    """Write the normalisation the student is trained with into its ``pretrained_cfg`` (what the export's image
+    processor and ``pipeline`` read), saying so when it changes what the caller's config held."""
+    old = [float(v) for v in list(cfg.get("mean", ())) + list(cfg.get("std", ()))]
+    if len(old) != len(mean) + len(std) or any(abs(a - b) > 1e-6 for a, b in zip(old, list(mean) + list(std))):
+        logger.warning(f"The student's config.pretrained_cfg mean/std {cfg.get('mean')} / {cfg.get('std')} are set to "
+                       f"the normalisation it is trained with, {[round(v, 4) for v in mean]} / "
+                       f"{[round(v, 4) for v in std]}, so that its export preprocesses as in training.")
+    cfg["mean"], cfg["std"] = mean, std
+
+
+def frozen_copy(teacher: nn.Module, dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> nn.Module:
+    """The trainer's own teacher: a copy of the caller's, in eval mode, without gradients, cast to ``dtype`` and
+    in channels_last where asked, so that the model the caller passed is left exactly as it was (dtype, device,
+    mode, ``requires_grad``). The copy is made on the teacher's device before the cast (a large fp32 teacher briefly
+    exists twice there)."""
+    import copy
+
+    teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+    if dtype is not None:
+        teacher = teacher.to(dtype)
+    return teacher.to(memory_format=torch.channels_last) if channels_last else teacher
 
 
 def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -> ValueError:
@@ -92,6 +116,11 @@ class DistillationTrainer(Trainer):
 
     The base ``compute_loss`` runs the model, scores the heads at evaluation (``eval_loss`` is the exported head's
     cross-entropy), calls ``method_loss`` in training, logs its terms and owns ``return_outputs``.
+
+    What it does to the objects it is given: it trains the student in place, as ``Trainer`` does (in channels_last
+    with ``--channels_last``), and sets its ``config.pretrained_cfg`` mean/std to the normalisation it is trained
+    with (logged when that changes them), so that the model and its config agree. The teacher is left exactly as
+    given: the trainer runs a frozen copy (``frozen_copy``: eval mode, no gradients, the mixed-precision dtype).
     """
 
     args_class: ClassVar[type] = DistillationArguments
@@ -151,7 +180,7 @@ class DistillationTrainer(Trainer):
         self._data_augmentation = augmentation  # a search trial's arguments are applied to it again (call_model_init)
         self.augmentation = self.training_augmentation(augmentation, args)
         # what the model sees at train time is what pipeline must feed it: the processor reads pretrained_cfg
-        student_cfg["mean"], student_cfg["std"] = self.input_normalization(args)
+        set_training_normalization(student_cfg, *self.input_normalization(args))
         super().__init__(
             model=wrapper, args=args, data_collator=data_collator or ImageCollator(),
             compute_metrics=compute_metrics or self.build_metrics(wrapper),
@@ -163,17 +192,14 @@ class DistillationTrainer(Trainer):
         self._teacher_identity = teacher_identity(teacher)
         if teacher is not None:
             self.bind_teacher_input(teacher, student_cfg)
-            teacher = teacher.eval().requires_grad_(False)
             # a frozen teacher only runs forward: keep it in the mixed-precision dtype, no fp32 copy on the device
             # (--bf16/--fp16, or `accelerate launch --mixed_precision ...`, which TrainingArguments reads)
             precision = getattr(args, "mixed_precision", None) or (
                 "bf16" if args.bf16 else "fp16" if args.fp16 else "no")
-            if precision in ("bf16", "fp16"):
-                teacher = teacher.to(torch.bfloat16 if precision == "bf16" else torch.float16)
-            if args.channels_last:
-                teacher = teacher.to(memory_format=torch.channels_last)
-            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
-        self._terms = defaultdict(list)
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+            self.teacher = self.accelerator.prepare_model(frozen_copy(teacher, dtype, args.channels_last),
+                                                          evaluation_mode=True)
+        self._terms = {}  # name -> [sum over the steps since the last log (device), number of steps]
         self._in_checkpoint = False
         self.model_init = model_init  # Trainer.train rebuilds the model per trial through call_model_init
         self._own_metrics = compute_metrics is None  # rebuilt per trial with the model's heads (FFSD: num_students)
@@ -215,7 +241,7 @@ class DistillationTrainer(Trainer):
 
     def build_metrics(self, model: DistillationModel):
         """``compute_metrics`` for the model's evaluation heads (built after the model, from its ``head_names``)."""
-        return ClassificationMetrics(model.head_names)
+        return ClassificationMetrics(model.head_names, model.student.config.num_labels)
 
     def method_augmentation(self, augmentation: BatchAugment, args: DistillationArguments) -> BatchAugment:
         """The batched augmentation this method trains with (default: the data's, with the user's overrides)."""
@@ -266,7 +292,7 @@ class DistillationTrainer(Trainer):
         if trial is not None:  # the trial's arguments may choose the augmentation (e.g. LightSKD's random crop)
             self.augmentation = self.training_augmentation(self._data_augmentation, self.args)
         cfg = model.config.pretrained_cfg  # what pipeline must feed the exported student, as in __init__
-        cfg["mean"], cfg["std"] = self.input_normalization(self.args)
+        set_training_normalization(cfg, *self.input_normalization(self.args))
         if teacher is not None:
             self.bind_teacher_input(teacher, cfg)  # a searched norm_mean changes what the teacher's input undoes
         wrapper = self.build_model(model, self.args, teacher)
@@ -345,9 +371,14 @@ class DistillationTrainer(Trainer):
         if self._fast_tracing:  # inside the fast path's compiled step: FastStep sums them on the device
             self._fast_terms = dict(terms)
             return
-        if self.model.training:
+        if self.model.training:  # running sums: nothing grows when no log fires (logging_strategy "no")
             for name, value in terms.items():
-                self._terms[name].append(value.detach().float())
+                value = value.detach().float()
+                if name in self._terms:
+                    total = self._terms[name]
+                    total[0], total[1] = total[0] + value, total[1] + 1
+                else:
+                    self._terms[name] = [value, 1]
 
     # --- data -------------------------------------------------------------------------------------------------------
     def _scoring_every_sample(self, make, *a, **kw):
@@ -378,7 +409,7 @@ class DistillationTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
         if self._terms and "loss" in logs:  # a training log: add the averaged terms
             names = sorted(self._terms)
-            means = torch.stack([torch.stack(self._terms[n]).mean() for n in names])
+            means = torch.stack([self._terms[n][0] / self._terms[n][1] for n in names])
             means = self.accelerator.reduce(means, reduction="mean") if self.args.world_size > 1 else means
             logs.update({f"loss_{n}": round(v, 6) for n, v in zip(names, means.tolist())})
             self._terms.clear()
@@ -577,6 +608,9 @@ class DistillationTrainer(Trainer):
             from ..checks import check_enough_examples
 
             check_enough_examples(len(self.train_dataset), self.args)
+        self._terms.clear()  # an earlier train() (a search trial) that ended between two logs leaves its tail
+        if self._fast is not None:
+            self._fast.pop_terms()
         if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):
             # as Trainer resolves it; None (no checkpoint) is left to Trainer's own error
             checkpoint = get_last_checkpoint(self.args.output_dir)
@@ -626,7 +660,7 @@ class DistillationTrainer(Trainer):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         try:
             state = safetensors.torch.load_file(path, device="cpu")
-        except Exception as e:  # noqa: BLE001 - SafetensorError "incomplete metadata", truncated or corrupt file
+        except (SafetensorError, OSError) as e:  # "incomplete metadata", a truncated or corrupt file
             raise damaged_checkpoint_error(resume_from_checkpoint, path, e) from None
         hint = "Resume with the same method, backbone and method arguments as the run that wrote it."
         try:

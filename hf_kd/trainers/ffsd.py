@@ -87,8 +87,8 @@ class FFSDMetrics(ClassificationMetrics):
       logical OR; it is an upper bound, not an ensemble prediction, hence the separate name.
     """
 
-    def __init__(self, head_names: Sequence[str], num_students: int):
-        super().__init__(head_names)
+    def __init__(self, head_names: Sequence[str], num_students: int, num_labels: Optional[int] = None):
+        super().__init__(head_names, num_labels)
         self.num_students = num_students
 
     def __call__(self, eval_pred) -> dict:
@@ -96,7 +96,7 @@ class FFSDMetrics(ClassificationMetrics):
         preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, (tuple, list)) else \
             eval_pred.predictions
         ranked, labels = np.asarray(preds)[:, 1:1 + self.num_students], np.asarray(eval_pred.label_ids)
-        for k in (1, 5):
+        for k in self.ks:
             hits = (ranked[..., :k] == labels[:, None, None]).any(-1)  # (N, M): student m has the label in its top k
             out[f"students_average_top{k}"] = float(hits.mean())
             out[f"students_oracle_top{k}"] = float(hits.any(1).mean())
@@ -145,7 +145,7 @@ class FFSDTrainer(DistillationTrainer):
         return FFSDModel.build(student, args.num_students)
 
     def build_metrics(self, model: FFSDModel) -> "FFSDMetrics":
-        return FFSDMetrics(model.head_names, model.num_students)
+        return FFSDMetrics(model.head_names, model.num_students, model.student.config.num_labels)
 
     @property
     def ffsd_model(self) -> FFSDModel:
