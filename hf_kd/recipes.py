@@ -168,8 +168,10 @@ def load_data(data_args: DataArguments, seed: int = 0):
 
 
 def build_student(model_args: ModelArguments, data, architecture: Optional[str] = None):
-    return create_student(architecture or model_args.student, data.num_labels, data.label_names, mean=data.mean,
-                          std=data.std, input_size=data.input_size,
+    # the data's evaluation preprocessing goes into the student's pretrained_cfg: the export's image processor
+    # (and pipeline) then computes exactly what hf_kd evaluated
+    return create_student(architecture or model_args.student, data.num_labels, data.label_names,
+                          **data.preprocessing,
                           model_args=json.loads(model_args.model_args) if model_args.model_args else None)
 
 

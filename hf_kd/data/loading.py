@@ -68,7 +68,12 @@ _LABEL_NAMES = ("label", "labels", "fine_label")
 
 @dataclass
 class ImageData:
-    """Train/eval datasets in the uniform (pixel_values uint8, labels) view, and what a model needs to know."""
+    """Train/eval datasets in the uniform (pixel_values uint8, labels) view, and what a model needs to know.
+
+    ``crop_pct`` / ``interpolation`` / ``crop_mode`` are the evaluation preprocessing (timm's meaning: resize the
+    shorter side to ``floor(size / crop_pct)``, centre-crop ``size``); ``preprocessing`` hands them, with mean/std
+    and input size, to ``create_student`` so that the exported image processor does exactly the same.
+    """
 
     train: Dataset
     eval: Dataset
@@ -80,10 +85,24 @@ class ImageData:
     name: str = ""
     pad_mode: str = "constant"
     source: dict = field(default_factory=dict)
+    crop_pct: Optional[float] = None  # None: hf_kd's rule for the input size (``constants.default_crop_pct``)
+    interpolation: str = "bilinear"
+    crop_mode: str = "center"
+
+    def __post_init__(self):
+        if self.crop_pct is None:
+            self.crop_pct = default_crop_pct(self.input_size[-1])
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def preprocessing(self) -> dict:
+        """The evaluation preprocessing as ``create_student`` keywords (mean, std, input_size, crop_pct,
+        interpolation, crop_mode): the student's ``pretrained_cfg`` then makes ``pipeline`` preprocess as hf_kd did."""
+        return dict(mean=self.mean, std=self.std, input_size=self.input_size, crop_pct=self.crop_pct,
+                    interpolation=self.interpolation, crop_mode=self.crop_mode)
 
     def in_memory(self) -> "ImageData":
         """The same data with both splits decoded once into uint8 tensors (the fast path; small images only)."""
@@ -265,18 +284,25 @@ def describe_subset(sub: Optional[dict]) -> Optional[str]:
             f"class, {sub['classes']} classes)")
 
 
-def image_transform(size: int, train: bool, augmentation: str, crop_pct: float = 1.0, interpolation="bilinear"):
-    """PIL -> uint8 (3, size, size). Only ImageNet-style training crops here; the rest is batched on device.
+def image_transform(size: int, train: bool, augmentation: str, crop_pct: float = 1.0, interpolation="bilinear",
+                    crop_mode: str = "center"):
+    """PIL RGB -> uint8 (3, size, size). Only ImageNet-style training crops here; the rest is batched on device.
 
-    Eval (and CIFAR-style train): resize the short side to size/crop_pct and center-crop, as timm's eval transform
-    (and so ``pipeline``) does.
+    Eval (and CIFAR-style train) is timm's own eval transform (``timm.data.create_transform(is_training=False)``,
+    stopped before the float conversion, which ``BatchAugment`` does): the PIL image's shorter side resized to
+    ``floor(size / crop_pct)`` with ``interpolation``, then a centre crop of ``size`` x ``size``. That is what the
+    exported image processor runs under ``pipeline`` (the student's ``pretrained_cfg`` carries these settings), so
+    the export sees exactly the pixels hf_kd evaluated. A ``size`` x ``size`` image with ``crop_pct`` 1 passes
+    unchanged (CIFAR).
     """
-    interp = InterpolationMode(interpolation)
     if train and augmentation == "imagenet":
-        geo = [T.RandomResizedCrop(size, interpolation=interp, antialias=True)]
-    else:
-        geo = [T.Resize(int(round(size / crop_pct)), interpolation=interp, antialias=True), T.CenterCrop(size)]
-    return T.Compose([T.ToImage(), *geo, T.ToDtype(torch.uint8)])
+        crop = T.RandomResizedCrop(size, interpolation=InterpolationMode(interpolation), antialias=True)
+        return T.Compose([T.ToImage(), crop, T.ToDtype(torch.uint8)])
+    from timm.data import create_transform
+
+    # use_prefetcher: timm's transform without ToTensor/Normalize, i.e. a uint8 (3, size, size) tensor
+    return create_transform(input_size=size, is_training=False, use_prefetcher=True, crop_pct=crop_pct,
+                            crop_mode=crop_mode, interpolation=interpolation)
 
 
 def load_image_data(
@@ -293,6 +319,8 @@ def load_image_data(
     max_eval_samples: Optional[int] = None,
     subset_seed: int = 0,
     eval_fraction: float = 0.1,
+    crop_pct: Optional[float] = None,
+    interpolation: str = "bilinear",
     cache_dir: Optional[str] = None,
     revision: Optional[str] = None,
     seed: int = 0,
@@ -303,7 +331,9 @@ def load_image_data(
     Preset names: ``digits`` (offline default), ``cifar100``, ``cifar10``, ``imagenet-1k``. ``num_labels``, when
     given, must equal the dataset's class count (clear error otherwise). ``max_train_samples`` /
     ``max_eval_samples`` draw a class-balanced random subset with ``subset_seed`` (``balanced_subset``), recorded in
-    ``ImageData.source``; ``seed`` only seeds the held-out split of a dataset that has no eval split.
+    ``ImageData.source``; ``seed`` only seeds the held-out split of a dataset that has no eval split. ``crop_pct``
+    (default: 1 for images of at most 64 px, else 0.875) and ``interpolation`` set the evaluation resize
+    (``image_transform``).
     """
     preset = PRESETS.get(dataset)
     raw = _load_source(preset.path if preset else dataset, cache_dir, revision)
@@ -356,10 +386,10 @@ def load_image_data(
     aug = augmentation or aug
     if aug not in ("cifar", "imagenet", "none"):
         raise ValueError(f"augmentation must be 'cifar', 'imagenet' or 'none', got '{aug}'")
-    crop_pct = default_crop_pct(size)
+    crop_pct = crop_pct or default_crop_pct(size)
 
     def make(split_train: bool):
-        tf = image_transform(size, split_train, aug, crop_pct)
+        tf = image_transform(size, split_train, aug, crop_pct, interpolation)
 
         def apply(batch):
             return {"pixel_values": [tf(img.convert("RGB")) for img in batch[image_column]],
@@ -374,7 +404,7 @@ def load_image_data(
                      source=dict(dataset=preset.path if preset and not copy_of else dataset,
                                  **({"copy_of": preset.path} if copy_of else {}), image_column=image_column,
                                  label_column=label_column, train_split=train_split, eval_split=eval_split,
-                                 **subsets))
+                                 **subsets), crop_pct=crop_pct, interpolation=interpolation)
 
 
 _PRESET_CLASSES = {"cifar100": 100, "cifar10": 10, "imagenet-1k": 1000}
