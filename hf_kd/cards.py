@@ -11,8 +11,9 @@ What the card reads from the trainer: the method's identity (``method_name``, ``
 ``train_dataset`` / ``eval_dataset`` sizes, ``args`` (every distillation hyperparameter and the non-default training
 arguments) and ``state.log_history`` (final and best evaluation); and the run description that
 ``DistillationTrainer`` declares (default None) and ``hf_kd.recipes.run`` or the user sets: ``dataset_name``,
-``dataset_title``, ``dataset_split``, ``dataset_subsets``, ``data_config``, ``command``, ``teacher_name``,
-``teacher_accuracy`` (else read from the teacher's own card when it is a local export or cached) and
+``dataset_title``, ``dataset_split``, ``dataset_subsets``, ``dataset_inferred`` (what was read from the data),
+``data_config``, ``command``, ``teacher_name``, ``teacher_accuracy`` (else read from the teacher's own card when it is
+a local export or cached) and
 ``baseline_metrics`` (the same student trained without distillation: ``top1`` / ``top5`` or ``eval_top1`` /
 ``eval_top5``, optional ``name``).
 """
@@ -352,6 +353,7 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
         input_size=cfg.pretrained_cfg.get("input_size"), mean=_rounded(cfg.pretrained_cfg.get("mean")),
         std=_rounded(cfg.pretrained_cfg.get("std")), needs_hf_kd=arch.startswith("cifar_"),
         dataset=dataset, dataset_split=split, subsets=trainer.dataset_subsets or {},
+        data_inferred=trainer.dataset_inferred or {},
         num_train=_dataset_size(trainer.train_dataset),
         num_eval=_dataset_size(trainer.eval_dataset),
         final={k: f"{v:.4f}" for k, v in final.items() if k in ("top1", "top5")},

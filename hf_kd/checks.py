@@ -181,21 +181,30 @@ def check_teacher(name: str) -> None:
 
 
 def check_dataset(name: str, cache_dir: Optional[str] = None) -> None:
-    """A preset, an existing folder, or a Hub id that is reachable (or cached); else a clear error, at once."""
-    from .data.loading import PRESETS
+    """A preset, an existing folder or data file, or a Hub id that is reachable (or cached); else a clear error, at
+    once."""
+    from .data.loading import DATA_FILE_BUILDERS, PRESETS
 
     preset = PRESETS.get(name)
     if preset is not None and preset.path.startswith("sklearn:"):
         return
-    if os.path.isdir(os.path.expanduser(name)):
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
         return
+    kinds = ", ".join(DATA_FILE_BUILDERS)
+    if os.path.isfile(path):
+        if os.path.splitext(path)[1].lower() in DATA_FILE_BUILDERS:
+            return
+        raise ValueError(f"--dataset {name} is a file, but not one hf_kd reads as a dataset ({kinds}). Give such a "
+                         "file, or a folder (imagefolder, save_to_disk, Hub-layout data files).")
     presets = sorted(k for k in PRESETS if "/" not in k)
     forms = (f"--dataset takes a preset ({', '.join(presets)}), a Hub dataset id (org/name), a local folder "
-             "(imagefolder, save_to_disk, or Hub-layout parquet shards).")
+             f"(imagefolder, save_to_disk, or Hub-layout parquet shards) or a data file ({kinds}).")
     close = difflib.get_close_matches(name, presets, n=3) + _close_folders(name)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     if preset is None and _looks_local(name):
-        raise FileNotFoundError(f"--dataset {name}: no such folder, and not a preset or Hub id.{hint} {forms}")
+        raise FileNotFoundError(f"--dataset {name}: no such folder or file, and not a preset or Hub id.{hint} "
+                                f"{forms}")
     repo_id = preset.path if preset is not None else name
     _check_hub(repo_id, "dataset", "--dataset" if preset is None else f"--dataset {name} (preset for)",
                f"{forms}{hint} Offline: download it once (`hf download {repo_id} --repo-type dataset --local-dir "

@@ -60,7 +60,7 @@ class DataArguments:
     dataset: str = field(default="digits", metadata={
         "help": "digits (offline default) | cifar100 | cifar10 | imagenet-1k | a Hub id | a save_to_disk folder | "
                 "a local folder of Hub-layout parquet shards (`hf download <id> --repo-type dataset`) | an "
-                "imagefolder directory."})
+                "imagefolder directory | a parquet, CSV or JSON file (its image column may hold file paths)."})
     dataset_title: Optional[str] = field(default=None, metadata={
         "help": "How the model card and its model-index name the data (default: the --dataset value), e.g. "
                 "'CIFAR-100 (60k pool, stratified 50k/10k re-split)' for a re-split local copy."})
@@ -68,7 +68,8 @@ class DataArguments:
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column (auto-detected)."})
     train_split: Optional[str] = None
     eval_split: Optional[str] = None
-    image_size: Optional[int] = None
+    image_size: Optional[int] = field(default=None, metadata={
+        "help": "Input size in pixels (default: a preset's, else the median shorter side of up to 1000 train images)."})
     max_train_samples: Optional[int] = field(default=None, metadata={
         "help": "Train on a class-balanced random subset of this many images (drawn with subset_seed)."})
     max_eval_samples: Optional[int] = field(default=None, metadata={
@@ -151,7 +152,9 @@ def parse_args(args_class, defaults: Optional[dict] = None, argv: Optional[list[
     return model_args, data_args, training_args
 
 
-def load_data(data_args: DataArguments, seed: int = 0):
+def load_data(data_args: DataArguments):
+    """The run's data. A held-out eval split (data without one) is drawn with --subset_seed, not --seed: runs with
+    different seeds are scored on the same images."""
     # datasets writes its caches (download, Arrow files, split indices) to temporary names and renames them; the
     # main process of each node goes first, so it writes them once and the others read them (no double download)
     with PartialState().local_main_process_first():
@@ -159,7 +162,7 @@ def load_data(data_args: DataArguments, seed: int = 0):
             data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column,
             train_split=data_args.train_split, eval_split=data_args.eval_split, image_size=data_args.image_size,
             max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
-            subset_seed=data_args.subset_seed, cache_dir=data_args.dataset_cache_dir, seed=seed)
+            subset_seed=data_args.subset_seed, cache_dir=data_args.dataset_cache_dir)
     in_memory = data_args.in_memory
     if in_memory is None:
         import torch
@@ -169,8 +172,10 @@ def load_data(data_args: DataArguments, seed: int = 0):
 
 
 def build_student(model_args: ModelArguments, data, architecture: Optional[str] = None):
-    return create_student(architecture or model_args.student, data.num_labels, data.label_names, mean=data.mean,
-                          std=data.std, input_size=data.input_size,
+    # the data's evaluation preprocessing goes into the student's pretrained_cfg: the export's image processor
+    # (and pipeline) then computes exactly what hf_kd evaluated
+    return create_student(architecture or model_args.student, data.num_labels, data.label_names,
+                          **data.preprocessing,
                           model_args=json.loads(model_args.model_args) if model_args.model_args else None)
 
 
@@ -220,12 +225,14 @@ def build_teacher(model_args: ModelArguments, data, training_args):
 
 
 def describe_data(trainer, data, data_args: Optional[DataArguments] = None) -> None:
-    """What the model card says about the data: its id, title, eval split and any subset drawn."""
+    """What the model card says about the data: its id, title, eval split, any subset drawn, and what was read from
+    the data (input size, mean/std, augmentation, evaluation preprocessing, splits, columns)."""
     from .data.loading import describe_subset
 
     trainer.dataset_name = data.source.get("dataset")
     trainer.dataset_title = getattr(data_args, "dataset_title", None)
     trainer.dataset_split = data.source.get("eval_split")
+    trainer.dataset_inferred = data.source.get("inferred")
     trainer.dataset_subsets = {k: describe_subset(data.source.get(f"{k}_subset")) for k in ("train", "eval")
                                if data.source.get(f"{k}_subset")}
     if data_args is not None:  # the data flags the reproduce YAML needs besides --dataset
@@ -264,7 +271,7 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
     uses_teacher = trainer_cls.uses_teacher
     check_inputs(model_args, data_args, training_args, uses_teacher)
     set_seed(training_args.seed)
-    data = load_data(data_args, training_args.seed)
+    data = load_data(data_args)
     check_enough_examples(len(data.train), training_args)
     wants_teacher = uses_teacher == "required" or (uses_teacher == "optional" and model_args.teacher)
     teacher, teacher_name = build_teacher(model_args, data, training_args) if wants_teacher else (None, None)

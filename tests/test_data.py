@@ -183,8 +183,9 @@ def test_local_parquet_folder_in_hub_layout(tmp_path, subdir):
 
 
 def test_local_copy_of_cifar100_takes_the_preset_settings(tmp_path):
-    """Columns img/fine_label with 100 ClassLabel names and train/test splits: a local copy of uoft-cs/cifar100."""
-    names = [f"class_{i}" for i in range(100)]
+    """Columns img/fine_label with CIFAR-100's 100 label names, 32x32 images and train/test splits: a local copy of
+    uoft-cs/cifar100 (other names or sizes are not: test_own_data.py)."""
+    names = list(loading.CIFAR100_LABELS)
     feats = Features({"img": ImageFeature(), "fine_label": ClassLabel(names=names)})
     img = Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))
     part = Dataset.from_dict({"img": [img] * 4, "fine_label": [0, 1, 2, 99]}, features=feats)

@@ -191,12 +191,19 @@ def create_student(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     input_size: Sequence[int] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    crop_mode: str | None = None,
     model_args: dict | None = None,
 ) -> TimmStudent:
     """Build a freshly initialised timm backbone as a ``TimmStudent``.
 
-    ``mean``/``std``/``input_size`` describe the preprocessing the model is trained with; they travel in
-    ``config.pretrained_cfg`` so that the image processor and ``pipeline`` preprocess exactly the same way.
+    ``mean``/``std``/``input_size`` and the evaluation resize (``crop_pct``, ``interpolation``, ``crop_mode``)
+    describe the preprocessing the model is trained and evaluated with; they travel in ``config.pretrained_cfg`` so
+    that the image processor and ``pipeline`` preprocess exactly the same way (``ImageData.preprocessing`` gives all
+    six). The evaluation resize always replaces timm's: that belongs to timm's pretrained weights (e.g. crop_pct 0.95,
+    bicubic for resnet18), not to this freshly initialised model; left out, it is hf_kd's default for the input size
+    (``load_image_data``'s: crop_pct 1 up to 64 px else 0.875, bilinear, centre crop).
     """
     import timm
 
@@ -219,10 +226,12 @@ def create_student(
         cfg["std"] = [float(v) for v in std]
     if input_size is not None:
         cfg["input_size"] = [int(v) for v in input_size]
-        if "test_input_size" in cfg:
-            cfg["test_input_size"] = cfg["input_size"]
-    # the head-less AutoModel and timm read these too
-    cfg.setdefault("crop_pct", default_crop_pct(max(cfg["input_size"][1:])))
+    # the image processor (timm's eval transform), the head-less AutoModel and timm read these
+    cfg["crop_pct"] = float(crop_pct if crop_pct is not None else default_crop_pct(max(cfg["input_size"][1:])))
+    cfg["interpolation"] = interpolation or "bilinear"
+    cfg["crop_mode"] = crop_mode or "center"
+    for key in ("test_input_size", "test_crop_pct"):  # timm's settings for testing its pretrained weights
+        cfg.pop(key, None)
     return student
 
 

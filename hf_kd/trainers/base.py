@@ -140,6 +140,7 @@ class DistillationTrainer(Trainer):
     dataset_title: Optional[str] = None  # how to name the data when reporting numbers
     dataset_split: Optional[str] = None  # the evaluation split
     dataset_subsets: Optional[dict] = None  # "train"/"eval" -> the subset drawn (hf_kd.data.loading.describe_subset)
+    dataset_inferred: Optional[dict] = None  # what was read from the data (ImageData.source["inferred"])
     data_config: Optional[dict] = None  # data flags for the card's reproduce YAML
     command: Optional[str] = None  # the launch command
     teacher_name: Optional[str] = None  # the teacher's Hub id or folder
