@@ -373,7 +373,8 @@ def test_compute_loss_is_the_sum_of_the_terms(data, tmp_path, discriminator, mix
     if adversarial:
         expected = expected + discriminator_bce(out.d_logits_detached)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert trainer._terms["mixcls"][-1].item() == pytest.approx(l_mix.item(), rel=1e-5)  # logged either way
+    total, steps = trainer._terms["mixcls"]  # (running sum, number of steps): this step only
+    assert steps == 1 and total.item() == pytest.approx(l_mix.item(), rel=1e-5)  # logged either way
 
 
 def test_released_cifar_objective_leaves_self_teacher_random(data, tmp_path):

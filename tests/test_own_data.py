@@ -301,3 +301,16 @@ def test_parquet_and_csv_files_load_and_pass_the_dataset_check(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match=r"notes.txt is a file, but not one hf_kd reads as a dataset"):
         check_dataset(str(tmp_path / "notes.txt"))
+
+
+def test_two_label_columns_are_not_picked_silently(tmp_path):
+    """A set with both 'label' and 'labels' trained on 'label' without a word; now it asks, and follows the answer."""
+    images = [photo(8, 8, seed=i) for i in range(6)]
+    ds = Dataset.from_dict({"image": images, "label": [0, 1, 0, 1, 0, 1], "labels": [1, 0, 1, 0, 1, 0]},
+                           features=Features({"image": ImageFeature(), "label": Value("int64"),
+                                              "labels": Value("int64")}))
+    DatasetDict(train=ds, test=ds).save_to_disk(str(tmp_path / "two"))
+    with pytest.raises(ValueError, match="Several columns could hold the labels: label, labels.*--label_column"):
+        load_image_data(str(tmp_path / "two"))
+    data = load_image_data(str(tmp_path / "two"), label_column="labels")
+    assert data.source["label_column"] == "labels" and data.train[0]["labels"] == 1

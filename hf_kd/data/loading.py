@@ -276,9 +276,12 @@ def _pick_column(ds: Dataset, given: Optional[str], names: Sequence[str], featur
             raise ValueError(f"{what} column '{given}' not found; the dataset has columns {cols}. "
                              f"Pass --{what}_column with one of them.")
         return given
-    for n in names:
-        if n in cols:
-            return n
+    found = [n for n in names if n in cols]
+    if len(found) > 1:  # e.g. 'label' and 'labels': picking one silently could train on the wrong targets
+        raise ValueError(f"Several columns could hold the {what}s: {', '.join(found)} (columns: {cols}). Pass "
+                         f"--{what}_column with the one to use.")
+    if found:
+        return found[0]
     typed = [c for c, f in ds.features.items() if isinstance(f, feature_type)]
     if len(typed) == 1:
         return typed[0]
