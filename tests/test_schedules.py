@@ -37,7 +37,9 @@ PRESETS = sorted(p.stem for p in SCHEDULES.glob("*.json"))
 RTOL = 1e-12
 CIFAR100_TRAIN, CIFAR100_TEST = 50000, 10000
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# no optimizer steps here (nothing trains): torch's reminder to step the optimizer first does not apply
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")]
 
 
 def load(name: str) -> dict:
