@@ -20,7 +20,8 @@ import os
 import shutil
 from typing import Optional
 
-__all__ = ["check_output_dir", "check_enough_examples", "check_teacher", "check_dataset", "HubUnreachableError"]
+__all__ = ["check_output_dir", "resume_request", "check_enough_examples", "check_teacher", "check_dataset",
+           "HubUnreachableError"]
 
 _EXPORT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
 
@@ -41,6 +42,19 @@ def _previous_run(output_dir: str) -> list[str]:
     return found
 
 
+def resume_request(value):
+    """What ``resume_from_checkpoint`` asks for: None (a new run), True (the last complete checkpoint of
+    ``output_dir``) or a checkpoint folder. The recipes' flag is a string: "true" / "false" (any case) mean the
+    booleans, unless a folder of that name exists."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str) and value.lower() in ("true", "false") and not os.path.isdir(value):
+        value = value.lower() == "true"
+    if value is None or value is False or value == "":
+        return None
+    return value
+
+
 def check_output_dir(args) -> None:
     """Refuse an ``output_dir`` that holds another run's export or checkpoints, unless resuming or overwriting.
 
@@ -48,7 +62,7 @@ def check_output_dir(args) -> None:
     every process has looked: ``hf_kd.sync.every_process``), so they neither mix with the new run's nor get picked by
     a later ``--resume_from_checkpoint true``; the export files are replaced by the new export.
     """
-    if args.resume_from_checkpoint:
+    if resume_request(args.resume_from_checkpoint) is not None:
         return
     from .sync import every_process
 

@@ -256,7 +256,8 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
     (see ``parse_args``). The teacher follows ``trainer_cls.uses_teacher``: "required" loads ``--teacher`` or, without
     it, trains one first; "optional" loads ``--teacher`` when given; "refused" rejects ``--teacher``.
 
-    A non-finite loss stops the run with ``NonFiniteLossError`` (nothing exported)."""
+    A non-finite loss stops the run with ``NonFiniteLossError`` (nothing exported). ``--resume_from_checkpoint
+    true`` resumes the last complete checkpoint."""
     model_args, data_args, training_args = parse_args(trainer_cls.args_class, defaults, argv, quick)
     uses_teacher = trainer_cls.uses_teacher
     check_inputs(model_args, data_args, training_args, uses_teacher)
@@ -271,13 +272,13 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
     describe_data(trainer, data, data_args)
     trainer.teacher_name = teacher_name
     trainer.command = "accelerate launch " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.export_state = True  # trainer_state.json (every loss term and evaluation) in the same atomic export
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)  # "true": the last checkpoint
     last = next((e for e in reversed(trainer.state.log_history) if "eval_top1" in e), None)
     if last is not None and last.get("step") == trainer.state.global_step:
         metrics = last  # the schedule already evaluated the final weights
     else:
         metrics = trainer.evaluate()
-    trainer.save_state()  # trainer_state.json (log_history: every loss term and evaluation) beside the export
     if training_args.push_to_hub:
         # exports the student (config, weights, card, curves) to output_dir, then uploads only those files to
         # --hub_model_id; if the upload fails the export stays and the error says how to retry

@@ -126,3 +126,89 @@ def test_a_diverged_trial_is_pruned_and_the_search_goes_on(data, tmp_path):
         hp_space=lambda t: {"learning_rate": t.suggest_float("learning_rate", rates[t.number], rates[t.number])},
         compute_objective=objective, n_trials=2, direction="maximize", backend="optuna")
     assert scored == [0.05] and best.hyperparameters["learning_rate"] == 0.05
+
+
+# --- 2. the documented resume works -----------------------------------------------------------------------------------
+def _run_with_checkpoints(out, steps=4, *extra):
+    return run(SupervisedTrainer, defaults=dict(output_dir=str(out)),
+               argv=[*QUICK, "--learning_rate", "0.05", "--max_steps", str(steps), "--eval_strategy", "no",
+                     "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "2", *extra])
+
+
+def _cut_short(out, step):
+    """A checkpoint as Ctrl-C leaves it mid-save: the weights, no trainer_state.json."""
+    os.makedirs(out / f"checkpoint-{step}")
+    shutil.copy(out / "checkpoint-4" / "model.safetensors", out / f"checkpoint-{step}" / "model.safetensors")
+
+
+def test_resume_from_checkpoint_true_resumes_the_last_complete_checkpoint(tmp_path, caplog):
+    """`--resume_from_checkpoint true`, as the README and the "already holds another run" error advise: it failed
+    with "Can't find a valid checkpoint at true". A checkpoint cut short while saving is skipped, with a warning."""
+    out = tmp_path / "out"
+    _run_with_checkpoints(out)
+    _cut_short(out, 6)
+    with caplog.at_level(logging.WARNING, logger="hf_kd"):
+        trainer = _run_with_checkpoints(out, 8, "--resume_from_checkpoint", "true")
+    assert "Skipping checkpoint-6" in caplog.text and "resuming from checkpoint-4" in caplog.text
+    assert trainer.state.global_step == 8
+    steps = [e["step"] for e in trainer.state.log_history if "loss" in e]
+    assert steps == [2, 4, 6, 8]  # steps 1-4 from checkpoint-4's history, 5-8 trained now
+
+
+def test_a_checkpoint_cut_short_named_explicitly_is_a_damaged_checkpoint(data, tmp_path):
+    out = tmp_path / "out"
+    _run_with_checkpoints(out)
+    _cut_short(out, 6)
+    tr = SupervisedTrainer(model=tiny(data), args=args(SupervisedTrainer.args_class, out, learning_rate=0.05),
+                           train_dataset=data.train)
+    with pytest.raises(ValueError, match=rf"(?s)checkpoint-6 is damaged: .*trainer_state.json cannot be read.*"
+                                         rf"--resume_from_checkpoint {out / 'checkpoint-4'}"):
+        tr.train(resume_from_checkpoint=str(out / "checkpoint-6"))
+
+
+def test_resume_true_without_a_checkpoint_is_a_clear_error(data, tmp_path):
+    tr = SupervisedTrainer(model=tiny(data), args=args(SupervisedTrainer.args_class, tmp_path, learning_rate=0.05),
+                           train_dataset=data.train)
+    with pytest.raises(ValueError, match=r"--resume_from_checkpoint true: .* holds no complete checkpoint.*without "
+                                         r"--resume_from_checkpoint"):
+        tr.train(resume_from_checkpoint="true")
+
+
+def test_ctrl_c_during_the_final_export_keeps_the_earlier_export_whole(tmp_path, monkeypatch):
+    """The log (trainer_state.json) was written before the export: Ctrl-C in between left the new run's log beside
+    the old run's weights and card. It is now part of the one atomic export."""
+    out = tmp_path / "out"
+    _run_with_checkpoints(out, 2)
+    before = {n: (out / n).read_bytes() for n in (*EXPORT, "trainer_state.json")}
+
+    def interrupted(trainer, folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SupervisedTrainer, "write_model_card", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run_with_checkpoints(out, 4, "--overwrite_output_dir")
+    assert {n: (out / n).read_bytes() for n in before} == before
+
+
+def test_an_export_interrupted_while_moving_in_is_not_mistaken_for_a_complete_one(tmp_path, monkeypatch):
+    from hf_kd import sync
+
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_text("old")
+    moves, replace = [], os.replace
+
+    def replace_then_stop(src, dst):
+        if moves:
+            raise KeyboardInterrupt
+        moves.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(sync.os, "replace", replace_then_stop)
+
+    def write(folder):
+        for name in ("config.json", "model.safetensors"):
+            (tmp_path / folder / name).write_text("new")
+
+    with pytest.raises(KeyboardInterrupt):
+        sync.write_atomically(str(tmp_path), write)
+    assert (tmp_path / "model.safetensors").read_text() == "new" and not (tmp_path / "config.json").exists()

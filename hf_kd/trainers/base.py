@@ -29,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
-from transformers.trainer_utils import HPSearchBackend, HubStrategy, get_last_checkpoint, number_of_arguments
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import HPSearchBackend, HubStrategy, number_of_arguments
 
 from ..arguments import DistillationArguments
 from ..data import BatchAugment, ImageCollator
@@ -57,16 +58,13 @@ def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -
     """The error for a checkpoint file that cannot be read: which file, that the checkpoint is damaged (e.g. the run
     was killed while saving it, or the disk filled up) and the previous checkpoint to resume from, if any."""
     parent = os.path.dirname(os.path.normpath(checkpoint))
-    this = os.path.basename(os.path.normpath(checkpoint))
-
-    def step(name: str) -> int:
-        tail = name.rsplit("-", 1)[-1]
-        return int(tail) if tail.isdigit() else -1
-
-    earlier = sorted((n for n in os.listdir(parent or ".") if n.startswith("checkpoint-") and 0 <= step(n) < step(this)
-                      and os.path.isdir(os.path.join(parent, n))), key=step) if os.path.isdir(parent or ".") else []
+    folder = parent or "."
+    # complete checkpoints only (a save cut short has no trainer_state.json), the latest before this one
+    earlier = sorted((n for n in os.listdir(folder) if 0 <= checkpoint_step(n) < checkpoint_step(checkpoint)
+                      and is_complete_checkpoint(os.path.join(folder, n))), key=checkpoint_step) \
+        if os.path.isdir(folder) else []
     hint = (f"Resume from the previous checkpoint instead: --resume_from_checkpoint {os.path.join(parent, earlier[-1])}"
-            if earlier else "No earlier checkpoint is in the same folder: start the run again (without "
+            if earlier else "No earlier complete checkpoint is in the same folder: start the run again (without "
                             "--resume_from_checkpoint, with --overwrite_output_dir).")
     return ValueError(f"Checkpoint {checkpoint} is damaged: {path} cannot be read ({type(error).__name__}: "
                       f"{str(error)[:300]}); it was probably cut short while being written (run killed, disk full). "
@@ -80,6 +78,54 @@ class NonFiniteLossError(RuntimeError):
 def is_loss_key(name: str) -> bool:
     """A logged training loss: the total (``loss``, ``train_loss``) or one of its terms (``loss_<name>``)."""
     return name in ("loss", "train_loss") or name.startswith("loss_")
+
+
+def is_complete_checkpoint(folder: str) -> bool:
+    """Trainer writes ``trainer_state.json`` last into a checkpoint: without it the save was cut short."""
+    return os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME))
+
+
+def checkpoint_step(name: str) -> int:
+    """The step of a ``checkpoint-N`` folder (-1 for any other name)."""
+    base = os.path.basename(os.path.normpath(name))
+    tail = base[len("checkpoint-"):]
+    return int(tail) if base.startswith("checkpoint-") and tail.isdigit() else -1
+
+
+def resume_checkpoint(output_dir: str, request) -> Optional[str]:
+    """The checkpoint folder a ``resume_from_checkpoint`` value asks for, or None for a new run.
+
+    True (or "true") is the last complete checkpoint of ``output_dir``; later checkpoints cut short while being saved
+    (no ``trainer_state.json``: Ctrl-C, a killed job) are skipped with a warning. A folder given by name must be
+    complete, else the error says it is damaged and names the checkpoint to resume from instead.
+    """
+    from ..checks import resume_request
+
+    request = resume_request(request)
+    if request is None:
+        return None
+    if request is True:
+        found = sorted((n for n in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+                        if checkpoint_step(n) >= 0 and os.path.isdir(os.path.join(output_dir, n))), key=checkpoint_step)
+        complete = [n for n in found if is_complete_checkpoint(os.path.join(output_dir, n))]
+        if not complete:
+            damaged = f" (only checkpoints cut short while being saved: {', '.join(found)})" if found else ""
+            raise ValueError(f"--resume_from_checkpoint true: {output_dir} holds no complete checkpoint to resume "
+                             f"from{damaged}. Start the run without --resume_from_checkpoint (with "
+                             "--overwrite_output_dir if the folder holds an earlier export), or name a checkpoint "
+                             "folder.")
+        skipped = [n for n in found if checkpoint_step(n) > checkpoint_step(complete[-1])]
+        if skipped:
+            logger.warning(f"Skipping {', '.join(skipped)} in {output_dir}: cut short while being saved (no "
+                           f"{TRAINER_STATE_NAME}); resuming from {complete[-1]}.")
+        return os.path.join(output_dir, complete[-1])
+    if not os.path.isdir(request):
+        raise FileNotFoundError(f"--resume_from_checkpoint {request}: no such checkpoint folder. Give a "
+                                f"checkpoint-N folder of the run, or true for the last one in --output_dir.")
+    if not is_complete_checkpoint(request):
+        path = os.path.join(request, TRAINER_STATE_NAME)
+        raise damaged_checkpoint_error(request, path, FileNotFoundError(f"no {TRAINER_STATE_NAME}"))
+    return request
 
 
 def own_parameter_groups(cls, kwargs: dict) -> bool:
@@ -133,6 +179,7 @@ class DistillationTrainer(Trainer):
     teacher_accuracy: Optional[float] = None
     baseline_metrics: Optional[dict] = None  # the same student without distillation: name, top1, top5
     card_tags: tuple = ()
+    export_state: bool = False  # trainer_state.json in every export too (the recipes: the card's log history)
     teacher_labels: LabelMatch = LabelMatch()  # which teacher output each student class reads (hf_kd.labels)
     teacher_notes: tuple = ()  # how the teacher's input and labels differ from the student's (log and card)
 
@@ -682,9 +729,12 @@ class DistillationTrainer(Trainer):
             write_atomically(output_dir, self._write_export, prefix=".export-")
 
     def _write_export(self, folder: str):
+        """The export's files, into the temporary folder ``write_atomically`` then moves into place as one."""
         self.student.save_pretrained(folder)
         self.write_model_card(folder)
         torch.save(self.args, os.path.join(folder, "training_args.bin"))
+        if self.export_state:  # with the weights it describes: never an older export's beside a newer log
+            self.state.save_to_json(os.path.join(folder, TRAINER_STATE_NAME))
 
     def write_model_card(self, output_dir: str):
         from ..cards import write_model_card
@@ -726,21 +776,20 @@ class DistillationTrainer(Trainer):
         self.push_in_progress = push_folder(self, checkpoint_folder)
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
-        """``Trainer.train``, refusing up front a training set too small for one optimizer step, and a checkpoint
-        written by another method or teacher (``check_resume``)."""
+        """``Trainer.train``, refusing up front a training set too small for one optimizer step, a checkpoint cut
+        short while being saved, and a checkpoint written by another method or teacher (``check_resume``).
+
+        ``resume_from_checkpoint``: a checkpoint folder, or True (also the string "true", as the recipes' flag
+        arrives) for the last complete checkpoint of ``output_dir`` (``resume_checkpoint``)."""
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
             from ..checks import check_enough_examples
 
             check_enough_examples(len(self.train_dataset), self.args)
-        if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):
-            # as Trainer resolves it; None (no checkpoint) is left to Trainer's own error
-            checkpoint = get_last_checkpoint(self.args.output_dir)
-        else:
-            checkpoint = resume_from_checkpoint
-        if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
-            self.check_resume(os.fspath(checkpoint))
+        checkpoint = resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        if checkpoint is not None:
+            self.check_resume(checkpoint)
         self.reset_loss_check()
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
 
     def checkpoint_manifest(self) -> dict:
         """What a checkpoint records about its run: the method and the teacher (name, Hub revision, weights hash;
