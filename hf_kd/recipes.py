@@ -21,13 +21,18 @@ import yaml
 from accelerate import PartialState
 from transformers import HfArgumentParser, set_seed
 
-from .checks import check_dataset, check_enough_examples, check_output_dir, check_teacher
+from .checks import (check_dataset, check_enough_examples, check_output_dir, check_output_dir_apart,
+                     check_output_dir_writable, check_teacher)
 from .constants import is_small_image
 from .data import load_image_data
 from .models import create_student, load_student, load_teacher
 from .sync import every_process
 
-__all__ = ["ModelArguments", "DataArguments", "QUICK_DEFAULTS", "parse_args", "run", "build_teacher"]
+__all__ = ["ModelArguments", "DataArguments", "QUICK_DEFAULTS", "parse_args", "run", "build_teacher",
+           "auto_teacher_settings", "TEACHER_SETTINGS_NAME"]
+
+# In an auto-trained teacher's export: the settings it was trained with (``auto_teacher_settings``).
+TEACHER_SETTINGS_NAME = "hf_kd_teacher_settings.json"
 
 # A few minutes on a laptop CPU on the offline digits data; the YAML presets in recipes/configs give the papers'.
 QUICK_DEFAULTS = dict(dataset="digits", num_train_epochs=5, per_device_train_batch_size=64,
@@ -173,8 +178,69 @@ def build_student(model_args: ModelArguments, data, architecture: Optional[str] 
                           model_args=json.loads(model_args.model_args) if model_args.model_args else None)
 
 
+def auto_teacher_settings(model_args: ModelArguments, data, training_args) -> dict:
+    """What an auto-trained teacher's weights depend on: its network, the data it saw and its schedule. Recorded in its
+    export (``TEACHER_SETTINGS_NAME``); a later run reuses the teacher only when its own settings are the same."""
+    source = data.source
+    settings = {
+        "architecture": model_args.teacher_architecture,
+        "model_args": json.loads(model_args.model_args) if model_args.model_args else None,
+        "epochs": model_args.teacher_epochs,
+        "dataset": source.get("dataset"), "train_split": source.get("train_split"),
+        "eval_split": source.get("eval_split"),  # None: the training images are what a seeded hold-out leaves
+        "train_subset": source.get("train_subset"), "image_column": source.get("image_column"),
+        "label_column": source.get("label_column"), "input_size": list(data.input_size),
+        "augmentation": data.augmentation,
+        "seed": training_args.seed,
+        "total_batch_size": training_args.per_device_train_batch_size * max(1, training_args.world_size),
+        "learning_rate": training_args.learning_rate,
+        "optim": getattr(training_args.optim, "value", training_args.optim), "optim_args": training_args.optim_args,
+        "weight_decay": training_args.weight_decay,
+        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        "dataloader_drop_last": training_args.dataloader_drop_last,
+    }
+    return json.loads(json.dumps(settings))  # as read back from the file: lists, not tuples
+
+
+def teacher_settings_differences(folder: str, settings: dict) -> list[str]:
+    """How the teacher exported in ``folder`` was trained differently from ``settings`` (empty: the same). A folder
+    without a record (an older hf_kd's export) differs."""
+    path = os.path.join(folder, TEACHER_SETTINGS_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return [f"no record of the settings it was trained with ({TEACHER_SETTINGS_NAME} is missing or unreadable)"]
+    return [f"{key} {recorded.get(key)!r} when it was trained, {settings.get(key)!r} in this run"
+            for key in sorted(set(recorded) | set(settings)) if recorded.get(key) != settings.get(key)]
+
+
+def reuse_auto_teacher(out: str, settings: dict, overwrite: bool) -> bool:
+    """Whether the teacher already exported to ``out`` is this run's: exported (every process sees its
+    ``config.json``) with the same settings. One with other settings is an error naming them, unless
+    ``--overwrite_output_dir`` asks to retrain it. Every process calls it and takes the same branch."""
+    # config.json is moved into an export last (hf_kd.sync.write_atomically): with it, the folder is complete
+    if not all(every_process(os.path.isfile(os.path.join(out, "config.json")))):
+        return False
+    differences = next((d for d in every_process(teacher_settings_differences(out, settings)) if d), [])
+    if not differences:
+        return True
+    if overwrite:
+        if PartialState().is_main_process:
+            print(f"[hf_kd] --overwrite_output_dir: retraining the teacher in {out} ({'; '.join(differences)})")
+        return False
+    raise ValueError(
+        f"The teacher an earlier run trained into {out} (no --teacher given) does not fit this run: "
+        f"{'; '.join(differences)}. Retrain it with --overwrite_output_dir (which retrains a teacher whose settings "
+        f"differ and keeps one that matches) or by deleting {out}; or pass --teacher {out} to distil from it as it is.")
+
+
 def build_teacher(model_args: ModelArguments, data, training_args):
-    """The given teacher, or one trained here with plain CE on the same data (reused when already exported).
+    """The given teacher, or one trained here with plain CE on the same data, into ``<output_dir>_teacher``.
+
+    A teacher already there is reused only if it was trained with this run's settings (``auto_teacher_settings``,
+    recorded in its export); other settings are an error naming them, or with ``--overwrite_output_dir`` it is
+    retrained (``reuse_auto_teacher``).
 
     Under N processes the teacher is trained once, by all of them together (its ``TrainingArguments`` see the same
     launch, so it runs under DDP like the student); its ``save_model`` returns on every process only once the main
@@ -185,11 +251,9 @@ def build_teacher(model_args: ModelArguments, data, training_args):
     if model_args.teacher:
         return load_teacher(model_args.teacher), model_args.teacher
     out = training_args.output_dir.rstrip("/") + "_teacher"
-    # config.json is moved into an export last (hf_kd.sync.write_atomically): with it, the folder is complete. Reused
-    # only if every process sees it (machines without a shared disk each need their copy)
     config = os.path.join(out, "config.json")
-    exported = all(every_process(os.path.isfile(config)))
-    if not exported:
+    settings = auto_teacher_settings(model_args, data, training_args)
+    if not reuse_auto_teacher(out, settings, getattr(training_args, "overwrite_output_dir", False)):
         from .trainers import DistillationArguments, SupervisedTrainer
 
         if PartialState().is_main_process:
@@ -207,6 +271,7 @@ def build_teacher(model_args: ModelArguments, data, training_args):
                                     args=targs, train_dataset=data.train, eval_dataset=data.eval,
                                     augmentation=data.batch_augment())
         describe_data(trainer, data)
+        trainer.extra_export_files = {TEACHER_SETTINGS_NAME: settings}  # in the same atomic export
         trainer.train()
         trainer.evaluate()
         trainer.save_model()  # collective: returns once the main process has written the whole export
@@ -233,9 +298,12 @@ def describe_data(trainer, data, data_args: Optional[DataArguments] = None) -> N
 
 
 def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_args, uses_teacher: str) -> None:
-    """Fail in seconds, before any data loads, on a taken output_dir, a teacher the method refuses or cannot find,
-    or an unknown dataset (``uses_teacher``: the trainer's declaration)."""
-    check_output_dir(training_args)
+    """Fail in seconds, before any data loads, on an output_dir that is taken, cannot be written or lies in the
+    teacher's or the data's folder, a teacher the method refuses or cannot find, or an unknown dataset
+    (``uses_teacher``: the trainer's declaration)."""
+    check_output_dir_apart(training_args.output_dir, model_args.teacher, data_args.dataset)
+    check_output_dir_writable(training_args)
+    check_output_dir(training_args)  # may delete the previous run's checkpoints: after the checks above
     if model_args.teacher:
         if uses_teacher == "refused":
             raise ValueError(f"--teacher {model_args.teacher}: this method uses no pre-trained teacher (its networks "

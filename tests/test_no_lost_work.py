@@ -212,3 +212,77 @@ def test_an_export_interrupted_while_moving_in_is_not_mistaken_for_a_complete_on
     with pytest.raises(KeyboardInterrupt):
         sync.write_atomically(str(tmp_path), write)
     assert (tmp_path / "model.safetensors").read_text() == "new" and not (tmp_path / "config.json").exists()
+
+
+# --- 3. output folders ------------------------------------------------------------------------------------------------
+def _no_data(monkeypatch):
+    monkeypatch.setattr(hf_kd.recipes, "load_data", lambda *a, **k: pytest.fail("data loaded before the check"))
+
+
+def test_an_output_dir_that_cannot_be_written_fails_before_the_data_loads(tmp_path, monkeypatch):
+    """Found only after training, when trainer_state.json was written (with save_strategy no: the whole run lost)."""
+    _no_data(monkeypatch)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(PermissionError, match=r"output_dir .*a_file/out cannot be written \(.*a_file is a file"):
+        run(SupervisedTrainer, defaults=dict(output_dir=str(tmp_path / "a_file" / "out")), argv=QUICK)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_dir_fails_before_the_data_loads(tmp_path, monkeypatch):
+    _no_data(monkeypatch)
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o555)
+    try:
+        with pytest.raises(PermissionError, match=r"output_dir .*ro/out cannot be written"):
+            run(SupervisedTrainer, defaults=dict(output_dir=str(tmp_path / "ro" / "out")), argv=QUICK)
+    finally:
+        os.chmod(tmp_path / "ro", 0o755)
+
+
+def test_output_dir_in_the_teacher_or_dataset_folder_is_refused_whatever_the_flags(tmp_path, monkeypatch):
+    """`--output_dir` = the `--teacher` folder with --overwrite_output_dir wrote the student over the teacher."""
+    _no_data(monkeypatch)
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{}")
+    (teacher / "checkpoint-3").mkdir()
+    (teacher / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    for out in (teacher, teacher / "student"):
+        with pytest.raises(ValueError, match=rf"output_dir {out} is (the|inside the) --teacher folder"):
+            run(KDTrainer, defaults=dict(output_dir=str(out)),
+                argv=[*QUICK, "--teacher", str(teacher), "--overwrite_output_dir"])
+    assert (teacher / "checkpoint-3").is_dir()  # not deleted by --overwrite_output_dir
+    images = tmp_path / "images"
+    (images / "cat").mkdir(parents=True)
+    with pytest.raises(ValueError, match=rf"output_dir {images / 'out'} is inside the --dataset folder"):
+        run(SupervisedTrainer, defaults=dict(output_dir=str(images / "out")),
+            argv=[*QUICK, "--dataset", str(images), "--overwrite_output_dir"])
+
+
+def _kd_with_auto_teacher(out, *extra):
+    return run(KDTrainer, defaults=dict(output_dir=str(out)),
+               argv=[*QUICK, "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
+                     "--teacher_architecture", "cifar_resnet20", "--teacher_epochs", "0.25", *extra])
+
+
+def test_the_auto_trained_teacher_is_reused_only_with_the_same_settings(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "kd"
+    teacher = tmp_path / "kd_teacher"
+    _kd_with_auto_teacher(out)
+    settings = json.loads((teacher / SETTINGS).read_text())
+    assert settings["architecture"] == "cifar_resnet20" and settings["epochs"] == 0.25
+    assert settings["dataset"] == "sklearn:digits" and settings["train_subset"]["size"] == 64
+    assert settings["seed"] == 42 and settings["total_batch_size"] == 16 and settings["model_args"] == TINY
+    weights = (teacher / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    _kd_with_auto_teacher(out, "--overwrite_output_dir")  # the same settings: reused
+    assert "training a cifar_resnet20 teacher" not in capsys.readouterr().out
+    assert (teacher / "model.safetensors").read_bytes() == weights
+    shutil.rmtree(out)  # no earlier student run in the way: only the teacher differs
+    with pytest.raises(ValueError, match=r"(?s)The teacher an earlier run trained into .*kd_teacher .*does not fit "
+                                         r"this run: epochs 0.25 when it was trained, 0.5 in this run.*"
+                                         r"--overwrite_output_dir.*deleting.*--teacher"):
+        _kd_with_auto_teacher(out, "--teacher_epochs", "0.5")
+    _kd_with_auto_teacher(out, "--teacher_epochs", "0.5", "--overwrite_output_dir")  # retrained
+    assert "retraining the teacher" in capsys.readouterr().out
+    assert json.loads((teacher / SETTINGS).read_text())["epochs"] == 0.5

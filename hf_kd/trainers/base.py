@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -180,6 +181,7 @@ class DistillationTrainer(Trainer):
     baseline_metrics: Optional[dict] = None  # the same student without distillation: name, top1, top5
     card_tags: tuple = ()
     export_state: bool = False  # trainer_state.json in every export too (the recipes: the card's log history)
+    extra_export_files: Optional[dict] = None  # file name -> JSON content, written into every export
     teacher_labels: LabelMatch = LabelMatch()  # which teacher output each student class reads (hf_kd.labels)
     teacher_notes: tuple = ()  # how the teacher's input and labels differ from the student's (log and card)
 
@@ -735,6 +737,9 @@ class DistillationTrainer(Trainer):
         torch.save(self.args, os.path.join(folder, "training_args.bin"))
         if self.export_state:  # with the weights it describes: never an older export's beside a newer log
             self.state.save_to_json(os.path.join(folder, TRAINER_STATE_NAME))
+        for name, content in (self.extra_export_files or {}).items():
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2, sort_keys=True)
 
     def write_model_card(self, output_dir: str):
         from ..cards import write_model_card
