@@ -317,6 +317,28 @@ def best_and_final(log_history: list[dict]) -> tuple[Optional[float], Optional[f
     return (max(accs), accs[-1]) if accs else (None, None)
 
 
+def describe_results(trainer) -> str:
+    """The printout's account of the exported weights' evaluation: the best checkpoint's when
+    ``--load_best_model_at_end`` loaded it (the final evaluation beside it), else the final evaluation."""
+    from .cards import best_metric_key, evaluation_of_export
+
+    exported, final = evaluation_of_export(trainer)
+    if exported is None:
+        return "no evaluation ran"
+    best, _ = best_and_final(trainer.state.log_history)
+
+    def scores(e: dict) -> str:
+        return ", ".join(f"{k[len('eval_'):]} {e[k]:.4f}" for k in ("eval_top1", "eval_top5", "eval_loss") if k in e)
+
+    if final is None:
+        return f"eval of the exported weights (step {exported.get('step')}): {scores(exported)}; best top1 over " \
+               f"evaluations {best:.4f}"
+    return (f"exported the best checkpoint {os.path.basename(trainer.loaded_best_checkpoint)} "
+            f"(--load_best_model_at_end, by {best_metric_key(trainer.args)}), its eval: {scores(exported)}; "
+            f"final eval (step {final.get('step')}, not exported): {scores(final)}; best top1 over evaluations "
+            f"{best:.4f}")
+
+
 def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] = None, quick: Optional[dict] = None):
     """Parse, build, train, evaluate, export the student to --output_dir, push if asked. Returns the trainer.
 
@@ -324,8 +346,9 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
     (see ``parse_args``). The teacher follows ``trainer_cls.uses_teacher``: "required" loads ``--teacher`` or, without
     it, trains one first; "optional" loads ``--teacher`` when given; "refused" rejects ``--teacher``.
 
-    A non-finite loss stops the run with ``NonFiniteLossError`` (nothing exported). ``--resume_from_checkpoint
-    true`` resumes the last complete checkpoint."""
+    A non-finite loss stops the run with ``NonFiniteLossError`` (nothing exported). The export holds the final
+    weights, or the best checkpoint's with ``--load_best_model_at_end``; the printout and the card report the
+    evaluation of the weights exported. ``--resume_from_checkpoint true`` resumes the last complete checkpoint."""
     model_args, data_args, training_args = parse_args(trainer_cls.args_class, defaults, argv, quick)
     uses_teacher = trainer_cls.uses_teacher
     check_inputs(model_args, data_args, training_args, uses_teacher)
@@ -343,20 +366,17 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
     trainer.export_state = True  # trainer_state.json (every loss term and evaluation) in the same atomic export
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)  # "true": the last checkpoint
     last = next((e for e in reversed(trainer.state.log_history) if "eval_top1" in e), None)
-    if last is not None and last.get("step") == trainer.state.global_step:
-        metrics = last  # the schedule already evaluated the final weights
-    else:
-        metrics = trainer.evaluate()
+    evaluated = last is not None and last.get("step") == trainer.state.global_step
+    if not evaluated and trainer.loaded_best_checkpoint is None:
+        trainer.evaluate()  # the final weights (the best checkpoint's evaluation is in the history already)
     if training_args.push_to_hub:
         # exports the student (config, weights, card, curves) to output_dir, then uploads only those files to
         # --hub_model_id; if the upload fails the export stays and the error says how to retry
         trainer.push_to_hub()
     else:
         trainer.save_model()
-    best, final = best_and_final(trainer.state.log_history)
     if trainer.is_world_process_zero():
-        acc = (f"eval top-1 final {final:.4f}, best over evaluations {best:.4f}, top-5 {metrics['eval_top5']:.4f}"
-               if final is not None else "no evaluation ran")
         print(f"[hf_kd] {trainer.method_name}: student {model_args.student} exported to {training_args.output_dir}; "
-              f"{acc}" + (f"; pushed to {trainer.hub_model_id}" if training_args.push_to_hub else ""))
+              f"{describe_results(trainer)}" + (f"; pushed to {trainer.hub_model_id}" if training_args.push_to_hub
+                                                 else ""))
     return trainer

@@ -286,3 +286,38 @@ def test_the_auto_trained_teacher_is_reused_only_with_the_same_settings(tmp_path
     _kd_with_auto_teacher(out, "--teacher_epochs", "0.5", "--overwrite_output_dir")  # retrained
     assert "retraining the teacher" in capsys.readouterr().out
     assert json.loads((teacher / SETTINGS).read_text())["epochs"] == 0.5
+
+
+# --- 4. the card reports the weights it ships -------------------------------------------------------------------------
+def test_card_and_printout_report_the_best_checkpoint_that_was_exported(data, tmp_path, capsys):
+    """`--load_best_model_at_end true`: the export held the best checkpoint, the card and printout the last
+    evaluation. lr 1.0 makes the first checkpoint the best by eval_loss, with another top-1 than the last."""
+    from huggingface_hub import ModelCard
+
+    from hf_kd import load_student
+
+    out = tmp_path / "best"
+    trainer = run(SupervisedTrainer, defaults=dict(output_dir=str(out)),
+                  argv=[*QUICK, "--learning_rate", "1.0", "--max_steps", "4", "--eval_strategy", "steps",
+                        "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1", "--logging_steps", "1",
+                        "--load_best_model_at_end", "true"])
+    evals = {e["step"]: e for e in trainer.state.log_history if "eval_loss" in e}
+    best_step = min(evals, key=lambda s: evals[s]["eval_loss"])
+    best, final = evals[best_step], evals[max(evals)]
+    assert best_step != max(evals) and best["eval_top1"] != final["eval_top1"]  # the case the test is about
+    printed = capsys.readouterr().out
+    assert f"exported the best checkpoint checkpoint-{best_step} (--load_best_model_at_end, by eval_loss)" in printed
+    assert f"its eval: top1 {best['eval_top1']:.4f}, top5 {best['eval_top5']:.4f}, loss {best['eval_loss']:.4f}" \
+        in printed
+    assert f"final eval (step {max(evals)}, not exported): top1 {final['eval_top1']:.4f}" in printed
+    card = ModelCard.load(out / "README.md")
+    top1 = next(r for r in card.data.eval_results if r.metric_name == "Top-1 accuracy")
+    assert top1.metric_value == round(best["eval_top1"], 4)
+    text = " ".join(card.text.split())
+    assert f"the best checkpoint of the run, `checkpoint-{best_step}` (step {best_step}, selected by `eval_loss` = " \
+           f"{best['eval_loss']:.4f}" in text
+    assert f"the final evaluation, at step {max(evals)}, of the last weights (not in this repository) scored top-1 " \
+           f"{final['eval_top1']:.4f}" in text
+    exported = SupervisedTrainer(model=load_student(str(out)), args=args(SupervisedTrainer.args_class, tmp_path / "e"),
+                                 eval_dataset=trainer.eval_dataset)
+    assert exported.evaluate()["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-4)  # what the export holds

@@ -794,6 +794,7 @@ class DistillationTrainer(Trainer):
         if checkpoint is not None:
             self.check_resume(checkpoint)
         self.reset_loss_check()
+        self._loaded_best = None
         return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
 
     def checkpoint_manifest(self) -> dict:
@@ -827,6 +828,20 @@ class DistillationTrainer(Trainer):
             if isinstance(e, RuntimeError) and not any(m in str(e) for m in ("PytorchStreamReader", "zip archive")):
                 raise
             raise damaged_checkpoint_error(checkpoint, "its optimizer.pt / scheduler.pt", e) from None
+
+    def _load_best_model(self) -> None:
+        """Trainer's ``load_best_model_at_end``; remembers which checkpoint the model now holds
+        (``loaded_best_checkpoint``), so that the card and the printout report that checkpoint's evaluation."""
+        super()._load_best_model()
+        best = self.state.best_model_checkpoint
+        if best and any(os.path.isfile(os.path.join(best, n)) for n in ("model.safetensors", "pytorch_model.bin",
+                                                                         "model.safetensors.index.json")):
+            self._loaded_best = best
+
+    @property
+    def loaded_best_checkpoint(self) -> Optional[str]:
+        """The checkpoint whose weights the model holds after ``load_best_model_at_end``; None: the last weights."""
+        return getattr(self, "_loaded_best", None)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
         """Strict load of the full ``DistillationModel`` state, with an error that says what does not match."""
