@@ -38,8 +38,10 @@ class DistillationArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start a new run in an output_dir that already holds an export or checkpoints "
                                          "of another run: its checkpoint-* folders are deleted and its export is "
-                                         "replaced. Without it (and without --resume_from_checkpoint) a recipe "
-                                         "refuses such a folder. (transformers 5 dropped this TrainingArguments flag.)"})
+                                         "replaced; a recipe's auto-trained teacher (<output_dir>_teacher) trained "
+                                         "with other settings is retrained. Without it (and without "
+                                         "--resume_from_checkpoint) a recipe refuses such a folder. (transformers 5 "
+                                         "dropped this TrainingArguments flag.)"})
     logging_nan_inf_filter: bool = field(
         default=False, metadata={"help": "Off in hf_kd, and true is ignored with a warning: a run stops at the first "
                                          "non-finite loss (DistillationTrainer), which this transformers filter "

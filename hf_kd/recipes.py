@@ -51,7 +51,7 @@ class ModelArguments:
         "help": "Frozen teacher: a Hub id or local folder of any image classifier (an hf_kd/timm_wrapper export, "
                 "or any transformers AutoModelForImageClassification model type: ViT, ConvNeXt, ...; it keeps its "
                 "own preprocessing). If unset, a KD recipe trains teacher_architecture on the same data first (into "
-                "<output_dir>_teacher, reused if present)."})
+                "<output_dir>_teacher, reused by later runs with the same settings only)."})
     teacher_architecture: str = field(default="cifar_resnet32x4", metadata={"help": "Architecture of an auto-"
                                                                                      "trained teacher."})
     teacher_epochs: float = field(default=10.0, metadata={"help": "Epochs of an auto-trained teacher."})

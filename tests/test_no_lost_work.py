@@ -17,9 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 import hf_kd.recipes
-from hf_kd import KDArguments, KDTrainer, SupervisedTrainer, create_student
+from hf_kd import KDArguments, KDTrainer, NonFiniteLossError, SupervisedTrainer, create_student
 from hf_kd.recipes import run
-from hf_kd.trainers.base import NonFiniteLossError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
