@@ -15,7 +15,8 @@ _LAZY = {
     "kd_kl_div": ".losses",
     **dict.fromkeys(["TimmStudent", "TransformersTeacher", "create_student", "load_student", "load_teacher"],
                    ".models"),
-    **dict.fromkeys(["DistillationModel", "DistillationOutput", "DistillationTrainer"], ".trainers"),
+    **dict.fromkeys(["DistillationModel", "DistillationOutput", "DistillationTrainer", "NonFiniteLossError"],
+                    ".trainers"),
     "DistillationArguments": ".arguments",
     **dict.fromkeys(["methods", "get_method"], ".methods"),
 }

@@ -4,6 +4,7 @@ the trainers, the cards and the recipes read it without importing each other).""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
@@ -13,6 +14,8 @@ from transformers import TrainingArguments
 from .trainers.fast import check_fast_path_args
 
 __all__ = ["DistillationArguments"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,8 +38,14 @@ class DistillationArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start a new run in an output_dir that already holds an export or checkpoints "
                                          "of another run: its checkpoint-* folders are deleted and its export is "
-                                         "replaced. Without it (and without --resume_from_checkpoint) a recipe "
-                                         "refuses such a folder. (transformers 5 dropped this TrainingArguments flag.)"})
+                                         "replaced; a recipe's auto-trained teacher (<output_dir>_teacher) trained "
+                                         "with other settings is retrained. Without it (and without "
+                                         "--resume_from_checkpoint) a recipe refuses such a folder. (transformers 5 "
+                                         "dropped this TrainingArguments flag.)"})
+    logging_nan_inf_filter: bool = field(
+        default=False, metadata={"help": "Off in hf_kd, and true is ignored with a warning: a run stops at the first "
+                                         "non-finite loss (DistillationTrainer), which this transformers filter "
+                                         "would replace in the log by the running mean."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the image column is decoded by the dataset transform."})
     max_grad_norm: float = field(
@@ -75,13 +84,16 @@ class DistillationArguments(TrainingArguments):
         default=False, metadata={"help": "Compile the whole training step (augmentation, forward, every loss term, "
                                          "gradients, optimizer update) into one graph, CUDA graphs on a GPU, with "
                                          "no host sync per step (hf_kd.trainers.fast). Same numerics; one process, "
-                                         "no gradient accumulation, no fp16, optimizers SGD/Adam/AdamW. Turns "
-                                         "logging_nan_inf_filter off (it syncs every step) and raises "
+                                         "no gradient accumulation, no fp16, optimizers SGD/Adam/AdamW. Raises "
                                          "per_device_eval_batch_size from the default 8 to 1024."})
 
 
     def __post_init__(self):
         super().__post_init__()
+        if self.logging_nan_inf_filter:
+            logger.warning("logging_nan_inf_filter is ignored: hf_kd stops the run at the first non-finite loss "
+                           "instead of logging the running mean in its place.")
+            self.logging_nan_inf_filter = False
         self.check_ranges()
         self.quiet_defaults()
         if (self.norm_mean is None) != (self.norm_std is None):

@@ -35,8 +35,8 @@ from transformers import TrainingArguments
 
 from .arguments import DistillationArguments
 
-__all__ = ["write_model_card", "plot_training_curves", "training_curves_figure", "method_hyperparameters", "final_and_best", "TEMPLATES",
-           "CURVES_FILE"]
+__all__ = ["write_model_card", "plot_training_curves", "training_curves_figure", "method_hyperparameters", "final_and_best",
+           "evaluation_of_export", "TEMPLATES", "CURVES_FILE"]
 
 TEMPLATES = Path(__file__).parent / "model_cards"
 CURVES_FILE = "training_curves.png"
@@ -149,6 +149,38 @@ def final_and_best(log_history: list[dict]) -> tuple[dict, Optional[float]]:
     final = {k[len("eval_"):]: v for k, v in evals[-1].items()
              if k.startswith("eval_") and ("top1" in k or "top5" in k)}
     return final, max(e["eval_top1"] for e in evals)
+
+
+def evaluation_of_export(trainer) -> tuple[Optional[dict], Optional[dict]]:
+    """(the logged evaluation of the weights the export holds, the final evaluation when that is another one).
+
+    After ``load_best_model_at_end`` the model holds the best checkpoint (``trainer.loaded_best_checkpoint``): its
+    evaluation is the one logged at that checkpoint's step, and the final evaluation (of weights not exported) comes
+    second. Otherwise the export holds the last weights: the last evaluation, and None. (None, None) without one."""
+    evals = [e for e in trainer.state.log_history if "eval_top1" in e]
+    if not evals:
+        return None, None
+    best = getattr(trainer, "loaded_best_checkpoint", None)
+    if best:
+        step = int(os.path.basename(os.path.normpath(best)).rsplit("-", 1)[-1])
+        at_best = [e for e in evals if e.get("step") == step]
+        if at_best and at_best[-1] is not evals[-1]:
+            return at_best[-1], evals[-1]
+        if at_best:
+            return at_best[-1], None
+    return evals[-1], None
+
+
+def best_metric_key(args) -> str:
+    """The logged key ``load_best_model_at_end`` selects by (``metric_for_best_model`` "loss" is ``eval_loss``)."""
+    metric = args.metric_for_best_model or "loss"
+    return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+
+def _top_metrics(entry: Optional[dict]) -> dict:
+    """An evaluation's top-1/top-5 values of every head, without the ``eval_`` prefix."""
+    return {k[len("eval_"):]: v for k, v in (entry or {}).items()
+            if k.startswith("eval_") and ("top1" in k or "top5" in k)}
 
 
 def _baseline(trainer, final: dict) -> Optional[dict]:
@@ -313,7 +345,16 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
     student, args = trainer.student, trainer.args
     cfg = student.config
     arch = cfg.architecture
-    final, best = final_and_best(trainer.state.log_history)
+    _, best = final_and_best(trainer.state.log_history)
+    exported, last = evaluation_of_export(trainer)
+    final = _top_metrics(exported)  # what the weights in this folder scored: the table and the model-index
+    best_checkpoint = None
+    if last is not None:  # the best checkpoint was exported: say so, with the final evaluation beside it
+        key = best_metric_key(args)
+        best_checkpoint = dict(name=os.path.basename(os.path.normpath(trainer.loaded_best_checkpoint)),
+                               step=exported.get("step"), metric=key, value=exported.get(key),
+                               final_step=last.get("step"),
+                               final={k: f"{v:.4f}" for k, v in _top_metrics(last).items() if k in ("top1", "top5")})
     dataset_id = trainer.dataset_name
     dataset = trainer.dataset_title or dataset_id
     split = trainer.dataset_split
@@ -358,7 +399,8 @@ def write_model_card(trainer, output_dir: str) -> ModelCard:
         num_eval=_dataset_size(trainer.eval_dataset),
         final={k: f"{v:.4f}" for k, v in final.items() if k in ("top1", "top5")},
         other_heads=[(k, f"{v:.4f}") for k, v in final.items() if k not in ("top1", "top5")],
-        best=f"{best:.4f}" if best is not None else None,
+        best=f"{best:.4f}" if best is not None else None, best_checkpoint=best_checkpoint,
+        evaluated_step=exported.get("step") if exported else None,
         baseline=_baseline(trainer, final),
         teacher=(teacher_name or "(in-memory model, no id recorded)") if teacher is not None else None,
         teacher_architecture=_teacher_architecture(teacher) if teacher is not None else None,

@@ -5,6 +5,10 @@ message that names the problem and the fix. The README's "Troubleshooting" secti
 
 - ``check_output_dir``: an ``output_dir`` holding another run's export or checkpoints is refused unless the run
   resumes (``--resume_from_checkpoint``) or says ``--overwrite_output_dir``, as transformers' example scripts did.
+- ``check_output_dir_writable``: an ``output_dir`` that cannot be written would be found only when the first file is
+  saved, after training (with ``save_strategy no``, at the very end: the whole run lost).
+- ``check_output_dir_apart``: an ``output_dir`` that is (or is inside) the teacher's or the dataset's folder would
+  have the run's export written over them, whatever the flags.
 - ``check_enough_examples``: a training set smaller than one batch (with ``dataloader_drop_last``) would train 0
   steps and still export a "result".
 - ``check_teacher`` / ``check_dataset``: a local path that does not exist, or a Hub id that cannot be reached
@@ -18,9 +22,11 @@ import glob
 import math
 import os
 import shutil
+import tempfile
 from typing import Optional
 
-__all__ = ["check_output_dir", "check_enough_examples", "check_teacher", "check_dataset", "HubUnreachableError"]
+__all__ = ["check_output_dir", "check_output_dir_writable", "check_output_dir_apart", "resume_request",
+           "check_enough_examples", "check_teacher", "check_dataset", "HubUnreachableError"]
 
 _EXPORT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
 
@@ -41,6 +47,19 @@ def _previous_run(output_dir: str) -> list[str]:
     return found
 
 
+def resume_request(value):
+    """What ``resume_from_checkpoint`` asks for: None (a new run), True (the last complete checkpoint of
+    ``output_dir``) or a checkpoint folder. The recipes' flag is a string: "true" / "false" (any case) mean the
+    booleans, unless a folder of that name exists."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str) and value.lower() in ("true", "false") and not os.path.isdir(value):
+        value = value.lower() == "true"
+    if value is None or value is False or value == "":
+        return None
+    return value
+
+
 def check_output_dir(args) -> None:
     """Refuse an ``output_dir`` that holds another run's export or checkpoints, unless resuming or overwriting.
 
@@ -48,7 +67,7 @@ def check_output_dir(args) -> None:
     every process has looked: ``hf_kd.sync.every_process``), so they neither mix with the new run's nor get picked by
     a later ``--resume_from_checkpoint true``; the export files are replaced by the new export.
     """
-    if args.resume_from_checkpoint:
+    if resume_request(args.resume_from_checkpoint) is not None:
         return
     from .sync import every_process
 
@@ -68,6 +87,52 @@ def check_output_dir(args) -> None:
         if args.should_save:  # who writes checkpoints: the main process (each machine's with --save_on_each_node)
             for path in glob.glob(os.path.join(args.output_dir, "checkpoint-*")):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_problem(output_dir: str) -> Optional[str]:
+    """Why ``output_dir`` cannot be written, or None. Probed with a real write (a folder made and removed) in
+    ``output_dir`` or, while it does not exist, in the nearest folder above it that the run would create it in;
+    ``os.access`` would answer yes for root on a read-only mount and ignores ACLs. Leaves nothing behind."""
+    folder = os.path.abspath(os.path.expanduser(output_dir))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return f"{folder} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=folder))
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e} in {folder}"
+    return None
+
+
+def check_output_dir_writable(args) -> None:
+    """Refuse an ``output_dir`` that cannot be written, before anything heavy (the first write is otherwise the first
+    checkpoint, or with ``save_strategy no`` the export after the whole run). Every process that saves checks its own
+    disk; all of them stop together (``hf_kd.sync.every_process``)."""
+    from .sync import every_process
+
+    problem = _write_problem(args.output_dir) if args.should_save else None
+    problems = [p for p in every_process(problem) if p]
+    if problems:
+        raise PermissionError(f"output_dir {args.output_dir} cannot be written ({problems[0]}). Give an --output_dir "
+                              "you can write to (missing parent folders are created), or fix its permissions.")
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output_dir_apart(output_dir: str, teacher: Optional[str] = None, dataset: Optional[str] = None) -> None:
+    """Refuse an ``output_dir`` that is the ``--teacher`` or ``--dataset`` folder or inside one, whatever the flags:
+    the export would be written over the teacher (whose card would then name itself as the teacher) or into the
+    data (an imagefolder would gain a class)."""
+    for flag, folder in (("--teacher", teacher), ("--dataset", dataset)):
+        if folder and os.path.isdir(os.path.expanduser(folder)) and _inside(output_dir, os.path.expanduser(folder)):
+            where = "the" if _inside(folder, output_dir) else "inside the"
+            raise ValueError(f"output_dir {output_dir} is {where} {flag} folder {folder}: the run's export and "
+                             f"checkpoints would be written into it (also with --overwrite_output_dir). Give an "
+                             f"--output_dir outside {folder}.")
 
 
 # --- enough data for one step ----------------------------------------------------------------------------------------

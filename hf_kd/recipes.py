@@ -21,14 +21,19 @@ import yaml
 from accelerate import PartialState
 from transformers import HfArgumentParser, set_seed
 
-from .checks import check_dataset, check_enough_examples, check_output_dir, check_teacher
+from .checks import (check_dataset, check_enough_examples, check_output_dir, check_output_dir_apart,
+                     check_output_dir_writable, check_teacher)
 from .constants import is_small_image
 from .data import load_image_data
 from .models import create_student, load_student, load_teacher
 from .models.student import check_architecture
 from .sync import every_process
 
-__all__ = ["ModelArguments", "DataArguments", "QUICK_DEFAULTS", "parse_args", "run", "build_teacher"]
+__all__ = ["ModelArguments", "DataArguments", "QUICK_DEFAULTS", "parse_args", "run", "build_teacher",
+           "auto_teacher_settings", "TEACHER_SETTINGS_NAME"]
+
+# In an auto-trained teacher's export: the settings it was trained with (``auto_teacher_settings``).
+TEACHER_SETTINGS_NAME = "hf_kd_teacher_settings.json"
 
 # A few minutes on a laptop CPU on the offline digits data; the YAML presets in recipes/configs give the papers'.
 QUICK_DEFAULTS = dict(dataset="digits", num_train_epochs=5, per_device_train_batch_size=64,
@@ -47,7 +52,7 @@ class ModelArguments:
         "help": "Frozen teacher: a Hub id or local folder of any image classifier (an hf_kd/timm_wrapper export, "
                 "or any transformers AutoModelForImageClassification model type: ViT, ConvNeXt, ...; it keeps its "
                 "own preprocessing). If unset, a KD recipe trains teacher_architecture on the same data first (into "
-                "<output_dir>_teacher, reused if present)."})
+                "<output_dir>_teacher, reused by later runs with the same settings only)."})
     teacher_architecture: str = field(default="cifar_resnet32x4", metadata={"help": "Architecture of an auto-"
                                                                                      "trained teacher."})
     teacher_epochs: float = field(default=10.0, metadata={"help": "Epochs of an auto-trained teacher."})
@@ -179,8 +184,69 @@ def build_student(model_args: ModelArguments, data, architecture: Optional[str] 
                           model_args=json.loads(model_args.model_args) if model_args.model_args else None)
 
 
+def auto_teacher_settings(model_args: ModelArguments, data, training_args) -> dict:
+    """What an auto-trained teacher's weights depend on: its network, the data it saw and its schedule. Recorded in its
+    export (``TEACHER_SETTINGS_NAME``); a later run reuses the teacher only when its own settings are the same."""
+    source = data.source
+    settings = {
+        "architecture": model_args.teacher_architecture,
+        "model_args": json.loads(model_args.model_args) if model_args.model_args else None,
+        "epochs": model_args.teacher_epochs,
+        "dataset": source.get("dataset"), "train_split": source.get("train_split"),
+        "eval_split": source.get("eval_split"),  # None: the training images are what a seeded hold-out leaves
+        "train_subset": source.get("train_subset"), "image_column": source.get("image_column"),
+        "label_column": source.get("label_column"), "input_size": list(data.input_size),
+        "augmentation": data.augmentation,
+        "seed": training_args.seed,
+        "total_batch_size": training_args.per_device_train_batch_size * max(1, training_args.world_size),
+        "learning_rate": training_args.learning_rate,
+        "optim": getattr(training_args.optim, "value", training_args.optim), "optim_args": training_args.optim_args,
+        "weight_decay": training_args.weight_decay,
+        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        "dataloader_drop_last": training_args.dataloader_drop_last,
+    }
+    return json.loads(json.dumps(settings))  # as read back from the file: lists, not tuples
+
+
+def teacher_settings_differences(folder: str, settings: dict) -> list[str]:
+    """How the teacher exported in ``folder`` was trained differently from ``settings`` (empty: the same). A folder
+    without a record (an older hf_kd's export) differs."""
+    path = os.path.join(folder, TEACHER_SETTINGS_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return [f"no record of the settings it was trained with ({TEACHER_SETTINGS_NAME} is missing or unreadable)"]
+    return [f"{key} {recorded.get(key)!r} when it was trained, {settings.get(key)!r} in this run"
+            for key in sorted(set(recorded) | set(settings)) if recorded.get(key) != settings.get(key)]
+
+
+def reuse_auto_teacher(out: str, settings: dict, overwrite: bool) -> bool:
+    """Whether the teacher already exported to ``out`` is this run's: exported (every process sees its
+    ``config.json``) with the same settings. One with other settings is an error naming them, unless
+    ``--overwrite_output_dir`` asks to retrain it. Every process calls it and takes the same branch."""
+    # config.json is moved into an export last (hf_kd.sync.write_atomically): with it, the folder is complete
+    if not all(every_process(os.path.isfile(os.path.join(out, "config.json")))):
+        return False
+    differences = next((d for d in every_process(teacher_settings_differences(out, settings)) if d), [])
+    if not differences:
+        return True
+    if overwrite:
+        if PartialState().is_main_process:
+            print(f"[hf_kd] --overwrite_output_dir: retraining the teacher in {out} ({'; '.join(differences)})")
+        return False
+    raise ValueError(
+        f"The teacher an earlier run trained into {out} (no --teacher given) does not fit this run: "
+        f"{'; '.join(differences)}. Retrain it with --overwrite_output_dir (which retrains a teacher whose settings "
+        f"differ and keeps one that matches) or by deleting {out}; or pass --teacher {out} to distil from it as it is.")
+
+
 def build_teacher(model_args: ModelArguments, data, training_args):
-    """The given teacher, or one trained here with plain CE on the same data (reused when already exported).
+    """The given teacher, or one trained here with plain CE on the same data, into ``<output_dir>_teacher``.
+
+    A teacher already there is reused only if it was trained with this run's settings (``auto_teacher_settings``,
+    recorded in its export); other settings are an error naming them, or with ``--overwrite_output_dir`` it is
+    retrained (``reuse_auto_teacher``).
 
     Under N processes the teacher is trained once, by all of them together (its ``TrainingArguments`` see the same
     launch, so it runs under DDP like the student); its ``save_model`` returns on every process only once the main
@@ -191,11 +257,9 @@ def build_teacher(model_args: ModelArguments, data, training_args):
     if model_args.teacher:
         return load_teacher(model_args.teacher), model_args.teacher
     out = training_args.output_dir.rstrip("/") + "_teacher"
-    # config.json is moved into an export last (hf_kd.sync.write_atomically): with it, the folder is complete. Reused
-    # only if every process sees it (machines without a shared disk each need their copy)
     config = os.path.join(out, "config.json")
-    exported = all(every_process(os.path.isfile(config)))
-    if not exported:
+    settings = auto_teacher_settings(model_args, data, training_args)
+    if not reuse_auto_teacher(out, settings, getattr(training_args, "overwrite_output_dir", False)):
         from .trainers import DistillationArguments, SupervisedTrainer
 
         if PartialState().is_main_process:
@@ -213,6 +277,7 @@ def build_teacher(model_args: ModelArguments, data, training_args):
                                     args=targs, train_dataset=data.train, eval_dataset=data.eval,
                                     augmentation=data.batch_augment())
         describe_data(trainer, data)
+        trainer.extra_export_files = {TEACHER_SETTINGS_NAME: settings}  # in the same atomic export
         trainer.train()
         trainer.evaluate()
         trainer.save_model()  # collective: returns once the main process has written the whole export
@@ -241,13 +306,15 @@ def describe_data(trainer, data, data_args: Optional[DataArguments] = None) -> N
 
 
 def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_args, uses_teacher: str) -> None:
-    """Fail in seconds, before any data loads, on a taken output_dir, an unknown student (or auto-teacher)
-    architecture, a teacher the method refuses or cannot find, or an unknown dataset (``uses_teacher``: the trainer's
-    declaration)."""
-    check_output_dir(training_args)
+    """Fail in seconds, before any data loads, on an output_dir that is taken, cannot be written or lies in the
+    teacher's or the data's folder, an unknown student (or auto-teacher) architecture, a teacher the method refuses
+    or cannot find, or an unknown dataset (``uses_teacher``: the trainer's declaration)."""
+    check_output_dir_apart(training_args.output_dir, model_args.teacher, data_args.dataset)
+    check_output_dir_writable(training_args)
     check_architecture(model_args.student, "--student")
     if uses_teacher == "required" and not model_args.teacher:  # a teacher would be trained first
         check_architecture(model_args.teacher_architecture, "--teacher_architecture")
+    check_output_dir(training_args)  # may delete the previous run's checkpoints: after the checks above
     if model_args.teacher:
         if uses_teacher == "refused":
             raise ValueError(f"--teacher {model_args.teacher}: this method uses no pre-trained teacher (its networks "
@@ -261,12 +328,38 @@ def best_and_final(log_history: list[dict]) -> tuple[Optional[float], Optional[f
     return (max(accs), accs[-1]) if accs else (None, None)
 
 
+def describe_results(trainer) -> str:
+    """The printout's account of the exported weights' evaluation: the best checkpoint's when
+    ``--load_best_model_at_end`` loaded it (the final evaluation beside it), else the final evaluation."""
+    from .cards import best_metric_key, evaluation_of_export
+
+    exported, final = evaluation_of_export(trainer)
+    if exported is None:
+        return "no evaluation ran"
+    best, _ = best_and_final(trainer.state.log_history)
+
+    def scores(e: dict) -> str:
+        return ", ".join(f"{k[len('eval_'):]} {e[k]:.4f}" for k in ("eval_top1", "eval_top5", "eval_loss") if k in e)
+
+    if final is None:
+        return f"eval of the exported weights (step {exported.get('step')}): {scores(exported)}; best top1 over " \
+               f"evaluations {best:.4f}"
+    return (f"exported the best checkpoint {os.path.basename(trainer.loaded_best_checkpoint)} "
+            f"(--load_best_model_at_end, by {best_metric_key(trainer.args)}), its eval: {scores(exported)}; "
+            f"final eval (step {final.get('step')}, not exported): {scores(final)}; best top1 over evaluations "
+            f"{best:.4f}")
+
+
 def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] = None, quick: Optional[dict] = None):
     """Parse, build, train, evaluate, export the student to --output_dir, push if asked. Returns the trainer.
 
     ``defaults`` apply to every run of the recipe; ``quick`` only to its no-config run on the offline digits data
     (see ``parse_args``). The teacher follows ``trainer_cls.uses_teacher``: "required" loads ``--teacher`` or, without
-    it, trains one first; "optional" loads ``--teacher`` when given; "refused" rejects ``--teacher``."""
+    it, trains one first; "optional" loads ``--teacher`` when given; "refused" rejects ``--teacher``.
+
+    A non-finite loss stops the run with ``NonFiniteLossError`` (nothing exported). The export holds the final
+    weights, or the best checkpoint's with ``--load_best_model_at_end``; the printout and the card report the
+    evaluation of the weights exported. ``--resume_from_checkpoint true`` resumes the last complete checkpoint."""
     model_args, data_args, training_args = parse_args(trainer_cls.args_class, defaults, argv, quick)
     uses_teacher = trainer_cls.uses_teacher
     check_inputs(model_args, data_args, training_args, uses_teacher)
@@ -281,24 +374,20 @@ def run(trainer_cls, defaults: Optional[dict] = None, argv: Optional[list[str]] 
     describe_data(trainer, data, data_args)
     trainer.teacher_name = teacher_name
     trainer.command = "accelerate launch " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.export_state = True  # trainer_state.json (every loss term and evaluation) in the same atomic export
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)  # "true": the last checkpoint
     last = next((e for e in reversed(trainer.state.log_history) if "eval_top1" in e), None)
-    if last is not None and last.get("step") == trainer.state.global_step:
-        metrics = last  # the schedule already evaluated the final weights
-    else:
-        metrics = trainer.evaluate()
-    trainer.save_state()  # trainer_state.json (log_history: every loss term and evaluation) beside the export
+    evaluated = last is not None and last.get("step") == trainer.state.global_step
+    if not evaluated and trainer.loaded_best_checkpoint is None:
+        trainer.evaluate()  # the final weights (the best checkpoint's evaluation is in the history already)
     if training_args.push_to_hub:
         # exports the student (config, weights, card, curves) to output_dir, then uploads only those files to
         # --hub_model_id; if the upload fails the export stays and the error says how to retry
         trainer.push_to_hub()
     else:
         trainer.save_model()
-    best, final = best_and_final(trainer.state.log_history)
     if trainer.is_world_process_zero():
-        top5 = f", top-5 {metrics['eval_top5']:.4f}" if "eval_top5" in metrics else ""  # (> 5 classes only)
-        acc = (f"eval top-1 final {final:.4f}, best over evaluations {best:.4f}{top5}"
-               if final is not None else "no evaluation ran")
         print(f"[hf_kd] {trainer.method_name}: student {model_args.student} exported to {training_args.output_dir}; "
-              f"{acc}" + (f"; pushed to {trainer.hub_model_id}" if training_args.push_to_hub else ""))
+              f"{describe_results(trainer)}" + (f"; pushed to {trainer.hub_model_id}" if training_args.push_to_hub
+                                                 else ""))
     return trainer

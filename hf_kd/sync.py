@@ -27,16 +27,20 @@ def write_atomically(folder: str, write: Callable[[str], None], last: Sequence[s
                      prefix: str = ".tmp-") -> None:
     """Run ``write(tmp)`` on a fresh temporary folder inside ``folder``, then move what it wrote into ``folder``.
 
-    Each name is moved with ``os.replace`` (atomic on one filesystem), the names in ``last`` after all others: a
-    reader never sees a half-written file, and a folder holding ``config.json`` already holds the weights and card it
-    goes with (an interrupted export is not mistaken for a complete one). If ``write`` fails, ``folder`` keeps its
-    previous files and the temporary folder is removed.
+    Each name is moved with ``os.replace`` (atomic on one filesystem), the names in ``last`` after all others, and a
+    previous export's ``last`` files are removed before the first move: a reader never sees a half-written file, and a
+    folder holding ``config.json`` holds the weights and card it goes with, also when an interrupted export was
+    replacing an earlier one (the folder is then without ``config.json``, not a mix that looks complete). If ``write``
+    fails, ``folder`` keeps its previous files and the temporary folder is removed.
     """
     os.makedirs(folder, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=prefix, dir=folder)
     try:
         write(tmp)
         names = sorted(os.listdir(tmp), key=lambda n: n in last)  # stable: the `last` names at the end
+        for name in names:
+            if name in last and os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))  # the old export is incomplete from here until the end
         for name in names:
             os.replace(os.path.join(tmp, name), os.path.join(folder, name))
     finally:

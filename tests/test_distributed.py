@@ -17,6 +17,7 @@ from processes import run_process
 
 import hf_kd
 from hf_kd.methods import methods
+from hf_kd.recipes import TEACHER_SETTINGS_NAME
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "ddp_train.py")
@@ -80,10 +81,11 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path):
             assert err < tol, f"{name}: {k} differs by {err}"
 
 
-def check_export(folder, processes=2, recipe_output=False):
-    """One complete export: exactly the export files (no temporary folder left), weights that load whole, a card
-    with its results, hyperparameters, reproduce command and YAML, curves; returns (student, card text)."""
+def check_export(folder, processes=2, recipe_output=False, extra=()):
+    """One complete export: exactly the export files (no temporary folder left) and ``extra``, weights that load
+    whole, a card with its results, hyperparameters, reproduce command and YAML, curves; returns (student, card)."""
     expected = sorted(EXPORT + ["trainer_state.json"]) if recipe_output else EXPORT  # the recipe saves its log too
+    expected = sorted(expected + list(extra))
     assert sorted(os.listdir(folder)) == expected, os.listdir(folder)
     student = hf_kd.load_student(str(folder))
     saved = safetensors.torch.load_file(os.path.join(folder, "model.safetensors"))
@@ -136,7 +138,7 @@ def test_every_recipe_without_a_teacher_under_two_processes(recipe, tmp_path):
     teacher = tmp_path / f"{recipe}_teacher"
     if RECIPE_METHODS[recipe].uses_teacher == "required":
         assert run.stdout.count("no --teacher given: training") == 1
-        check_export(teacher)  # trained by the 2 processes together, exported once
+        check_export(teacher, extra=[TEACHER_SETTINGS_NAME])  # trained by the 2 processes together, exported once
         assert f"`{teacher}`" in text and "Top-1 accuracy: not recorded" not in text  # its card was whole when read
     else:
         assert not teacher.exists()

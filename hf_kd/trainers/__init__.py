@@ -4,7 +4,8 @@ transformers' Trainer). Each method's trainer and arguments class is found throu
 
 from .._lazy import lazy_getattr
 
-_BASE = {**dict.fromkeys(["DistillationModel", "DistillationOutput", "DistillationTrainer"], ".base"),
+_BASE = {**dict.fromkeys(["DistillationModel", "DistillationOutput", "DistillationTrainer", "NonFiniteLossError"],
+                        ".base"),
          "DistillationArguments": "..arguments"}
 
 

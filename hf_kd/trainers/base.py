@@ -10,10 +10,13 @@
   step, see ``hf_kd.data.BatchAugment``). Each checkpoint also records the method and the teacher
   (``hf_kd.manifest``): a resume with another one is refused before any training.
 - Each loss term is logged by name; evaluation reports top-1/top-5 through ``evaluate``.
+- A non-finite loss (NaN or inf) stops the run with ``NonFiniteLossError`` at the next logging step, or earlier
+  before an evaluation or checkpoint save; nothing is exported after it (``check_logged_loss``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -27,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
-from transformers.trainer_utils import HubStrategy, get_last_checkpoint, number_of_arguments
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import HPSearchBackend, HubStrategy, number_of_arguments
 
 from ..arguments import DistillationArguments
 from ..data import BatchAugment, ImageCollator
@@ -41,9 +45,14 @@ from ..modules.base import DistillationModel, DistillationOutput
 from ..sync import main_process_writes, write_atomically
 from .fast import FastStep, StepInGraph, check_fast_path_args, find_step_in_graph
 
-__all__ = ["DistillationArguments", "DistillationModel", "DistillationOutput", "DistillationTrainer"]
+__all__ = ["DistillationArguments", "DistillationModel", "DistillationOutput", "DistillationTrainer",
+           "NonFiniteLossError"]
 
 logger = logging.getLogger(__name__)
+
+# Per-step losses kept between two checks to name the first non-finite step (a long run without logs keeps the first
+# ones only, and past them names the steps since the last check).
+STEP_LOSSES_KEPT = 1024
 
 
 def set_training_normalization(cfg: dict, mean: list, std: list) -> None:
@@ -74,20 +83,74 @@ def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -
     """The error for a checkpoint file that cannot be read: which file, that the checkpoint is damaged (e.g. the run
     was killed while saving it, or the disk filled up) and the previous checkpoint to resume from, if any."""
     parent = os.path.dirname(os.path.normpath(checkpoint))
-    this = os.path.basename(os.path.normpath(checkpoint))
-
-    def step(name: str) -> int:
-        tail = name.rsplit("-", 1)[-1]
-        return int(tail) if tail.isdigit() else -1
-
-    earlier = sorted((n for n in os.listdir(parent or ".") if n.startswith("checkpoint-") and 0 <= step(n) < step(this)
-                      and os.path.isdir(os.path.join(parent, n))), key=step) if os.path.isdir(parent or ".") else []
+    folder = parent or "."
+    # complete checkpoints only (a save cut short has no trainer_state.json), the latest before this one
+    earlier = sorted((n for n in os.listdir(folder) if 0 <= checkpoint_step(n) < checkpoint_step(checkpoint)
+                      and is_complete_checkpoint(os.path.join(folder, n))), key=checkpoint_step) \
+        if os.path.isdir(folder) else []
     hint = (f"Resume from the previous checkpoint instead: --resume_from_checkpoint {os.path.join(parent, earlier[-1])}"
-            if earlier else "No earlier checkpoint is in the same folder: start the run again (without "
+            if earlier else "No earlier complete checkpoint is in the same folder: start the run again (without "
                             "--resume_from_checkpoint, with --overwrite_output_dir).")
     return ValueError(f"Checkpoint {checkpoint} is damaged: {path} cannot be read ({type(error).__name__}: "
                       f"{str(error)[:300]}); it was probably cut short while being written (run killed, disk full). "
                       f"{hint}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf: the weights are no longer usable, so the run stops without an export."""
+
+
+def is_loss_key(name: str) -> bool:
+    """A logged training loss: the total (``loss``, ``train_loss``) or one of its terms (``loss_<name>``)."""
+    return name in ("loss", "train_loss") or name.startswith("loss_")
+
+
+def is_complete_checkpoint(folder: str) -> bool:
+    """Trainer writes ``trainer_state.json`` last into a checkpoint: without it the save was cut short."""
+    return os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME))
+
+
+def checkpoint_step(name: str) -> int:
+    """The step of a ``checkpoint-N`` folder (-1 for any other name)."""
+    base = os.path.basename(os.path.normpath(name))
+    tail = base[len("checkpoint-"):]
+    return int(tail) if base.startswith("checkpoint-") and tail.isdigit() else -1
+
+
+def resume_checkpoint(output_dir: str, request) -> Optional[str]:
+    """The checkpoint folder a ``resume_from_checkpoint`` value asks for, or None for a new run.
+
+    True (or "true") is the last complete checkpoint of ``output_dir``; later checkpoints cut short while being saved
+    (no ``trainer_state.json``: Ctrl-C, a killed job) are skipped with a warning. A folder given by name must be
+    complete, else the error says it is damaged and names the checkpoint to resume from instead.
+    """
+    from ..checks import resume_request
+
+    request = resume_request(request)
+    if request is None:
+        return None
+    if request is True:
+        found = sorted((n for n in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+                        if checkpoint_step(n) >= 0 and os.path.isdir(os.path.join(output_dir, n))), key=checkpoint_step)
+        complete = [n for n in found if is_complete_checkpoint(os.path.join(output_dir, n))]
+        if not complete:
+            damaged = f" (only checkpoints cut short while being saved: {', '.join(found)})" if found else ""
+            raise ValueError(f"--resume_from_checkpoint true: {output_dir} holds no complete checkpoint to resume "
+                             f"from{damaged}. Start the run without --resume_from_checkpoint (with "
+                             "--overwrite_output_dir if the folder holds an earlier export), or name a checkpoint "
+                             "folder.")
+        skipped = [n for n in found if checkpoint_step(n) > checkpoint_step(complete[-1])]
+        if skipped:
+            logger.warning(f"Skipping {', '.join(skipped)} in {output_dir}: cut short while being saved (no "
+                           f"{TRAINER_STATE_NAME}); resuming from {complete[-1]}.")
+        return os.path.join(output_dir, complete[-1])
+    if not os.path.isdir(request):
+        raise FileNotFoundError(f"--resume_from_checkpoint {request}: no such checkpoint folder. Give a "
+                                f"checkpoint-N folder of the run, or true for the last one in --output_dir.")
+    if not is_complete_checkpoint(request):
+        path = os.path.join(request, TRAINER_STATE_NAME)
+        raise damaged_checkpoint_error(request, path, FileNotFoundError(f"no {TRAINER_STATE_NAME}"))
+    return request
 
 
 def own_parameter_groups(cls, kwargs: dict) -> bool:
@@ -147,6 +210,8 @@ class DistillationTrainer(Trainer):
     teacher_accuracy: Optional[float] = None
     baseline_metrics: Optional[dict] = None  # the same student without distillation: name, top1, top5
     card_tags: tuple = ()
+    export_state: bool = False  # trainer_state.json in every export too (the recipes: the card's log history)
+    extra_export_files: Optional[dict] = None  # file name -> JSON content, written into every export
     teacher_labels: LabelMatch = LabelMatch()  # which teacher output each student class reads (hf_kd.labels)
     teacher_notes: tuple = ()  # how the teacher's input and labels differ from the student's (log and card)
 
@@ -201,6 +266,7 @@ class DistillationTrainer(Trainer):
             self.teacher = self.accelerator.prepare_model(frozen_copy(teacher, dtype, args.channels_last),
                                                           evaluation_mode=True)
         self._terms = {}  # name -> [sum over the steps since the last log (device), number of steps]
+        self.reset_loss_check()
         self._in_checkpoint = False
         self.model_init = model_init  # Trainer.train rebuilds the model per trial through call_model_init
         self._own_metrics = compute_metrics is None  # rebuilt per trial with the model's heads (FFSD: num_students)
@@ -408,15 +474,141 @@ class DistillationTrainer(Trainer):
         return inputs
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
-        if self._terms and "loss" in logs:  # a training log: add the averaged terms
+        if "loss" in logs:  # a training log: add the averaged terms
+            logs.update({f"loss_{n}": round(v, 6) for n, v in sorted(self.pop_term_means().items())})
+        super().log(logs, start_time)  # logged first, so the history shows the NaN that stops the run
+        if "loss" in logs or "train_loss" in logs:
+            self.check_logged_loss(logs)
+
+    def pop_term_means(self) -> dict[str, float]:
+        """Each loss term's mean over the steps since the last call (one device-to-host copy), then forget them."""
+        means = {}
+        if self._terms:
             names = sorted(self._terms)
-            means = torch.stack([self._terms[n][0] / self._terms[n][1] for n in names])
-            means = self.accelerator.reduce(means, reduction="mean") if self.args.world_size > 1 else means
-            logs.update({f"loss_{n}": round(v, 6) for n, v in zip(names, means.tolist())})
+            values = torch.stack([self._terms[n][0] / self._terms[n][1] for n in names])
+            values = self.accelerator.reduce(values, reduction="mean") if self.args.world_size > 1 else values
+            means.update(zip(names, values.tolist()))
             self._terms.clear()
-        if self._fast is not None and "loss" in logs:
-            logs.update({f"loss_{n}": round(v, 6) for n, v in sorted(self._fast.pop_terms().items())})
-        super().log(logs, start_time)
+        if self._fast is not None:
+            means.update(self._fast.pop_terms())
+        return means
+
+    # --- stopping at a non-finite loss ------------------------------------------------------------------------------
+    def reset_loss_check(self) -> None:
+        """Forget the steps not yet checked (a new ``train`` call starts clean)."""
+        self._unchecked_from: Optional[int] = None  # the first step since the last check
+        self._step_losses: list = []  # eager path: (step, loss tensor) since the last check, to name the bad step
+        self._non_finite: Optional[str] = None  # the error once the loss went non-finite: no export after it
+        self._weights_checked_at: Optional[int] = None  # the step whose weights were last found finite
+
+    def check_logged_loss(self, logs: dict[str, float]) -> None:
+        """Stop at a non-finite logged loss or loss term (``NonFiniteLossError``; nothing exported after it).
+
+        When a NaN or inf loss is found, whichever comes first after the step that produced it:
+
+        - at the next logging step (every ``logging_steps``), here: the logged values are numbers Trainer has already
+          read to the host, so this costs no extra sync; one NaN step makes the window's mean NaN. transformers'
+          ``logging_nan_inf_filter``, which would log the running mean in its place, is off in hf_kd;
+        - before an evaluation, a checkpoint save or the end of training (before the final evaluation and export):
+          Trainer's running loss sum since the last log is read once (``check_unlogged_loss``), and the weights are
+          checked (``check_finite_weights``: the update of a step with a finite loss can already make them NaN).
+
+        So no evaluation, checkpoint or export ever uses weights from after a non-finite loss. The eager path names
+        the first bad step (it keeps a reference to each step's loss until the check); the fast path names the steps
+        since the last log.
+        """
+        bad = {k: v for k, v in logs.items() if is_loss_key(k) and isinstance(v, float) and not math.isfinite(v)}
+        if bad:
+            self.stop_at_non_finite(bad, f"found at the log of step {self.state.global_step}")
+        self._unchecked_from, self._step_losses = None, []
+
+    def check_unlogged_loss(self, reason: str, tr_loss: Optional[torch.Tensor] = None) -> None:
+        """Stop if a step since the last log had a non-finite loss, before ``reason`` (an evaluation, a checkpoint
+        save, the end of training) uses the weights. Reads Trainer's running loss sum (a NaN or inf in it stays):
+        one host read, only when steps went unlogged. Every process calls it (the sum is reduced over them)."""
+        tr_loss = getattr(self, "_tr_loss", None) if tr_loss is None else tr_loss
+        if self._unchecked_from is None or tr_loss is None:
+            return
+        total = tr_loss.detach().reshape(1).float()
+        if self.args.world_size > 1:
+            total = self.accelerator.reduce(total.clone(), reduction="sum")
+        value = total.item()
+        if not math.isfinite(value):
+            terms = {f"loss_{n}": v for n, v in sorted(self.pop_term_means().items()) if not math.isfinite(v)}
+            self.stop_at_non_finite({"loss": value, **terms}, f"found before {reason} at step {self.state.global_step}")
+        self._unchecked_from, self._step_losses = None, []
+
+    def non_finite_weights(self) -> list[str]:
+        """The names of the model's floating-point tensors (parameters and buffers: BatchNorm statistics too) that
+        hold a NaN or inf, over every process. One host read; every process calls it."""
+        named = [(n, t) for n, t in self.accelerator.unwrap_model(self.model).state_dict().items()
+                 if t.is_floating_point()]
+        if not named:
+            return []
+        bad = torch.stack([~torch.isfinite(t).all() for _, t in named]).float()
+        if self.args.world_size > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        return [n for (n, _), b in zip(named, bad.tolist()) if b]
+
+    def check_finite_weights(self, reason: str) -> None:
+        """Stop before ``reason`` (an evaluation, a checkpoint save, the end of training) if the weights hold a NaN or
+        inf although every loss was finite: the last update diverged (a NaN/inf gradient), which the loss shows only
+        at the next step. Once per step (a checkpoint save may ask again)."""
+        step = self.state.global_step
+        if self._weights_checked_at == step:
+            return
+        bad = self.non_finite_weights()
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            self.stop_at_non_finite({}, f"found before {reason} at step {step}", weights=shown)
+        self._weights_checked_at = step
+
+    def first_non_finite_step(self) -> Optional[int]:
+        """The first step since the last check whose loss is NaN or inf (eager path; the fast path keeps no
+        per-step loss), else None."""
+        if not self._step_losses:
+            return None
+        steps, losses = zip(*self._step_losses)
+        finite = torch.isfinite(torch.stack([l.detach().float().reshape(()) for l in losses])).tolist()
+        return next((s for s, ok in zip(steps, finite) if not ok), None)
+
+    def stop_at_non_finite(self, values: dict[str, float], found: str, weights: Optional[str] = None) -> None:
+        """Raise ``NonFiniteLossError`` naming the step and the non-finite loss terms (or, with ``weights``, the
+        tensors that went non-finite); refuse any later export. In an optuna hyperparameter search the trial is
+        pruned instead, so the search goes on with the next trial."""
+        first, last = self._unchecked_from or self.state.global_step, self.state.global_step
+        if weights:
+            what, first = (f"the weights are not finite after step {last}, although the losses were ({weights}; "
+                           f"{found})"), last
+        else:
+            step = self.first_non_finite_step()
+            where = (f"at step {step}" if step is not None else f"at step {last}" if first >= last else
+                     f"at a step from {first} to {last} (--logging_steps 1 names the step)")
+            shown = ", ".join(f"{k} {v}" for k, v in values.items())
+            what = f"the loss is not finite {where} ({shown}; {found})"
+        message = (f"Training stopped: {what}. The weights are no longer usable: nothing is exported, and no "
+                   f"checkpoint is saved from step {first} on. Start again with a lower --learning_rate, a warm-up "
+                   "(--warmup_ratio), gradient clipping (--max_grad_norm 1.0), or without --fp16/--bf16.")
+        self._non_finite = message
+        if self.hp_search_backend == HPSearchBackend.OPTUNA and getattr(self, "_trial", None) is not None:
+            import optuna
+
+            raise optuna.TrialPruned(message)
+        raise NonFiniteLossError(message)
+
+    def refuse_export_after_non_finite(self) -> None:
+        """After a stop (even one a caller caught), no export or checkpoint of these weights."""
+        if self._non_finite:
+            raise NonFiniteLossError(f"Not exported: {self._non_finite}")
+
+    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+        control = self.control
+        uses = [what for what, due in (("an evaluation", control.should_evaluate), ("a checkpoint save",
+                control.should_save), ("the end of training", control.should_training_stop)) if due]
+        if uses:  # before the weights are evaluated or saved
+            self.check_unlogged_loss(" and ".join(uses), tr_loss)
+            self.check_finite_weights(" and ".join(uses))
+        return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
 
     # --- the fast path (hf_kd.trainers.fast) --------------------------------------------------------------------------
     @property
@@ -434,8 +626,14 @@ class DistillationTrainer(Trainer):
         self._fast_copies.append((dst, src))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        step = self.state.global_step + 1
+        if self._unchecked_from is None:
+            self._unchecked_from = step
         if self._fast is None:
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if len(self._step_losses) < STEP_LOSSES_KEPT:  # references only: read if the loss turns out non-finite
+                self._step_losses.append((step, loss))
+            return loss
         return self._fast(model, inputs)
 
     def _prepare_for_training(self, *args, **kwargs):
@@ -515,6 +713,9 @@ class DistillationTrainer(Trainer):
 
     # --- saving: student-only export, full-state checkpoints --------------------------------------------------------
     def _save_checkpoint(self, model, trial):
+        self.refuse_export_after_non_finite()
+        self.check_unlogged_loss("a checkpoint save")  # no checkpoint of NaN weights
+        self.check_finite_weights("a checkpoint save")
         self._in_checkpoint = True
         try:
             super()._save_checkpoint(model, trial)
@@ -543,6 +744,8 @@ class DistillationTrainer(Trainer):
             if self.args.should_save:  # beside the weights, before the checkpoint is pushed or resumed from
                 write_manifest(output_dir, self.checkpoint_manifest())
             return
+        self.refuse_export_after_non_finite()
+        self.check_finite_weights("the export")
         main_process_writes(output_dir or self.args.output_dir, self._write_export, writer=self.args.should_save,
                             prefix=".export-")
         if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model
@@ -555,13 +758,20 @@ class DistillationTrainer(Trainer):
         written to a temporary folder first and then moved into place, ``config.json`` last, so a failure midway never
         leaves a half-written export over a previous one (``hf_kd.sync.write_atomically``).
         """
+        self.refuse_export_after_non_finite()
         if self.args.should_save:
             write_atomically(output_dir, self._write_export, prefix=".export-")
 
     def _write_export(self, folder: str):
+        """The export's files, into the temporary folder ``write_atomically`` then moves into place as one."""
         self.student.save_pretrained(folder)
         self.write_model_card(folder)
         torch.save(self.args, os.path.join(folder, "training_args.bin"))
+        if self.export_state:  # with the weights it describes: never an older export's beside a newer log
+            self.state.save_to_json(os.path.join(folder, TRAINER_STATE_NAME))
+        for name, content in (self.extra_export_files or {}).items():
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2, sort_keys=True)
 
     def write_model_card(self, output_dir: str):
         from ..cards import write_model_card
@@ -603,8 +813,11 @@ class DistillationTrainer(Trainer):
         self.push_in_progress = push_folder(self, checkpoint_folder)
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
-        """``Trainer.train``, refusing up front a training set too small for one optimizer step, and a checkpoint
-        written by another method or teacher (``check_resume``)."""
+        """``Trainer.train``, refusing up front a training set too small for one optimizer step, a checkpoint cut
+        short while being saved, and a checkpoint written by another method or teacher (``check_resume``).
+
+        ``resume_from_checkpoint``: a checkpoint folder, or True (also the string "true", as the recipes' flag
+        arrives) for the last complete checkpoint of ``output_dir`` (``resume_checkpoint``)."""
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
             from ..checks import check_enough_examples
 
@@ -612,14 +825,12 @@ class DistillationTrainer(Trainer):
         self._terms.clear()  # an earlier train() (a search trial) that ended between two logs leaves its tail
         if self._fast is not None:
             self._fast.pop_terms()
-        if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):
-            # as Trainer resolves it; None (no checkpoint) is left to Trainer's own error
-            checkpoint = get_last_checkpoint(self.args.output_dir)
-        else:
-            checkpoint = resume_from_checkpoint
-        if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
-            self.check_resume(os.fspath(checkpoint))
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        checkpoint = resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        if checkpoint is not None:
+            self.check_resume(checkpoint)
+        self.reset_loss_check()
+        self._loaded_best = None
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
 
     def checkpoint_manifest(self) -> dict:
         """What a checkpoint records about its run: the method and the teacher (name, Hub revision, weights hash;
@@ -652,6 +863,20 @@ class DistillationTrainer(Trainer):
             if isinstance(e, RuntimeError) and not any(m in str(e) for m in ("PytorchStreamReader", "zip archive")):
                 raise
             raise damaged_checkpoint_error(checkpoint, "its optimizer.pt / scheduler.pt", e) from None
+
+    def _load_best_model(self) -> None:
+        """Trainer's ``load_best_model_at_end``; remembers which checkpoint the model now holds
+        (``loaded_best_checkpoint``), so that the card and the printout report that checkpoint's evaluation."""
+        super()._load_best_model()
+        best = self.state.best_model_checkpoint
+        if best and any(os.path.isfile(os.path.join(best, n)) for n in ("model.safetensors", "pytorch_model.bin",
+                                                                         "model.safetensors.index.json")):
+            self._loaded_best = best
+
+    @property
+    def loaded_best_checkpoint(self) -> Optional[str]:
+        """The checkpoint whose weights the model holds after ``load_best_model_at_end``; None: the last weights."""
+        return getattr(self, "_loaded_best", None)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
         """Strict load of the full ``DistillationModel`` state, with an error that says what does not match."""

@@ -18,7 +18,10 @@ buffers), and the step has no host sync. What is computed is unchanged:
   checkpoints are those of the eager path (the Trainer sees it through ``StepInGraph``, whose ``step`` is a no-op).
   Parameters that get no gradient are left alone, as torch's optimizers do.
 - loss terms: returned stacked and summed on the device, read and averaged at logging steps only (``log``); the
-  gradient norm is computed in the graph (clipping too, with ``max_grad_norm``).
+  gradient norm is computed in the graph (clipping too, with ``max_grad_norm``). A NaN or inf of any step stays in
+  the sums (and in Trainer's loss sum), so the run stops at the next log (``DistillationTrainer.check_logged_loss``),
+  or before the next evaluation or checkpoint; no per-step loss is kept, so the error names the steps since the
+  last log rather than the step.
 
 ``FastStep.mode = "cuda_graph"`` captures the same step, uncompiled, in a ``torch.cuda.CUDAGraph`` instead (no compile
 time, unfused kernels). Eval runs eager, at ``per_device_eval_batch_size`` (raised from transformers' default 8 to
