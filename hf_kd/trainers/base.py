@@ -355,7 +355,8 @@ class DistillationTrainer(Trainer):
             return model
         teacher = self.accelerator.unwrap_model(self.teacher) if self.teacher is not None else None
         if teacher is not None:
-            self.teacher_labels = match_labels(model.config, teacher.config, load_label_map(self.args.teacher_label_map))
+            self.teacher_labels = match_labels(model.config, teacher.config,
+                                               load_label_map(self.args.teacher_label_map))
         if trial is not None:  # the trial's arguments may choose the augmentation (e.g. LightSKD's random crop)
             self.augmentation = self.training_augmentation(self._data_augmentation, self.args)
         cfg = model.config.pretrained_cfg  # what pipeline must feed the exported student, as in __init__
@@ -588,7 +589,8 @@ class DistillationTrainer(Trainer):
             what = f"the loss is not finite {where} ({shown}; {found})"
         message = (f"Training stopped: {what}. The weights are no longer usable: nothing is exported, and no "
                    f"checkpoint is saved from step {first} on. Start again with a lower --learning_rate, a warm-up "
-                   "(--warmup_ratio), gradient clipping (--max_grad_norm 1.0), or without --fp16/--bf16.")
+                   "(--warmup_steps, or --warmup_epochs with --lr_milestones), gradient clipping "
+                   "(--max_grad_norm 1.0), or without --fp16/--bf16.")
         self._non_finite = message
         if self.hp_search_backend == HPSearchBackend.OPTUNA and getattr(self, "_trial", None) is not None:
             import optuna
