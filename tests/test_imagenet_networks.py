@@ -4,7 +4,8 @@ FFSD, PEFD and MixSKD builds, recorded in ``tests/golden/imagenet_networks.json`
 ``tests/golden/generate_imagenet_networks.py`` (the official code is not needed here).
 
 Names map one to one: timm's ResNets use torchvision's tensor names, which are the official ones; the auxiliary
-modules are renamed by the tables below (the same renames the golden fixtures use).
+modules are renamed by the tables below (the same renames the golden fixtures use). The initialisation differs in one
+documented point: timm zero-inits the last BatchNorm of each block unless ``zero_init_last=False``.
 """
 
 import json
@@ -110,8 +111,9 @@ def test_pefd_resnet34_to_resnet18_imagenet_projectors(tmp_path):
     m = build(ProjectorKDTrainer, student("resnet18"), tmp_path, teacher=teacher, num_projectors=3)
     check(_part(m, "student.timm_model."), _params(m, "student."), RECORD["pefd_resnet18"], "student")
     for i in range(3):
-        check(_part(m, f"aux.projectors.linears.{i}.", lambda k: "linear." + k), _params(m, f"aux.projectors.linears.{i}."),
-              RECORD["pefd_projector_resnet34_resnet18"], f"projector {i}")
+        prefix = f"aux.projectors.linears.{i}."
+        check(_part(m, prefix, lambda k: "linear." + k), _params(m, prefix), RECORD["pefd_projector_resnet34_resnet18"],
+              f"projector {i}")
     assert _params(m) == RECORD["pefd_resnet18"]["num_params"] + 3 * RECORD["pefd_projector_resnet34_resnet18"][
         "num_params"]
 
@@ -137,3 +139,32 @@ def test_mixskd_resnet50_imagenet_auxiliary_network(tmp_path):
         n = sum(p.numel() for p in m.aux["discriminators"][k].parameters())
         check({"classifier." + key: v for key, v in ours.items()}, n, d, f"discriminator {k}")
     assert _params(m) - sum(p.numel() for p in m.aux["discriminators"].parameters()) == rec["num_params"]
+
+
+def _zero_gammas(module: torch.nn.Module) -> list:
+    return [n for n, m in module.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and not m.weight.any()]
+
+
+@pytest.mark.parametrize("arch,record", [("resnet18", "pefd_resnet18"), ("resnet34", "pefd_resnet34"),
+                                         ("resnet50", "pefd_resnet50")])
+def test_official_init_is_timm_without_zero_init_last(arch, record):
+    """The official ResNets start every BatchNorm scale at 1 (torchvision's zero_init_residual=False); timm's default
+    starts the last BN of each block at 0 (zero_init_last=True). model_args {"zero_init_last": False} gives the
+    official init, so that is what an ImageNet preset for these methods sets."""
+    assert RECORD[record]["zero_init_batchnorm"] == []
+    from hf_kd.models import create_student
+
+    assert _zero_gammas(create_student(arch, NUM_CLASSES, model_args={"zero_init_last": False}).timm_model) == []
+    assert _zero_gammas(create_student(arch, NUM_CLASSES).timm_model)  # the timm default is not the official init
+
+
+def test_ffsd_modules_inherit_the_official_init(tmp_path):
+    """FFSD's common students are built from the leader's config, so they keep zero_init_last=False too: no BatchNorm
+    of the whole FFSD network starts at 0, as in the official ImageNetTrainer."""
+    from hf_kd.models import create_student
+    from hf_kd.trainers import FFSDTrainer
+
+    rec = RECORD["ffsd_resnet18"]
+    assert all(rec[k]["zero_init_batchnorm"] == [] for k in ("leader", "student", "fusion", "decoder"))
+    m = build(FFSDTrainer, create_student("resnet18", NUM_CLASSES, model_args={"zero_init_last": False}), tmp_path)
+    assert _zero_gammas(m) == []

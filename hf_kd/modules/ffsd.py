@@ -98,8 +98,8 @@ class SelfDistillationDecoder(nn.Module):
     block ConvTranspose2d(k3, s2, p1, output_padding 1, no bias) -> BN -> ReLU per step, each doubling the spatial
     size. ``forward`` returns the block outputs **shallow first** (the official code reverses its hook list), so
     output l lines up with stage l. For the CIFAR ResNets/WRNs this is exactly the official C -> C/2 -> C/4
-    ``SelfDistillationModel`` (C -> C/2 -> C/4 -> C/8 for the ImageNet ResNets); other channel lists are its ``DIYSelfDistillationModel`` variant. PyTorch default
-    init (the official module sets none).
+    ``SelfDistillationModel`` (C -> C/2 -> C/4 -> C/8 for the ImageNet ResNets); other channel lists are its
+    ``DIYSelfDistillationModel`` variant. PyTorch default init (the official module sets none).
     """
 
     def __init__(self, channels: Sequence[int]):
@@ -120,9 +120,9 @@ class SelfDistillationDecoder(nn.Module):
 
 @dataclass
 class FFSDOutput(DistillationOutput):
-    """What ``ffsd_losses`` reads (training only): the leader's logits and last 3 maps, its trans-fusion branch
-    output, the common students' logits and maps, the fusion module's input, logits and fused map, the decoders'
-    self-distillation targets (eval-mode passes, no grad; None for student 0) and reconstructions."""
+    """What ``ffsd_losses`` reads (training only): the leader's logits and tapped maps (``ffsd_stage_shapes``), its
+    trans-fusion branch output, the common students' logits and maps, the fusion module's input, logits and fused
+    map, the decoders' self-distillation targets (eval-mode passes, no grad; None for student 0) and reconstructions."""
 
     leader_logits: Optional[torch.Tensor] = None
     leader_maps: Optional[list] = None
@@ -184,7 +184,7 @@ class FFSDModel(DistillationModel):
     @classmethod
     def build(cls, leader: TimmStudent, num_students: int = 2) -> "FFSDModel":
         """Common students are fresh ``TimmStudent``s of the leader's config (each with timm's own init); module
-        shapes come from the leader's last 3 stages (channels C_1..C_3, spatial S_1..S_3)."""
+        shapes come from the stages ``ffsd_stage_shapes`` picks (every stage after the stem)."""
         if num_students < 2:
             raise ValueError(f"FFSD needs num_students >= 2, got {num_students}")
         shapes = ffsd_stage_shapes(leader)

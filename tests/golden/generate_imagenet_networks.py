@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Record the OFFICIAL ImageNet networks of FFSD, PEFD and MixSKD: every tensor's name and shape, and the parameter
-count of each module, as the official code builds them (``imagenet_networks.json``, read by
+"""Record the OFFICIAL ImageNet networks of FFSD, PEFD and MixSKD: every tensor's name and shape, the parameter
+count of each module and which BatchNorm scales start at 0, as the official code builds them (``imagenet_networks.json``, read by
 ``tests/test_imagenet_networks.py``; the test itself never needs the official code).
 
     HF_KD_OFFICIAL=/path/to/checkouts PYTHONPATH=. python tests/golden/generate_imagenet_networks.py
@@ -36,8 +36,13 @@ OUT = HERE / "imagenet_networks.json"
 
 
 def describe(module, source: str) -> dict:
+    import torch.nn as nn
+
+    zero_gamma = [f"{n}.weight" if n else "weight" for n, m in module.named_modules()
+                  if isinstance(m, nn.BatchNorm2d) and not m.weight.any()]
     return {"source": source, "num_params": sum(p.numel() for p in module.parameters()),
-            "state": {k: list(v.shape) for k, v in module.state_dict().items()}}
+            "state": {k: list(v.shape) for k, v in module.state_dict().items()},
+            "zero_init_batchnorm": zero_gamma}  # BatchNorm scales initialised to 0 (zero-init residual)
 
 
 def ffsd() -> dict:
