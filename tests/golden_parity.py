@@ -118,13 +118,20 @@ def _student(spec: dict, num_labels: int):
     return create_student(spec["architecture"], num_labels, model_args=spec.get("model_args") or {})
 
 
+def _preset(spec: dict) -> dict:
+    """The fixture's preset, or {} where the fixture names every setting in its ``args`` (``preset`` null)."""
+    if not spec.get("preset"):
+        return {}
+    with open(ROOT / spec["preset"]) as f:
+        return yaml.safe_load(f)
+
+
 def trainer_args(fixture: dict, output_dir: str):
     """The trainer's arguments: the preset's optimizer and method settings, the fixture's overrides, and the run
-    plumbing (batch, 3 steps in one epoch, the batches in order, no evaluation or checkpoints, CPU)."""
+    plumbing (batch, the fixture's steps in one epoch, the batches in order, no evaluation or checkpoints, CPU)."""
     spec = fixture["hf_kd"]
     args_class = _import(spec["trainer"]).args_class
-    with open(ROOT / spec["preset"]) as f:
-        preset = yaml.safe_load(f)
+    preset = _preset(spec)
     fields = set(args_class.__dataclass_fields__)
     kwargs = {k: v for k, v in preset.items() if k in fields and k not in _NOT_COMPARED}
     kwargs.update(spec.get("args") or {})
@@ -138,9 +145,7 @@ def trainer_args(fixture: dict, output_dir: str):
 
 def preset_model_args(fixture: dict) -> dict:
     spec = fixture["hf_kd"]
-    with open(ROOT / spec["preset"]) as f:
-        preset = yaml.safe_load(f)
-    return {**(preset.get("model_args") or {}), **(spec["student"].get("model_args") or {})}
+    return {**(_preset(spec).get("model_args") or {}), **(spec["student"].get("model_args") or {})}
 
 
 def build_trainer(fixture: dict, output_dir: str):

@@ -3,7 +3,8 @@
 Each fixture in ``tests/golden/`` was computed by ``tests/golden/generate_fixtures.py`` from a checkout of the
 official repository (commit recorded in the fixture), with the documented minimal patches for hf_kd's METHODS.md
 decisions. The test rebuilds the hf_kd trainer the fixture names (preset, seed of hf_kd's own initialisation), trains
-the same 3 steps on the same 16 CIFAR-100 images with ``Trainer.train`` in float64, and compares every loss term and
+the same 3 steps on the same 16 CIFAR-100 images (the ImageNet fixtures: 1-2 steps on 2 ImageNet photographs at
+224 px) with ``Trainer.train`` in float64, and compares every loss term and
 the update of every trained tensor (parameters and BatchNorm buffers) at 1e-8 relative (``golden_parity.RTOL``;
 stricter than 1e-6 so that a float32 detour is caught too). Measured agreement when the fixtures were made: 1e-16 to
 5e-13 on loss terms, 1e-14 to 5e-11 on updates (``tests/golden/README.md``).
@@ -26,7 +27,12 @@ FIXTURES = {
     "mixskd": "MixSKD, winycg/Self-KD-Lib main_mixskd_cifar.py (ImageNet-script objective)",
     "ffsd_warmup": "FFSD, SJLeo/FFSD CIFARTrainer.py at epoch 1 (lambdas at 0.041 of their value)",
     "ffsd_after_warmup": "FFSD, SJLeo/FFSD CIFARTrainer.py after the warm-up (full lambdas)",
+    # the official ImageNet networks at 224 px (2 real ImageNet photographs, 1-2 steps)
+    "ffsd_imagenet_resnet18": "FFSD, SJLeo/FFSD ImageNetTrainer.py, ResNet-18 (leader, 2 students, 4-stage decoders)",
+    "projector_kd_imagenet_resnet34_resnet18": "PEFD, chenyd7/PEFD --dataset imagenet, RESNET34 -> RESNET18",
+    "mixskd_imagenet_resnet50": "MixSKD, winycg/Self-KD-Lib main_mixskd_imagenet.py, MixSKD_ImageNet_ResNet50",
 }
+IMAGENET = {name for name in FIXTURES if "imagenet" in name}
 
 
 @pytest.mark.parametrize("name", list(FIXTURES))
@@ -50,11 +56,18 @@ def test_golden_fixture_provenance(name):
     assert re.fullmatch(r"[0-9a-f]{40}", prov["commit"])
     assert prov["generator"] == "tests/golden/generate_fixtures.py" and prov["sizes"]
     assert all(p["why"] and p["file"] and p["find"] for p in prov["patches"])
-    assert len(fixture["terms"]) == len(fixture["data"]["augmentation"]) == 3
-    assert 16 <= len(fixture["data"]["labels"]) <= 32
+    if name in IMAGENET:  # 224-px crops of real ImageNet photographs, a small batch, 1-2 steps
+        assert fixture["data"]["images_shape"][1:] == [3, 224, 224] and fixture["hf_kd"]["num_labels"] == 1000
+        assert 1 <= len(fixture["terms"]) == len(fixture["data"]["augmentation"]) <= 2
+        assert 2 <= len(fixture["data"]["labels"]) <= 4
+        assert gp.fixture_path(name).stat().st_size < 2 * 1024 ** 2
+    else:
+        assert len(fixture["terms"]) == len(fixture["data"]["augmentation"]) == 3
+        assert 16 <= len(fixture["data"]["labels"]) <= 32
     # the METHODS.md decisions are applied to the official side, so the comparison is like for like
     patches = " ".join(p["replace"] + " " + p["why"] for p in prov["patches"])
-    decision = {"projector_kd": "clamp_min(1e-12)", "self_kd": "Istr_2(BasicBlock)", "mixskd": "loss_mixcls"}
+    decision = {"projector_kd": "clamp_min(1e-12)", "self_kd": "Istr_2(BasicBlock)", "mixskd": "loss_mixcls",
+                "projector_kd_imagenet_resnet34_resnet18": "clamp_min(1e-12)"}
     if name in decision:
         assert decision[name] in patches
 

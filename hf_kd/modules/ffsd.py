@@ -5,7 +5,7 @@ IEEE TNNLS 2022; official code SJLeo/FFSD ``models/fusion_module.py`` and ``mode
   (the fused feature) and classifies it.
 - ``TransFusionModule``: the leader's extra branch; maps the leader's last feature map (C channels) to M*C channels
   so that its attention can be matched with the fusion module's input.
-- ``SelfDistillationDecoder``: transposed convolutions that turn a deepest-stage map into maps shaped like the two
+- ``SelfDistillationDecoder``: transposed convolutions that turn a deepest-stage map into maps shaped like the
   shallower stages (the self-distillation module).
 
 Shapes are taken from the backbone's stages (channels C, spatial S), not hard-coded to the CIFAR ResNet's 64 / 8.
@@ -98,8 +98,8 @@ class SelfDistillationDecoder(nn.Module):
     block ConvTranspose2d(k3, s2, p1, output_padding 1, no bias) -> BN -> ReLU per step, each doubling the spatial
     size. ``forward`` returns the block outputs **shallow first** (the official code reverses its hook list), so
     output l lines up with stage l. For the CIFAR ResNets/WRNs this is exactly the official C -> C/2 -> C/4
-    ``SelfDistillationModel``; other channel lists are its ``DIYSelfDistillationModel`` variant. PyTorch default
-    init (the official module sets none).
+    ``SelfDistillationModel`` (C -> C/2 -> C/4 -> C/8 for the ImageNet ResNets); other channel lists are its
+    ``DIYSelfDistillationModel`` variant. PyTorch default init (the official module sets none).
     """
 
     def __init__(self, channels: Sequence[int]):
@@ -120,9 +120,9 @@ class SelfDistillationDecoder(nn.Module):
 
 @dataclass
 class FFSDOutput(DistillationOutput):
-    """What ``ffsd_losses`` reads (training only): the leader's logits and last 3 maps, its trans-fusion branch
-    output, the common students' logits and maps, the fusion module's input, logits and fused map, the decoders'
-    self-distillation targets (eval-mode passes, no grad; None for student 0) and reconstructions."""
+    """What ``ffsd_losses`` reads (training only): the leader's logits and tapped maps (``ffsd_stage_shapes``), its
+    trans-fusion branch output, the common students' logits and maps, the fusion module's input, logits and fused
+    map, the decoders' self-distillation targets (eval-mode passes, no grad; None for student 0) and reconstructions."""
 
     leader_logits: Optional[torch.Tensor] = None
     leader_maps: Optional[list] = None
@@ -151,12 +151,25 @@ def _eval_mode(*modules: nn.Module):
             m.train(mode)
 
 
+_STEMS = ("stem", "act1")  # timm feature_info names of a stem (hf_kd cifar_* nets, timm ResNets)
+
+
+def ffsd_stage_shapes(leader: TimmStudent) -> list[tuple]:
+    """(C, H, W) of the stages FFSD taps, shallow to deep: every stage after the stem, as the official networks hook
+    layer1..layer3 (CIFAR ResNets / WRNs) and layer1..layer4 (ImageNet ResNets); the last 3 where timm's feature
+    info names no stem."""
+    info = [f["module"] for f in leader.timm_model.feature_info]
+    stem = bool(info) and info[0].split(".")[0] in _STEMS
+    return leader.require_stages(len(info) - 1 if stem and len(info) > 3 else 3, "FFSD")
+
+
 class FFSDModel(DistillationModel):
     """The leader (``student``, exported) and ``aux``: ``students`` (M common students), ``trans_fusion`` (the
     leader's branch), ``fusion`` (fusion module), ``decoders`` (M-1, for students 1..M-1) and ``leader_decoder``.
 
-    Feature maps are the last 3 stages of ``forward_kd(...).stages``: for cifar_resnet* layer1/2/3, for cifar_wrn_*
-    block1, block2 and relu(bn(block3)) -- the maps the official code hooks.
+    Feature maps are the stages after the stem of ``forward_kd(...).stages`` (``ffsd_stage_shapes``): for cifar_resnet*
+    layer1/2/3, for cifar_wrn_* block1, block2 and relu(bn(block3)), for timm's ImageNet ResNets layer1..layer4 --
+    the maps the official code hooks.
     """
 
     def __init__(self, student: TimmStudent, students: Sequence[TimmStudent], trans_fusion: TransFusionModule,
@@ -171,24 +184,26 @@ class FFSDModel(DistillationModel):
     @classmethod
     def build(cls, leader: TimmStudent, num_students: int = 2) -> "FFSDModel":
         """Common students are fresh ``TimmStudent``s of the leader's config (each with timm's own init); module
-        shapes come from the leader's last 3 stages (channels C_1..C_3, spatial S_1..S_3)."""
+        shapes come from the stages ``ffsd_stage_shapes`` picks (every stage after the stem)."""
         if num_students < 2:
             raise ValueError(f"FFSD needs num_students >= 2, got {num_students}")
-        shapes = leader.require_stages(3, "FFSD")
-        (c1, h1, w1), (c2, h2, w2), (c3, h3, w3) = shapes
-        if (h2, w2) != (2 * h3, 2 * w3) or (h1, w1) != (2 * h2, 2 * w2):
-            raise MissingStagesError(
-                f"FFSD's self-distillation decoders double the spatial size at each step, so the last 3 stages must "
-                f"halve it (S, S/2, S/4); architecture '{leader.architecture}' gives {shapes}. Use a backbone with "
-                "stride-2 stages such as cifar_resnet32 or cifar_wrn_16_2.")
+        shapes = ffsd_stage_shapes(leader)
+        for (_, h, w), (_, h2, w2) in zip(shapes[:-1], shapes[1:]):
+            if (h, w) != (2 * h2, 2 * w2):
+                raise MissingStagesError(
+                    f"FFSD's self-distillation decoders double the spatial size at each step, so its stages must "
+                    f"halve it (S, S/2, S/4, ...); architecture '{leader.architecture}' gives {shapes}. Use a backbone "
+                    "with stride-2 stages such as cifar_resnet32 or cifar_wrn_16_2.")
+        channels = [c for c, _, _ in shapes][::-1]  # deepest first
+        c3, h3, w3 = shapes[-1]
         if h3 * w3 < 3:
             raise MissingStagesError(f"FFSD's diversity loss needs a last stage of at least 3 positions; "
                                      f"'{leader.architecture}' gives {h3}x{w3} at this input size.")
         students = [TimmStudent(copy.deepcopy(leader.config)) for _ in range(num_students)]
         return cls(leader, students, TransFusionModule(c3, num_students),
                    FusionModule(c3, leader.config.num_labels, num_students),
-                   [SelfDistillationDecoder((c3, c2, c1)) for _ in range(num_students - 1)],
-                   SelfDistillationDecoder((c3, c2, c1)))
+                   [SelfDistillationDecoder(channels) for _ in range(num_students - 1)],
+                   SelfDistillationDecoder(channels))
 
     @property
     def num_students(self) -> int:
@@ -203,9 +218,10 @@ class FFSDModel(DistillationModel):
         """``logits``: (B, M + 3, K), the heads of ``head_names``. Training adds every tensor the FFSD objectives
         need (``hf_kd.losses.ffsd.ffsd_losses``)."""
         leader = self.student.forward_kd(pixel_values)
-        leader_maps = leader.stages[-3:]
+        n = len(self.aux["leader_decoder"].blocks) + 1  # the stages FFSD taps (``ffsd_stage_shapes``)
+        leader_maps = leader.stages[-n:]
         outs = [s.forward_kd(pixel_values) for s in self.aux["students"]]
-        logits, maps = [o.logits for o in outs], [o.stages[-3:] for o in outs]
+        logits, maps = [o.logits for o in outs], [o.stages[-n:] for o in outs]
         fusion_input = torch.cat([m[-1].detach() for m in maps], dim=1)  # students get nothing from the fusion side
         fusion_logits, fused = self.aux["fusion"](fusion_input)
         heads = torch.stack([leader.logits, *logits, fusion_logits, torch.stack(logits).mean(0)], dim=1)

@@ -57,6 +57,9 @@ sys.path.insert(0, str(HERE.parent))  # tests/: golden_parity
 import golden_parity as gp  # noqa: E402
 
 SHARED_CIFAR = gp.ROOT.parent / "shared" / "data" / "cifar100" / "train-00000-of-00003.parquet"
+SHARED_IMAGENET = gp.ROOT.parent / "shared" / "data" / "imagenet-sample" / "images"
+IMAGENET_FILES = ("n01440764_tench.JPEG", "n01530575_brambling.JPEG")  # 2 real photographs, synset = label
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # all three official ImageNet loaders
 NUM_IMAGES = 16
 STEPS = 3
 NUM_CLASSES = 100
@@ -126,6 +129,51 @@ SPECS = {
              "runs its first epoch with lambda_warmup_epochs=0, which gives the same full lambdas from step 1."),
 }
 
+# 224-px fixtures: the official ImageNet networks, 2 real ImageNet photographs, hyperparameters named in ``args`` (no
+# preset file: hf_kd's ImageNet presets are not pinned here); the official epoch is one after any warm-up, so that
+# both sides train at the full learning rate (the schedules are pinned by the schedule fixtures, not here).
+IMAGENET = dict(images="imagenet", num_images=len(IMAGENET_FILES), num_classes=1000, pad_mode="constant",
+                mean=IMAGENET_MEAN, std=IMAGENET_STD)
+SPECS.update({
+    "ffsd_imagenet_resnet18": dict(
+        IMAGENET, repo="FFSD", method="FFSD on ImageNet (ImageNetTrainer.py), after the lambda warm-up (official "
+                                     "epoch 6: full lambdas, lr 0.1)",
+        trainer="hf_kd.trainers.ffsd.FFSDTrainer", preset=None, student=dict(architecture="resnet18", seed=0),
+        args=dict(num_students=2, temperature=2.0, lambda_diversity=1e-5, lambda_fusion=10.0,
+                  lambda_self_distillation=1000.0, lambda_warmup_epochs=0, fusion_weight_decay=1e-5,
+                  decoder_learning_rate=1e-3, learning_rate=0.1, optim="sgd", optim_args="momentum=0.9,nesterov=True",
+                  weight_decay=1e-4, max_grad_norm=0.0, lr_scheduler_type="constant"),
+        aug_seed=21, steps=2, official_epoch=6,
+        sizes="ResNet-18 leader and 2 common students (ImageNet, 1000 classes), real size, 224 px, batch 2",
+        note="The official run starts at epoch 6 (past the 5-epoch lambda and learning-rate warm-ups: lambdas at "
+             "full value, lr 0.1); hf_kd runs with lambda_warmup_epochs=0 and a constant learning rate."),
+    "projector_kd_imagenet_resnet34_resnet18": dict(
+        IMAGENET, repo="PEFD", method="PEFD on ImageNet (train_student.py --dataset imagenet, helper/loops.py)",
+        trainer="hf_kd.trainers.projector_kd.ProjectorKDTrainer", preset=None,
+        student=dict(architecture="resnet18", seed=0), teacher=dict(architecture="resnet34", seed=1),
+        args=dict(num_projectors=3, ce_weight=1.0, kd_weight=0.0, feature_weight=25.0, temperature=4.0,
+                  learning_rate=0.1, optim="sgd", optim_args="momentum=0.9", weight_decay=1e-4,
+                  lr_milestones=[30, 60, 90], lr_gamma=0.1),
+        official_args=["--learning_rate", "0.1", "--weight_decay", "1e-4", "--lr_decay_epochs", "30,60,90",
+                       "--epochs", "100"],
+        aug_seed=22, steps=2,
+        sizes="teacher RESNET34 and student RESNET18 (models/official_resnet.py; hf_kd: timm resnet34 / resnet18), "
+              "real size, 224 px, batch 2 (random teacher)",
+        note="scripts/run_imagenet.sh with the ImageNet settings of the paper on its command line (lr 0.1, weight "
+             "decay 1e-4, decay at 30/60/90, 100 epochs; the released script leaves the CIFAR defaults)"),
+    "mixskd_imagenet_resnet50": dict(
+        IMAGENET, repo="Self-KD-Lib", method="MixSKD on ImageNet (main_mixskd_imagenet.py, MixSKD_ImageNet_ResNet50)",
+        trainer="hf_kd.trainers.mixskd.MixSKDTrainer", preset=None, student=dict(architecture="resnet50", seed=0),
+        args=dict(mixup_alpha=0.2, temperature=3.0, discriminator="fixed", mixup_ce=True, learning_rate=0.1,
+                  optim="sgd", optim_args="momentum=0.9", weight_decay=1e-4, lr_scheduler_type="constant"),
+        aug_seed=23, steps=1, official_epoch=5,
+        sizes="MixSKD_ImageNet_ResNet50 (backbone, 3 auxiliary branches, self-teacher; hf_kd: timm resnet50), real "
+              "size, 224 px, batch 2 (4 rows with the mixup half), 1 step (about 30 s per float64 step on one core)",
+        note="scripts/main_mixskd_imagenet.sh (--init-lr 0.1 --warmup-epoch 5 --lr-type cosine --epochs 305 "
+             "--mixup-alpha 0.2); the official run is at epoch 5, the first after the warm-up (cosine at its start: "
+             "lr 0.1); hf_kd runs at a constant 0.1."),
+})
+
 
 # --- data ------------------------------------------------------------------------------------------------------------
 def load_images() -> tuple[np.ndarray, list[int]]:
@@ -138,7 +186,41 @@ def load_images() -> tuple[np.ndarray, list[int]]:
     return images, [int(r["fine_label"]) for r in table]
 
 
+def load_imagenet_images() -> tuple[np.ndarray, list[int]]:
+    """The 224-px centre crops (shorter side resized to 256, bilinear) of ``IMAGENET_FILES``, and their labels."""
+    from PIL import Image
+    from timm.data import ImageNetInfo
+
+    synsets = ImageNetInfo().label_names()
+    images = []
+    for name in IMAGENET_FILES:
+        im = Image.open(SHARED_IMAGENET / name).convert("RGB")
+        scale = 256 / min(im.size)
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)
+        left, top = (im.width - 224) // 2, (im.height - 224) // 2
+        images.append(np.asarray(im.crop((left, top, left + 224, top + 224))).transpose(2, 0, 1))
+    return np.stack(images), [synsets.index(n.split("_")[0]) for n in IMAGENET_FILES]
+
+
+def imagenet_data_section(spec: dict) -> dict:
+    images, labels = load_imagenet_images()
+    rng = np.random.default_rng(spec["aug_seed"])
+    n = len(labels)
+    steps = [{"crops": [[0, 0]] * n, "flips": (rng.random(n) < 0.5).tolist()} for _ in range(spec["steps"])]
+    return {"source": f"../shared/data/imagenet-sample/images/{{{','.join(IMAGENET_FILES)}}} (500-image ImageNet "
+                      "sample, one image per class; ILSVRC-2012 train photographs), shorter side resized to 256 "
+                      "(bilinear), centre 224 x 224 crop",
+            "images_shape": list(images.shape), "images": gp.encode_images(images), "labels": labels,
+            "padding": 0, "pad_mode": "constant", "mean": list(spec["mean"]), "std": list(spec["std"]),
+            "augmentation_note": "per step and image: a horizontal flip, drawn once with numpy default_rng(aug_seed) "
+                                 "(no crop: the stored images are the 224-px crops); then x/255, minus mean, over "
+                                 "std in float64",
+            "aug_seed": spec["aug_seed"], "augmentation": steps}
+
+
 def data_section(spec: dict) -> dict:
+    if spec.get("images") == "imagenet":
+        return imagenet_data_section(spec)
     images, labels = load_images()
     rng = np.random.default_rng(spec["aug_seed"])
     steps = [{"crops": rng.integers(0, 9, size=(NUM_IMAGES, 2)).tolist(),
@@ -404,24 +486,32 @@ def run_crd_family(spec, init, teacher_init, steps, repo, distill):
                                   or isinstance(n, ast.Import) and s.strip() in ("import os", "import argparse")
                                   or isinstance(n, ast.FunctionDef) and n.name in ("parse_option",
                                                                                    "get_teacher_name"))
-        argv = ["train_student.py", "--path_t", "./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth", "--distill",
-                distill, "--model_s", "resnet8x4", "--trial", "1", "--batch_size", str(NUM_IMAGES)]
+        batch = len(steps[0][1])
+        if spec.get("images") == "imagenet":  # scripts/run_imagenet.sh (+ the spec's official_args)
+            argv = ["train_student.py", "--path_t", "./save/models/RESNET34_vanilla/ckpt_epoch_90.pth", "--distill",
+                    distill, "--dataset", "imagenet", "--model_s", "RESNET18", "--trial", "1", "--batch_size",
+                    str(batch)] + spec.get("official_args", [])
+        else:
+            argv = ["train_student.py", "--path_t", "./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth",
+                    "--distill", distill, "--model_s", "resnet8x4", "--trial", "1", "--batch_size", str(batch)]
         argv += ["-r", "0.1", "-a", "0.9", "-b", "0"] if distill == "kd" else ["-a", "0", "-b", "25"]
         saved_argv, sys.argv = sys.argv, argv  # RepDistiller scripts/run_cifar_distill.sh / PEFD scripts/run_cifar.sh
         try:
             opt = ns["parse_option"]()
         finally:
             sys.argv = saved_argv
-        model_s = model_dict[opt.model_s](num_classes=NUM_CLASSES)
-        model_t = model_dict[opt.model_t](num_classes=NUM_CLASSES)
+        num_classes, size = spec.get("num_classes", NUM_CLASSES), 224 if opt.dataset == "imagenet" else 32
+        model_s = model_dict[opt.model_s](num_classes=num_classes)
+        model_t = model_dict[opt.model_t](num_classes=num_classes)
         # train_student.py::main
         module_list, trainable_list = nn.ModuleList([model_s]), nn.ModuleList([model_s])
         rows = [("student.timm_model.", model_s, resnet_key)]
         if distill == "ours":
             from models.util import Reg
 
-            feat_s, _ = model_s.eval()(torch.randn(2, 3, 32, 32), is_feat=True)
-            feat_t, _ = model_t.eval()(torch.randn(2, 3, 32, 32), is_feat=True)
+            with torch.no_grad():  # train_student.py: a dry run at the data set's size
+                feat_s, _ = model_s.eval()(torch.randn(2, 3, size, size), is_feat=True)
+                feat_t, _ = model_t.eval()(torch.randn(2, 3, size, size), is_feat=True)
             regs = [Reg(feat_s[-1].shape[1], feat_t[-1].shape[1]) for _ in range(4)]
             module_list.extend(regs)
             trainable_list.extend(regs[:3])  # regress_s4 is built but never trained or used (dead code)
@@ -613,6 +703,121 @@ def run_mixskd(spec, init, steps, draws, repo):
              "why": "CPU run (torch.Tensor.cuda and nn.Module.cuda return self)"}]
 
 
+def run_mixskd_imagenet(spec, init, steps, draws, repo):
+    """Self-KD-Lib ``main_mixskd_imagenet.py``: its argument parser on the command line of
+    ``scripts/main_mixskd_imagenet.sh``, and from ``main_worker`` the set-up lines (dim_ins, criteria, discriminators,
+    SGD), ``mixup_data``, ``mixup_criterion`` and ``train()`` as written, on ``MixSKD_ImageNet_ResNet50``."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import torch.optim as optim
+
+    cpu_only_cuda()
+    with official_imports(repo) as (patch, tmp):
+        import methods
+        import models
+        import utils
+
+        net = models.MixSKD_ImageNet_ResNet50(num_classes=spec["num_classes"])
+        queue = list(draws)
+
+        def next_mixup():
+            d = queue.pop(0)
+            return d["lam"], torch.tensor(d["perm"])
+
+        rel = "main_mixskd_imagenet.py"
+        src = patch.apply(rel, (repo / rel).read_text(), [
+            ("            lam = np.random.beta(alpha, alpha)", "            lam, _index = _next_mixup()",
+             "the mixup draw: lambda and the permutation are hf_kd's draw_mixup(seed, step, 0, B, alpha) (stored in "
+             "the fixture) instead of np.random.beta / torch.randperm on the global RNGs; same distribution"),
+            ("        index = torch.randperm(batch_size).cuda()", "        index = _index", "same, the permutation"),
+            ("            inputs = input.float().cuda()", "            inputs = input.cuda()",
+             "float64 run: the loop casts its input batch to float32")])
+        tree = ast.parse(src)
+        worker = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main_worker")
+        setup = ("x", "logits, features", "dim_ins", "num_stage", "criterion_cls", "criterion_div", "criterion_gan",
+                 "criterion_list", "trainable_list", "optimizer")
+        top = [n for n in tree.body if ast.get_source_segment(src, n).startswith("parser")]
+        body = [n for n in worker.body
+                if isinstance(n, ast.FunctionDef) and n.name in ("mixup_data", "mixup_criterion", "train")
+                or ast.get_source_segment(src, n).split("=")[0].strip() in setup
+                or re.match(r"(trainable_list|criterion_list)\.(append|cuda)", ast.get_source_segment(src, n))
+                or ast.get_source_segment(src, n).strip() == "net.eval()"]
+        ns = {"__name__": "mixskd_imagenet_train", "torch": torch, "nn": nn, "F": F, "optim": optim, "np": np,
+              "argparse": __import__("argparse"), "methods": methods, "net": net, "trainloader": steps,
+              "_next_mixup": next_mixup, "time": __import__("time"), "math": __import__("math")}
+        for name in ("adjust_lr", "DistillKL", "AverageMeter", "correct_num"):
+            ns[name] = getattr(utils, name)
+        exec(compile(ast.Module(body=top, type_ignores=[]), str(repo / rel), "exec"), ns)
+        argv = ["--data", "unused", "--arch", "MixSKD_ImageNet_ResNet50", "--batch-size", str(len(steps[0][1])),
+                "--init-lr", "0.1", "--warmup-epoch", "5", "--lr-type", "cosine", "--epochs", "305",
+                "--mixup-alpha", "0.2", "--manual_seed", "0"]  # scripts/main_mixskd_imagenet.sh, one process
+        ns["args"] = args = ns["parser"].parse_args(argv)
+        args.gpu, args.rank = None, -1  # main(): no distributed launch; rank -1 skips the log writes
+        gan_src = patch.apply("methods/adversarial.py", (repo / "methods/adversarial.py").read_text(), [
+            ("torch.FloatTensor(", "torch.Tensor(",
+             "float64 run: the discriminator targets are built as float32, which makes BCEWithLogitsLoss compute "
+             "in float32; build them in the default dtype (float64 here)")])
+        exec(compile(gan_src, str(repo / "methods/adversarial.py"), "exec"), methods.adversarial.__dict__)
+        methods.discriminatorLoss = methods.adversarial.discriminatorLoss
+        with torch.no_grad():
+            exec(compile(ast.Module(body=[n for n in body if not isinstance(n, ast.FunctionDef)], type_ignores=[]),
+                         str(repo / rel), "exec"), ns)
+        exec(compile(ast.Module(body=[n for n in body if isinstance(n, ast.FunctionDef)], type_ignores=[]),
+                     str(repo / rel), "exec"), ns)
+        log, ce_log = [], []
+        optimizer = StepRecorder(ns["optimizer"], "network", ["loss_cls", "loss_div", "loss_fea", "loss_gan", "lam",
+                                                              "lr"], log)
+        gan = ns["criterion_gan"]
+        rows = [("student.timm_model.", net.backbone, lambda k: k),
+                ("aux.self_teacher.", net.final_aux_classifier, lambda k: k)]
+        rows += [(f"aux.branches.{k}.body.", getattr(net.auxiliary_classifier, f"block_extractor{k + 1}"),
+                  lambda key: key) for k in range(3)]
+        rows += [(f"aux.branches.{k}.fc.", getattr(net.auxiliary_classifier, f"fc{k + 1}"), lambda key: key)
+                 for k in range(3)]
+        rows += [(f"aux.discriminators.{k}.", gan.classifier[k],
+                  lambda key: key.replace("fc1.", "classifier.0.").replace("fc2.", "classifier.2."))
+                 for k in range(len(gan.classifier))]
+        mapping = Mapping(rows)
+        mapping.load(init)
+        criteria = [CallRecorder(ns["criterion_list"][0], ce_log), ns["criterion_list"][1], ns["criterion_list"][2]]
+        epoch = spec["official_epoch"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            ns["train"](epoch, criteria, optimizer)
+        records = per_step(log, "network")
+        if [r["lam"] for r in records] != [d["lam"] for d in draws]:
+            raise SystemExit("the official loop did not use the fixture's mixup draws")
+        heads = len(ns["dim_ins"])
+        per = heads + 2 * (heads + 2)  # CE per head on the originals, then mixup CE (y_a, y_b) per head + 2 for Psi
+        if len(ce_log) != per * len(records):
+            raise SystemExit(f"{len(ce_log)} cross-entropy calls, expected {per} per step")
+        terms = []
+        for k, r in enumerate(records):
+            calls, lam = ce_log[k * per:(k + 1) * per], r["lam"]
+            cls = sum(calls[:heads])
+            mixcls = sum(lam * a + (1 - lam) * b for a, b in zip(calls[heads::2], calls[heads + 1::2]))
+            if abs(cls + mixcls - r["loss_cls"]) > 1e-12 * abs(r["loss_cls"]):
+                raise SystemExit("the split of the official loss_cls into its CE and mixup-CE parts does not add up")
+            terms.append({"cls": cls, "mixcls": mixcls, "kl": r["loss_div"], "fea": r["loss_fea"],
+                          "gan": r["loss_gan"]})
+        settings = {"command": " ".join(argv), "mixup_alpha": args.mixup_alpha, "kd_T": args.kd_T,
+                    "warmup_epoch": args.warmup_epoch, "init_lr": args.init_lr, "lr_type": args.lr_type,
+                    "epochs": args.epochs, "epoch": epoch, "lr_per_step": [r["lr"] for r in records],
+                    "optimizer": _optimizer_settings(optimizer), "dim_ins": ns["dim_ins"],
+                    "discriminators": "plain Python list in discriminatorLoss: never registered, never trained",
+                    "terms_note": "the ImageNet loop folds the mixup CE terms into loss_cls; cls and mixcls are read "
+                                  "from its criterion_cls calls (per head on the originals, then lam * CE(y_a) + "
+                                  "(1 - lam) * CE(y_b) per mixup head and for both self-teacher outputs) and add up "
+                                  "to loss_cls"}
+        return mapping.read(init), terms, settings, patch.applied + [
+            {"file": rel, "find": "main(): parser.parse_args(); DistributedDataParallel(net); data loaders",
+             "replace": "the parser on the command line of scripts/main_mixskd_imagenet.sh; net unwrapped (one "
+                        "process); the fixture's batches",
+             "why": "harness: no distributed launch, no data files; the set-up lines and train() are unchanged"},
+            {"file": "(all)", "find": ".cuda()", "replace": "no-op",
+             "why": "CPU run (torch.Tensor.cuda and nn.Module.cuda return self)"}]
+
+
 def run_ffsd(spec, init, steps, repo):
     """FFSD ``CIFARTrainer.Trainer``: built by its own ``__init__`` (networks, fusion module, decoders and their
     optimizers) from the options parser of ``options/options.py``, then ``lambda_warmup(epoch)`` and
@@ -622,20 +827,25 @@ def run_ffsd(spec, init, steps, repo):
     for stub in ("dominate", "dominate.tags"):  # utils/html.py (HTML logs, unused here) imports dominate
         module = sys.modules.setdefault(stub, types.ModuleType(stub))
         module.__getattr__ = lambda name: None
+    imagenet = spec.get("images") == "imagenet"
     with official_imports(repo) as (patch, tmp):
-        import CIFARTrainer
+        import importlib
+
         from options.options import parser
 
-        class Loader(list):
-            dataset = range(50000)  # train_with_test computes print_freq from the data set size (CIFAR-100 train)
+        trainer_module = importlib.import_module("ImageNetTrainer" if imagenet else "CIFARTrainer")
 
-        CIFARTrainer.create_dataLoader = lambda opt: SimpleNamespace(trainLoader=Loader(steps), testLoader=None)
-        CIFARTrainer.Visualizer = lambda opt: SimpleNamespace(reset=lambda: None)
-        argv = ["--dataroot", "unused", "--dataset", "cifar100", "--model", "resnet20", "--train_batch_size",
-                str(NUM_IMAGES), "--lambda_diversity", "1e-5", "--lambda_self_distillation", "1000",
+        class Loader(list):  # train_with_test computes print_freq (and on ImageNet the lr) from the data set size
+            dataset = range(1281167 if imagenet else 50000)  # ImageNet-1k / CIFAR-100 train
+
+        trainer_module.create_dataLoader = lambda opt: SimpleNamespace(trainLoader=Loader(steps), testLoader=None)
+        trainer_module.Visualizer = lambda opt: SimpleNamespace(reset=lambda: None)
+        argv = ["--dataroot", "unused", "--dataset", "imagenet" if imagenet else "cifar100", "--model",
+                spec["student"]["architecture"] if imagenet else "resnet20", "--train_batch_size",
+                str(len(steps[0][1])), "--lambda_diversity", "1e-5", "--lambda_self_distillation", "1000",
                 "--lambda_fusion", "10", "--checkpoints_dir", str(tmp)]
         opt = parser.parse_args(argv)
-        t = CIFARTrainer.Trainer(opt, logging.getLogger("ffsd"))
+        t = trainer_module.Trainer(opt, logging.getLogger("ffsd"))
         leader_rows = [("student.timm_model.", t.leader_model, resnet_key),
                        ("aux.trans_fusion.", t.leader_model,
                         lambda k: "trans_fusion_module." + k.replace("conv2.", "conv1_1.").replace("bn2.", "bn1_1."))]
@@ -687,8 +897,11 @@ def run_ffsd(spec, init, steps, repo):
                                    "leader": _optimizer_settings(t.leader_optimizer),
                                    "fusion": _optimizer_settings(t.fusion_optimizer),
                                    "decoders": _optimizer_settings(t.sd_leader_optimizer)}}
+        if imagenet:
+            settings["lr_per_optimizer"] = [o.param_groups[0]["lr"] for o in t.optimizers + [t.leader_optimizer,
+                                                                                             t.fusion_optimizer]]
         return mapping.read(init), terms, settings, patch.applied + [
-            {"file": "CIFARTrainer.py", "find": "create_dataLoader(opt); Visualizer(opt)",
+            {"file": f"{trainer_module.__name__}.py", "find": "create_dataLoader(opt); Visualizer(opt)",
              "replace": "the fixture's 3 batches; a no-op visualizer",
              "why": "harness: no data files, no visdom; the code of Trainer is unchanged"}]
 
@@ -716,14 +929,16 @@ def generate(name: str) -> dict:
     fixture = {
         "name": name,
         "method": spec["method"],
-        "description": "What the official code computes on this problem (float64, 3 optimizer steps); see "
+        "description": f"What the official code computes on this problem (float64, {spec.get('steps', STEPS)} "
+                       "optimizer steps); see "
                        "tests/golden/README.md and tests/golden_parity.py for the format",
         "provenance": {**provenance(spec["repo"]), "generator": "tests/golden/generate_fixtures.py",
                        "generated": datetime.date.today().isoformat(), "torch": torch.__version__,
                        "sizes": spec["sizes"], **({"note": spec["note"]} if "note" in spec else {})},
         "data": data_section(spec),
         "hf_kd": {"trainer": spec["trainer"], "preset": spec["preset"], "student": spec["student"],
-                  "teacher": spec.get("teacher"), "args": spec.get("args", {}), "num_labels": NUM_CLASSES,
+                  "teacher": spec.get("teacher"), "args": spec.get("args", {}),
+                  "num_labels": spec.get("num_classes", NUM_CLASSES),
                   "trainer_seed": 42},
     }
     torch.set_num_threads(1)
@@ -739,16 +954,18 @@ def generate(name: str) -> dict:
         if hasattr(trainer, "next_mixup"):
             from hf_kd.losses.mixskd import draw_mixup
 
-            for step in range(STEPS):
+            for step in range(len(steps)):
                 key = trainer.mixup_key(0)[0], step, 0  # (seed, step, micro-batch 0): what the trainer draws
-                lam, perm = draw_mixup(*key, NUM_IMAGES, trainer.args.mixup_alpha)
+                lam, perm = draw_mixup(*key, len(steps[0][1]), trainer.args.mixup_alpha)
                 draws.append({"lam": lam, "perm": perm.tolist(), "key": list(key)})
     torch.set_default_dtype(torch.float64)
     repo = repo_path(spec["repo"])
     official_steps = [(x.clone(), y.clone()) for x, y in steps]
-    if name in ("kd", "projector_kd"):
+    if name in ("kd", "projector_kd") or spec["repo"] == "PEFD":
         final, terms, settings, patches = run_crd_family(spec, init, teacher_init, official_steps, repo,
                                                          "kd" if name == "kd" else "ours")
+    elif name == "mixskd_imagenet_resnet50":
+        final, terms, settings, patches = run_mixskd_imagenet(spec, init, official_steps, draws, repo)
     elif name == "self_kd":
         final, terms, settings, patches = run_lightskd(spec, init, official_steps, repo)
     elif name == "mixskd":
