@@ -227,6 +227,11 @@ def _paths_root(dataset: str) -> Optional[str]:
     return None
 
 
+# what PIL raises for a file it cannot decode: OSError (truncated, unidentified, missing), SyntaxError / ValueError
+# (a corrupt header or chunk), EOFError; a decompression bomb is refused too. Anything else is a bug, not the file.
+UNREADABLE_IMAGE = (OSError, SyntaxError, ValueError, EOFError, PILImage.DecompressionBombError)
+
+
 def _readable(batch: dict, column: str) -> dict:
     """Whether each image of a batch decodes completely (``decode=False`` rows: ``{"path", "bytes"}``)."""
     from PIL import Image
@@ -238,7 +243,7 @@ def _readable(batch: dict, column: str) -> dict:
                 img.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale; still reads every byte, so truncation shows
                 img.load()
             ok.append(True)
-        except Exception:  # noqa: BLE001 - truncated, corrupt, not an image: all unreadable
+        except UNREADABLE_IMAGE:  # truncated, corrupt, not an image: all unreadable
             ok.append(False)
     return {"_readable": ok}
 
@@ -807,7 +812,7 @@ def image_sizes(ds: Dataset, column: str, limit: int = PROBE_ROWS) -> list[tuple
         try:
             with PILImage.open(io.BytesIO(ref["bytes"]) if ref.get("bytes") else ref["path"]) as img:
                 sizes.append(img.size)
-        except Exception:  # noqa: BLE001 - not an image, missing file: skipped here, reported when read
+        except UNREADABLE_IMAGE:  # not an image, a missing file: skipped here, reported when read
             continue
     return sizes
 
