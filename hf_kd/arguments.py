@@ -129,9 +129,9 @@ class DistillationArguments(TrainingArguments):
             if self.lr_milestones or self.lr_gamma != 0.1:
                 raise ValueError("--lr_decay cosine takes no --lr_milestones / --lr_gamma (those are the step "
                                  "schedule's).")
-            if self.warmup_epochs >= self.num_train_epochs or self.max_steps > 0:
-                raise ValueError("--lr_decay cosine needs warmup_epochs < num_train_epochs and a run given in "
-                                 "epochs (no --max_steps): its period is num_train_epochs - warmup_epochs.")
+            if self.warmup_epochs >= self.num_train_epochs:
+                raise ValueError("--lr_decay cosine needs warmup_epochs < num_train_epochs: its period is "
+                                 "num_train_epochs - warmup_epochs (a --max_steps run stops early on that curve).")
         if self.lr_milestones or self.lr_decay == "cosine":
             if self.warmup_steps:
                 raise ValueError(f"--warmup_steps {self.warmup_steps} is transformers' warm-up, which the "
