@@ -66,7 +66,7 @@ class FFSDArguments(DistillationArguments):
         "help": "Weight decay of the fusion module's SGD group (official 1e-5)."})
     decoder_learning_rate: float = field(default=1e-3, metadata={
         "help": "Adam learning rate of the self-distillation decoders (official: Adam's default 1e-3); follows the "
-                "same schedule as the networks."})
+                "same schedule as the networks (with imagenet_lr_schedule: its own per-epoch milestones)."})
     decoder_weight_decay: Optional[float] = field(default=None, metadata={
         "help": "Adam (L2) weight decay of the decoders; default: weight_decay, as the official code."})
     imagenet_lr_schedule: bool = field(default=False, metadata={
