@@ -56,7 +56,14 @@ class DistillationArguments(TrainingArguments):
                                         "learning rate is multiplied by lr_gamma. Overrides lr_scheduler_type."})
     lr_gamma: float = field(default=0.1, metadata={"help": "Multiplier at each of lr_milestones."})
     warmup_epochs: float = field(
-        default=0.0, metadata={"help": "Linear per-step warm-up over this many epochs (with lr_milestones)."})
+        default=0.0, metadata={"help": "Linear per-step warm-up over this many epochs (with lr_milestones or "
+                                       "lr_decay cosine)."})
+    lr_decay: str = field(
+        default="step", metadata={"choices": ["step", "cosine"],
+                                  "help": "step: the lr_milestones schedule. cosine: after warmup_epochs, the lr "
+                                          "follows a half cosine to 0 set once per epoch, lr * 0.5 * (1 + cos(pi * "
+                                          "(epoch - warmup_epochs) / (num_train_epochs - warmup_epochs))) with the "
+                                          "0-based epoch (MixSKD's ImageNet schedule). Overrides lr_scheduler_type."})
     decay_all_parameters: bool = field(
         default=True, metadata={"help": "Apply weight_decay to every parameter, BN and biases included, as the "
                                         "papers' code does (transformers' default exempts biases and norms)."})
@@ -118,10 +125,18 @@ class DistillationArguments(TrainingArguments):
     def check_schedule(self):
         """Schedule arguments are applied or refused, never ignored: ``warmup_epochs`` and ``lr_gamma`` belong to the
         ``lr_milestones`` schedule, and that schedule replaces transformers' (whose ``warmup_steps`` it would drop)."""
-        if self.lr_milestones:
+        if self.lr_decay == "cosine":
+            if self.lr_milestones or self.lr_gamma != 0.1:
+                raise ValueError("--lr_decay cosine takes no --lr_milestones / --lr_gamma (those are the step "
+                                 "schedule's).")
+            if self.warmup_epochs >= self.num_train_epochs:
+                raise ValueError("--lr_decay cosine needs warmup_epochs < num_train_epochs: its period is "
+                                 "num_train_epochs - warmup_epochs (a --max_steps run stops early on that curve).")
+        if self.lr_milestones or self.lr_decay == "cosine":
             if self.warmup_steps:
                 raise ValueError(f"--warmup_steps {self.warmup_steps} is transformers' warm-up, which the "
-                                 "--lr_milestones schedule replaces; give the warm-up as --warmup_epochs instead.")
+                                 "epoch schedule (--lr_milestones / --lr_decay cosine) replaces; give the warm-up as "
+                                 "--warmup_epochs instead.")
             return
         unused = [f"--{n} {getattr(self, n)}" for n, default in (("warmup_epochs", 0.0), ("lr_gamma", 0.1))
                   if getattr(self, n) != default]

@@ -42,7 +42,11 @@ def test_every_preset_parses(path):
     owners = [cls for cls in methods().values() if name.startswith(cls.preset_prefix)]
     assert len(owners) == 1, f"{name}: claimed by {[c.method_name for c in owners]} (preset_prefix of each method)"
     m, d, a = parse_args(owners[0].args_class, {}, ["--config", path])
-    assert d.dataset == "cifar100" and a.num_train_epochs > 100
+    if "_imagenet1k_" in name:  # the ImageNet protocols: 89-305 epochs, the official global batch in one process
+        assert d.dataset == "imagenet-1k" and a.num_train_epochs >= 89 and a.per_device_train_batch_size >= 128
+        assert m.student in ("resnet18", "resnet34", "resnet50")
+    else:
+        assert d.dataset == "cifar100" and a.num_train_epochs > 100
 
 
 def test_new_user_path_kd_recipe_then_pipeline(tmp_path):

@@ -36,10 +36,14 @@ SCHEDULES = gp.FIXTURE_DIR / "schedules"
 PRESETS = sorted(p.stem for p in SCHEDULES.glob("*.json"))
 RTOL = 1e-12
 CIFAR100_TRAIN, CIFAR100_TEST = 50000, 10000
+IMAGENET_TRAIN, IMAGENET_VAL = 1281167, 50000
+SAMPLED_RANDOM_STEPS = 20000  # ImageNet presets: besides every warm-up step and every epoch's first and last step
 
 # no optimizer steps here (nothing trains): torch's reminder to step the optimizer first does not apply
 pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")]
+              pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before"),
+              # the ImageNet presets' loader workers: never started here (no batch is drawn)
+              pytest.mark.filterwarnings("ignore:This DataLoader will create")]
 
 
 def load(name: str) -> dict:
@@ -51,6 +55,29 @@ def expand(runs: list) -> np.ndarray:
     """Per-step values from the fixture's runs ([value, count], or a bare value for a run of one)."""
     values, counts = zip(*[(r, 1) if isinstance(r, (int, float)) else r for r in runs])
     return np.repeat(np.asarray(values, dtype=np.float64), counts)
+
+
+def group_lr(fixture: dict, i: int) -> np.ndarray:
+    """Per-step lr of official group ``i`` (a group equal to an earlier one at every step names it: ``lr_same_as``)."""
+    group = fixture["groups"][i]
+    if "lr_same_as" in group:
+        (group,) = [g for g in fixture["groups"] if g["name"] == group["lr_same_as"]]
+    return expand(group["lr"])
+
+
+def is_imagenet(fixture: dict) -> bool:
+    return fixture["data"]["train_examples"] == IMAGENET_TRAIN
+
+
+def sample_steps(steps: int, steps_per_epoch: int, warmup_epochs: int, seed: int = 0) -> np.ndarray:
+    """The optimizer steps compared on an ImageNet schedule (up to 3 million steps; stepping the scheduler through
+    all of them would take minutes): every step of the first ``warmup_epochs`` epochs, the first and last step of
+    every epoch (where milestones, per-epoch values and lambda ramps change) and ``SAMPLED_RANDOM_STEPS`` seeded
+    random steps."""
+    starts = np.arange(0, steps, steps_per_epoch)
+    picked = [np.arange(min(steps, warmup_epochs * steps_per_epoch)), starts, starts + steps_per_epoch - 1,
+              np.random.default_rng(seed).integers(0, steps, SAMPLED_RANDOM_STEPS)]
+    return np.unique(np.concatenate(picked))
 
 
 class Examples(torch.utils.data.Dataset):
@@ -92,18 +119,18 @@ def recipe_arguments(preset: str, output_dir: str):
     return parsed["cls"], parsed["args"]
 
 
-def build_trainer(preset: str, output_dir: str):
+def build_trainer(preset: str, output_dir: str, imagenet: bool = False):
     """The preset's trainer, built through its real class: the preset's student (its model_args), its teacher
-    architecture where the method needs a teacher, CIFAR-100's split sizes."""
+    architecture where the method needs a teacher, CIFAR-100's split sizes (ImageNet-1k's with ``imagenet``)."""
     from hf_kd.models import create_student
 
     cls, (model_args, _, args) = recipe_arguments(preset, output_dir)
     torch.manual_seed(0)
     extra = json.loads(model_args.model_args) if model_args.model_args else {}
-    student = create_student(model_args.student, 100, model_args=extra)
-    teacher = create_student(model_args.teacher_architecture, 100) if cls.uses_teacher == "required" else None
-    return cls(model=student, teacher=teacher, args=args, train_dataset=Examples(CIFAR100_TRAIN),
-               eval_dataset=Examples(CIFAR100_TEST))
+    classes, train, test = (1000, IMAGENET_TRAIN, IMAGENET_VAL) if imagenet else (100, CIFAR100_TRAIN, CIFAR100_TEST)
+    student = create_student(model_args.student, classes, model_args=extra)
+    teacher = create_student(model_args.teacher_architecture, classes) if cls.uses_teacher == "required" else None
+    return cls(model=student, teacher=teacher, args=args, train_dataset=Examples(train), eval_dataset=Examples(test))
 
 
 def scheduled_weights(trainer, names):
@@ -120,9 +147,13 @@ def scheduled_weights(trainer, names):
     return read
 
 
-def run_schedule(trainer, weight_names=()) -> dict:
+def run_schedule(trainer, weight_names=(), sample_warmup_epochs=None) -> dict:
     """Per optimizer step of the whole run: each param group's lr and the scheduled weights, with the scheduler and
-    ``state`` advanced as ``Trainer._run_epoch`` advances them (no forward, backward or update)."""
+    ``state`` advanced as ``Trainer._run_epoch`` advances them (no forward, backward or update).
+
+    With ``sample_warmup_epochs`` (ImageNet), only the steps of ``sample_steps`` are computed: for step k the
+    scheduler is put where k steps leave it (``last_epoch = k - 1``, then its own ``step()``: hf_kd's schedules are
+    ``LambdaLR``s, whose lr depends on the step count only) and ``state`` where the loop leaves it before step k."""
     from transformers.trainer_callback import TrainerState
 
     args = trainer.args
@@ -134,19 +165,34 @@ def run_schedule(trainer, weight_names=()) -> dict:
     trainer.state = TrainerState()  # epoch 0, global step 0: what train() starts from
     state = trainer.state
     lrs, weights, read_weights = [], [], scheduled_weights(trainer, weight_names)
-    for epoch in range(epochs):
-        for step in range(steps_in_epoch):
-            if state.global_step >= max_steps:
-                break
+    if sample_warmup_epochs is not None:
+        assert isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
+        assert epochs * steps_in_epoch == max_steps
+        steps = sample_steps(max_steps, steps_in_epoch, sample_warmup_epochs)
+        for k in steps.tolist():
+            epoch, step = divmod(k, steps_in_epoch)
+            scheduler.last_epoch = k - 1
+            scheduler.step()
+            state.global_step = k
+            state.epoch = float(epoch) if step == 0 else epoch + step / steps_in_epoch
             if read_weights is not None:
                 weights.append(read_weights())
             lrs.append([group["lr"] for group in groups])
-            scheduler.step()
-            state.global_step += 1
-            state.epoch = epoch + (step + 1) / steps_in_epoch
+    else:
+        steps = None
+        for epoch in range(epochs):
+            for step in range(steps_in_epoch):
+                if state.global_step >= max_steps:
+                    break
+                if read_weights is not None:
+                    weights.append(read_weights())
+                lrs.append([group["lr"] for group in groups])
+                scheduler.step()
+                state.global_step += 1
+                state.epoch = epoch + (step + 1) / steps_in_epoch
     return {"lrs": np.asarray(lrs, dtype=np.float64),
             "weights": np.asarray(weights, dtype=np.float64).reshape(len(lrs), len(weight_names)),
-            "steps_per_epoch": updates_per_epoch, "epochs": epochs, "steps": max_steps}
+            "steps_per_epoch": updates_per_epoch, "epochs": epochs, "steps": max_steps, "at": steps}
 
 
 def official_groups_of(trainer, fixture) -> list[list[int]]:
@@ -169,20 +215,27 @@ def official_groups_of(trainer, fixture) -> list[list[int]]:
     return out
 
 
-def differences(name: str, got: np.ndarray, want: np.ndarray, steps_per_epoch: int, rtol: float = RTOL) -> list:
+def differences(name: str, got: np.ndarray, want: np.ndarray, steps_per_epoch: int, rtol: float = RTOL,
+                at=None) -> list:
     """Where ``got`` (hf_kd, per step) differs from ``want`` (official) beyond ``rtol`` relative: a message with the
-    first differing step, its 0-based epoch and both values, and how many steps differ."""
+    first differing step, its 0-based epoch and both values, and how many steps differ. ``at``: the steps ``got``
+    holds (a sample), else every step."""
+    if at is not None:
+        want = want[at] if want.shape[0] > int(at[-1]) else want[:0]
     if got.shape != want.shape:
         return [f"{name}: {got.shape[0]} steps, the official run has {want.shape[0]}"]
     bad = np.flatnonzero((got != want) & ~(np.abs(got - want) <= rtol * np.abs(want)))
     if not bad.size:
         return []
-    s = int(bad[0])
+    s = int(bad[0]) if at is None else int(at[bad[0]])
+    got, want = (got, want) if at is None else (dict(zip(at.tolist(), got)), dict(zip(at.tolist(), want)))
     return [f"{name}: {bad.size} steps differ beyond {rtol:g}; first at step {s} (epoch {s // steps_per_epoch}, "
             f"step {s % steps_per_epoch} of it): hf_kd {float(got[s])!r}, official {float(want[s])!r}"]
 
 
-def largest_relative_difference(got: np.ndarray, want: np.ndarray) -> float:
+def largest_relative_difference(got: np.ndarray, want: np.ndarray, at=None) -> float:
+    if at is not None:
+        want = want[at] if want.shape[0] > int(at[-1]) else want[:0]
     if got.shape != want.shape:
         return float("inf")
     differ = got != want
@@ -195,25 +248,28 @@ def compare(trainer, fixture: dict, result: dict) -> tuple[list[str], float]:
     for key in ("steps_per_epoch", "epochs", "steps"):
         if result[key] != fixture[key]:
             problems.append(f"{key}: hf_kd {result[key]}, official {fixture[key]}")
-    spe = fixture["steps_per_epoch"]
+    spe, at = fixture["steps_per_epoch"], result["at"]
     for k, owners in enumerate(official_groups_of(trainer, fixture)):
         for i in owners:
-            want, got = expand(fixture["groups"][i]["lr"]), result["lrs"][:, k]
+            want, got = group_lr(fixture, i), result["lrs"][:, k]
             name = f"lr of hf_kd param group {k} vs official group {fixture['groups'][i]['name']}"
-            problems += differences(name, got, want, spe)
-            worst = max(worst, largest_relative_difference(got, want))
+            problems += differences(name, got, want, spe, at=at)
+            worst = max(worst, largest_relative_difference(got, want, at))
     for j, (weight, runs) in enumerate(fixture["weights"].items()):
         want, got = expand(runs), result["weights"][:, j]
-        problems += differences(weight, got, want, spe)
-        worst = max(worst, largest_relative_difference(got, want))
+        problems += differences(weight, got, want, spe, at=at)
+        worst = max(worst, largest_relative_difference(got, want, at))
     return problems, worst
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_schedule_matches_official_code(preset, tmp_path):
     fixture = load(preset)
-    trainer = build_trainer(preset, str(tmp_path))
-    result = run_schedule(trainer, list(fixture["weights"]))
+    imagenet = is_imagenet(fixture)
+    trainer = build_trainer(preset, str(tmp_path), imagenet=imagenet)
+    # ImageNet: every step of the first 5 epochs (each preset's lr warm-up and FFSD's lambda ramp), every epoch's first
+    # and last step, and a seeded random sample
+    result = run_schedule(trainer, list(fixture["weights"]), sample_warmup_epochs=5 if imagenet else None)
     problems, worst = compare(trainer, fixture, result)
     prov = fixture["provenance"]
     assert not problems, (
@@ -237,9 +293,11 @@ def test_schedule_fixture_provenance(preset):
     assert all(p["why"] for p in prov["patches"])
     assert fixture["preset"] == f"recipes/configs/{preset}.yaml"
     assert fixture["steps"] == fixture["epochs"] * fixture["steps_per_epoch"] > 0
-    assert fixture["data"]["train_examples"] == CIFAR100_TRAIN
+    assert fixture["data"]["train_examples"] == (IMAGENET_TRAIN if "_imagenet1k_" in preset else CIFAR100_TRAIN)
     assert fixture["groups"] and all(g["hf_kd_prefixes"] for g in fixture["groups"])
-    for series in [g["lr"] for g in fixture["groups"]] + list(fixture["weights"].values()):
+    for i in range(len(fixture["groups"])):
+        assert group_lr(fixture, i).shape == (fixture["steps"],)
+    for series in fixture["weights"].values():
         assert expand(series).shape == (fixture["steps"],)
     if preset.startswith("ffsd_"):
         assert set(fixture["weights"]) == {"lambda_diversity", "lambda_fusion", "lambda_self_distillation"}

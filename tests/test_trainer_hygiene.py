@@ -83,12 +83,16 @@ def test_logged_terms_are_bounded_and_do_not_leak_into_the_next_train(data, tmp_
     (dict(warmup_epochs=2), "--warmup_epochs 2 apply to the --lr_milestones schedule"),
     (dict(lr_gamma=0.2), "--lr_gamma 0.2 apply to the --lr_milestones schedule"),
     (dict(lr_milestones=[3], warmup_steps=10), "--warmup_steps 10 is transformers' warm-up"),
+    (dict(lr_decay="cosine", lr_milestones=[3]), "--lr_decay cosine takes no --lr_milestones"),
+    (dict(lr_decay="cosine", warmup_epochs=5, num_train_epochs=5), "needs warmup_epochs < num_train_epochs"),
+    (dict(lr_decay="cosine", warmup_steps=10), "--warmup_steps 10 is transformers' warm-up"),
 ])
 def test_schedule_arguments_are_applied_or_refused(tmp_path, given, message):
     """They were silently ignored: warm-up and gamma without milestones, transformers' warm-up with them."""
     with pytest.raises(ValueError, match=message):
         args(tmp_path, **given)
     args(tmp_path, lr_milestones=[3], warmup_epochs=2, lr_gamma=0.2)  # the schedule they belong to
+    args(tmp_path, lr_decay="cosine", warmup_epochs=2, num_train_epochs=4)
 
 
 def test_top5_only_with_more_than_five_classes(data, tmp_path):

@@ -696,22 +696,30 @@ class DistillationTrainer(Trainer):
         return max(1, math.ceil(batches / self.args.gradient_accumulation_steps))
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """``lr_milestones``: MultiStepLR semantics by epoch (the papers' schedules), with optional linear warm-up."""
-        if not self.args.lr_milestones:
+        """``lr_milestones``: MultiStepLR semantics by epoch (the papers' schedules); ``lr_decay cosine``: a half cosine
+        set once per epoch after the warm-up; either with an optional linear per-step warm-up."""
+        if not self.args.lr_milestones and self.args.lr_decay != "cosine":
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
-            spe = self.steps_per_epoch()
-            milestones = sorted(self.args.lr_milestones)
-            gamma, warm = self.args.lr_gamma, self.args.warmup_epochs * spe
-
-            def factor(step: int) -> float:
-                epoch = step // spe
-                f = gamma ** sum(epoch >= m for m in milestones)
-                return f * min(1.0, (step + 1) / warm) if warm else f
-
-            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, self.epoch_schedule())
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def epoch_schedule(self):
+        """The lr factor of optimizer step ``step`` (0-based) under ``lr_milestones`` / ``lr_decay``."""
+        a, spe = self.args, self.steps_per_epoch()
+        milestones, warm = sorted(a.lr_milestones or []), a.warmup_epochs * spe
+        cosine, period = a.lr_decay == "cosine", a.num_train_epochs - a.warmup_epochs
+
+        def factor(step: int) -> float:
+            epoch = step // spe
+            if warm and step < warm:  # the warm-up replaces the decay (cosine: the decay starts after it)
+                return (step + 1) / warm * (1.0 if cosine else a.lr_gamma ** sum(epoch >= m for m in milestones))
+            if cosine:
+                return 0.5 * (1.0 + math.cos(math.pi * (epoch - a.warmup_epochs) / period))
+            return a.lr_gamma ** sum(epoch >= m for m in milestones)
+
+        return factor
 
     # --- saving: student-only export, full-state checkpoints --------------------------------------------------------
     def _save_checkpoint(self, model, trial):

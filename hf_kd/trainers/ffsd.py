@@ -25,6 +25,7 @@ from typing import ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from transformers.training_args import OptimizerNames
 
 from ..arguments import DistillationArguments
@@ -65,9 +66,14 @@ class FFSDArguments(DistillationArguments):
         "help": "Weight decay of the fusion module's SGD group (official 1e-5)."})
     decoder_learning_rate: float = field(default=1e-3, metadata={
         "help": "Adam learning rate of the self-distillation decoders (official: Adam's default 1e-3); follows the "
-                "same schedule as the networks."})
+                "same schedule as the networks (with imagenet_lr_schedule: its own per-epoch milestones)."})
     decoder_weight_decay: Optional[float] = field(default=None, metadata={
         "help": "Adam (L2) weight decay of the decoders; default: weight_decay, as the official code."})
+    imagenet_lr_schedule: bool = field(default=False, metadata={
+        "help": "The official ImageNet trainer's schedule (with lr_milestones, warmup_epochs): the networks' lr is "
+                "set per step from the 1-based epoch e and batch index i, x lr_gamma per milestone <= e, and x (1 + i "
+                "+ e*L) / (warmup_epochs*L) while e < warmup_epochs (L = training examples // global batch); the "
+                "decoders keep the per-epoch milestones on the 0-based epoch and no warm-up (their MultiStepLR)."})
     # FFSD's optimizer for the networks (official: SGD lr 0.1, momentum 0.9, Nesterov, weight decay 1e-4)
     learning_rate: float = field(default=0.1, metadata={"help": "SGD learning rate of the students, leader and "
                                                                 "fusion module."})
@@ -181,6 +187,36 @@ class FFSDTrainer(DistillationTrainer):
             self.optimizer = CompositeOptimizer([cls(networks, **kwargs),
                                                  torch.optim.Adam(decoders, lr=a.decoder_learning_rate)])
         return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """``imagenet_lr_schedule``: one lr factor for the networks' SGD groups, another for the decoders' Adam
+        groups (the official ImageNet trainer sets the first per iteration, steps the second's MultiStepLR per
+        epoch); otherwise the Trainer's one schedule for all."""
+        a = self.args
+        if not a.imagenet_lr_schedule:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            if not a.lr_milestones or a.lr_decay != "step":
+                raise ValueError("--imagenet_lr_schedule needs --lr_milestones (the decoders' MultiStepLR epochs)")
+            opt = optimizer or self.optimizer
+            spe, milestones, gamma, warm = self.steps_per_epoch(), sorted(a.lr_milestones), a.lr_gamma, a.warmup_epochs
+            # the official len_epoch: dataset size // batch size, not the loader's (ceil) length
+            per_epoch = len(self.train_dataset) // (a.per_device_train_batch_size * max(1, a.world_size) *
+                                                   a.gradient_accumulation_steps)
+
+            def networks(step: int) -> float:
+                epoch, i = step // spe + 1, step % spe  # 1-based epoch, batch index
+                f = gamma ** sum(epoch >= m for m in milestones)
+                return f * ((1 + i + epoch * per_epoch) / (warm * per_epoch)) if epoch < warm else f
+
+            def decoders(step: int) -> float:
+                return gamma ** sum(step // spe >= m for m in milestones)
+
+            n_networks = len(opt.optimizers[0].param_groups)
+            self.lr_scheduler = LambdaLR(opt, [networks] * n_networks +
+                                         [decoders] * (len(opt.param_groups) - n_networks))
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     # --- loss ---------------------------------------------------------------------------------------------------------
     def lambdas(self, epoch: int) -> dict[str, float]:

@@ -70,6 +70,7 @@ REPOS = {
     "LightSKD": "https://github.com/xucong-parsifal/LightSKD",
     "Self-KD-Lib": "https://github.com/winycg/Self-KD-Lib",
     "RepDistiller": "https://github.com/HobbitLong/RepDistiller",
+    "torchdistill": "https://github.com/yoshitomo-matsubara/torchdistill",  # schedule fixtures only
 }
 CRD_MEAN, CRD_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)  # RepDistiller / PEFD / Self-KD-Lib CIFAR-100
 FFSD_MEAN, FFSD_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # FFSD data/cifar100.py
