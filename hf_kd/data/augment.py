@@ -42,7 +42,7 @@ class BatchAugment:
         x = x.float() / 255.0
         if self.mean.device != x.device:  # moved once, not copied to the device in every step
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return (x - self.mean) / self.std
+        return x.sub_(self.mean).div_(self.std)  # in place: the same operations, without two batch-sized copies
 
     def draw(self, shape: Sequence[int], device=None) -> tuple[torch.Tensor, ...]:
         """The random parameters of one training batch of ``shape`` (B, C, H, W): per-sample crop offsets i, j and
@@ -69,6 +69,8 @@ class BatchAugment:
             flip = torch.rand(b, 1, device=dev) < 0.5
         else:
             i, j, flip = params
+        if p == 0:  # flip only (ImageNet-style data): the gather's pixels exactly, at a fraction of its cost on a CPU
+            return torch.where(flip[:, :, None, None], x.flip(-1), x)
         rows = i + torch.arange(h, device=dev)  # (B, H)
         ar = torch.arange(w, device=dev)
         cols = torch.where(flip, j + (w - 1) - ar, j + ar)  # (B, W)
