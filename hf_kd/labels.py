@@ -12,7 +12,9 @@
   explicit mapping (``teacher_label_map``: student name -> teacher name or index).
 
 Where a teacher's names are ImageNet synsets or their readable descriptions (timm's ImageNet configs), either form
-matches (``teacher_name_forms``).
+matches (``teacher_name_forms``); ImageNet-1k classes named otherwise on the two sides (the Hub's ``ILSVRC/imagenet-1k``
+renames one of timm's two "crane"s, since a ``ClassLabel`` cannot hold a name twice) are matched as synsets
+(``imagenet_synsets``).
 """
 
 from __future__ import annotations
