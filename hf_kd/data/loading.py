@@ -14,7 +14,9 @@ scikit-learn, upsampled to 32x32 RGB) that needs no download.
 Data is read, not guessed. What the caller does not give is read from the data and printed once (main process), and
 recorded in ``ImageData.source["inferred"]`` for the model card: the input size (``probe_size``: the median shorter
 side over many images), mean/std, augmentation, evaluation preprocessing, splits and label column. A local dataset
-takes a preset's settings only when it is a copy of it (``copy_of_preset``: same label names and image size). An
+takes a preset's settings only when it is a copy of it (``copy_of_preset``: same label names and image size); classes
+that are all ImageNet-1k synsets (the ILSVRC folders ``train/<synset>/``, or a subset of them) take ImageNet-1k's
+input size, statistics and augmentation (``imagenet_classes``), the settings of the ImageNet teachers they meet. An
 image column of file paths and a label column of class names are read as images and class ids; images of any mode
 become 8-bit RGB (``to_rgb``); every label is checked against the label set before training.
 """
