@@ -12,17 +12,21 @@
   explicit mapping (``teacher_label_map``: student name -> teacher name or index).
 
 Where a teacher's names are ImageNet synsets or their readable descriptions (timm's ImageNet configs), either form
-matches (``teacher_name_forms``).
+matches (``teacher_name_forms``); ImageNet-1k classes named otherwise on the two sides (the Hub's ``ILSVRC/imagenet-1k``
+renames one of timm's two "crane"s, since a ``ClassLabel`` cannot hold a name twice) are matched as synsets
+(``imagenet_synsets``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-__all__ = ["LabelMatch", "match_labels", "teacher_name_forms", "load_label_map", "is_generic"]
+__all__ = ["LabelMatch", "match_labels", "teacher_name_forms", "load_label_map", "is_generic", "same_names",
+           "imagenet_synsets"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,35 @@ class LabelMatch:
 def is_generic(names: Sequence[str]) -> bool:
     """Names that only number the classes: ``str(i)`` or ``LABEL_i`` at position i (transformers' defaults)."""
     return all(str(n) in (str(i), f"LABEL_{i}") for i, n in enumerate(names))
+
+
+def same_names(names: Sequence[str], reference: Sequence[str]) -> bool:
+    """``names`` equal ``reference``, position by position. A name that ``reference`` holds twice (ImageNet's two
+    "crane"s) may be anything: a ``ClassLabel`` cannot hold it twice, so a copy (the Hub's ``ILSVRC/imagenet-1k``)
+    must have renamed one of them."""
+    if len(names) != len(reference):
+        return False
+    twice = {n for n, c in Counter(reference).items() if c > 1}
+    return all(n == r or r in twice for n, r in zip(names, reference))
+
+
+def imagenet_synsets(names: Sequence[str]) -> Optional[list[str]]:
+    """``names`` as ImageNet-1k synsets, or None where they are not ImageNet-1k classes. Either the whole label set
+    in ImageNet's order, by synset or by timm's description (``same_names``: the Hub's copy renames one "crane"),
+    or any set of synsets and descriptions that name a single class each (a subset: folders ``n01440764/...``)."""
+    try:
+        from timm.data.imagenet_info import ImageNetInfo
+    except ImportError:
+        return None
+    info = ImageNetInfo("imagenet-1k")
+    synsets, descriptions = list(info.label_names()), [str(d) for d in info.label_descriptions()]
+    names = [str(n) for n in names]
+    if any(same_names(names, reference) for reference in (synsets, descriptions)):
+        return synsets
+    once = {d for d, c in Counter(descriptions).items() if c == 1}
+    known = {**{d: s for d, s in zip(descriptions, synsets) if d in once}, **{s: s for s in synsets}}
+    out = [known.get(n) for n in names]
+    return out if all(out) and len(set(out)) == len(out) else None
 
 
 def _names(config) -> list[str]:
@@ -170,6 +203,20 @@ def match_labels(student_config, teacher_config, mapping: Optional[dict] = None,
         return LabelMatch(index=tuple(index), note=(
             f"{what}'s {len(form)} classes restricted by label name{by} to the student's {len(student)}: its logits "
             "for the student's classes only, before the softmax"))
+    # ImageNet classes named differently on the two sides (the Hub's copy, whose one "crane" is renamed, against
+    # timm's descriptions with two; synsets against descriptions): matched as synsets
+    student_synsets, teacher_synsets = imagenet_synsets(student), imagenet_synsets(teacher)
+    if student_synsets and teacher_synsets and set(student_synsets) <= set(teacher_synsets):
+        positions = {name: i for i, name in enumerate(teacher_synsets)}
+        index = [positions[s] for s in student_synsets]
+        if index == list(range(len(teacher_synsets))):
+            return LabelMatch(note="label names matched as ImageNet-1k classes: same classes, same order")
+        if len(index) == len(teacher_synsets):
+            return LabelMatch(index=tuple(index), note=f"{what}'s outputs re-ordered by ImageNet-1k class to the "
+                                                       "student's class order")
+        return LabelMatch(index=tuple(index), note=(
+            f"{what}'s {len(teacher_synsets)} classes restricted by label name (as ImageNet-1k classes) to the "
+            f"student's {len(student)}: its logits for the student's classes only, before the softmax"))
     if ambiguous:
         raise ValueError(f"The {what} names several classes {_shown(sorted(ambiguous))}, so those student classes "
                          f"cannot be matched by name. {_FIX.format()}")

@@ -122,6 +122,25 @@ def test_batch_augment_matches_per_sample_reference():
     assert flip.any() and (~flip).any() and (i != 4).any()
 
 
+def test_imagenet_batch_flip_matches_per_sample_reference():
+    """ImageNet-style data: flip only (the crop is done per sample in the dataset), with the same random draws (the
+    unused crop offsets included, so that the RNG stream does not depend on how the flip is computed), exactly."""
+    aug = BatchAugment((0.4, 0.5, 0.6), (0.2, 0.3, 0.25), "imagenet")
+    x = torch.randint(0, 256, (16, 3, 20, 24), dtype=torch.uint8)
+    torch.manual_seed(1)
+    out = aug(x, train=True)
+    torch.manual_seed(1)
+    torch.randint(0, 1, (16, 1)), torch.randint(0, 1, (16, 1))
+    flip = torch.rand(16, 1) < 0.5
+    ref = torch.stack([x[k].flip(-1) if flip[k] else x[k] for k in range(16)])
+    ref = (ref.float() / 255 - torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.3, 0.25]).view(
+        1, 3, 1, 1)
+    assert torch.equal(out, ref) and out.is_contiguous()
+    assert flip.any() and (~flip).any()
+    torch.manual_seed(1)
+    assert torch.equal(aug.augment(x, aug.draw(x.shape)), ref)  # the fast path's form
+
+
 def test_batch_augment_eval_is_normalise_only_and_reflect_mode():
     aug = BatchAugment((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "cifar", pad_mode="reflect")
     x = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8)

@@ -39,10 +39,10 @@ class BatchAugment:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 255] (uint8, or float after a reflect-padded crop) -> (x/255 - mean) / std."""
-        x = x.float() / 255.0
+        x = x.to(torch.float32, copy=True).div_(255.0)  # a copy: the caller's tensor is never written
         if self.mean.device != x.device:  # moved once, not copied to the device in every step
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return (x - self.mean) / self.std
+        return x.sub_(self.mean).div_(self.std)  # in place: the same operations, without batch-sized temporaries
 
     def draw(self, shape: Sequence[int], device=None) -> tuple[torch.Tensor, ...]:
         """The random parameters of one training batch of ``shape`` (B, C, H, W): per-sample crop offsets i, j and
@@ -69,6 +69,11 @@ class BatchAugment:
             flip = torch.rand(b, 1, device=dev) < 0.5
         else:
             i, j, flip = params
+        if p == 0:  # flip only (ImageNet-style data): the gather's pixels exactly, at a fraction of its cost on a CPU
+            out = x.clone()
+            rows = flip[:, 0].nonzero()[:, 0]
+            out[rows] = x[rows].flip(-1)
+            return out
         rows = i + torch.arange(h, device=dev)  # (B, H)
         ar = torch.arange(w, device=dev)
         cols = torch.where(flip, j + (w - 1) - ar, j + ar)  # (B, W)

@@ -14,7 +14,9 @@ scikit-learn, upsampled to 32x32 RGB) that needs no download.
 Data is read, not guessed. What the caller does not give is read from the data and printed once (main process), and
 recorded in ``ImageData.source["inferred"]`` for the model card: the input size (``probe_size``: the median shorter
 side over many images), mean/std, augmentation, evaluation preprocessing, splits and label column. A local dataset
-takes a preset's settings only when it is a copy of it (``copy_of_preset``: same label names and image size). An
+takes a preset's settings only when it is a copy of it (``copy_of_preset``: same label names and image size); classes
+that are all ImageNet-1k synsets (the ILSVRC folders ``train/<synset>/``, or a subset of them) take ImageNet-1k's
+input size, statistics and augmentation (``imagenet_classes``), the settings of the ImageNet teachers they meet. An
 image column of file paths and a label column of class names are read as images and class ids; images of any mode
 become 8-bit RGB (``to_rgb``); every label is checked against the label set before training.
 """
@@ -40,6 +42,8 @@ from PIL import Image as PILImage
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from ..labels import imagenet_synsets
+from ..labels import same_names as _same_names
 from ..constants import SMALL_IMAGE_MAX_SIDE, default_crop_pct, is_small_image
 from .augment import BatchAugment
 from .label_sets import CIFAR10_LABELS, CIFAR100_LABELS
@@ -645,7 +649,11 @@ def load_image_data(
     train = _subset(train, max_train_samples, label_column, subset_seed, "train", subsets)
     evald = _subset(evald, max_eval_samples, label_column, subset_seed, "eval", subsets)
 
-    size, mean, std, aug, rules = _input_settings(raw[train_split], image_column, preset, image_size, augmentation)
+    settings, why = preset, None
+    if preset is None and imagenet_classes(label_names):  # e.g. train/<synset>/*.JPEG of 10 ImageNet classes
+        settings, why = PRESETS["imagenet-1k"], "ImageNet-1k's: the classes are ImageNet synsets"
+    size, mean, std, aug, rules = _input_settings(raw[train_split], image_column, settings, image_size, augmentation,
+                                                  why)
     crop_pct = crop_pct or default_crop_pct(size)
     transforms = [_examples(image_transform(size, is_train, aug, crop_pct, interpolation), image_column, label_column)
                   for is_train in (True, False)]
@@ -695,27 +703,36 @@ def _eval_part(raw: DatasetDict, train: Dataset, eval_split: Optional[str], imag
     return train, evald, None
 
 
+def imagenet_classes(label_names: Sequence[str]) -> bool:
+    """Label names that are ImageNet-1k synsets (``n01440764``...: the folders of the ILSVRC layout, or a subset of
+    them). Only synsets: a few descriptions ("hen", "cock") may name anyone's own classes."""
+    synsets = imagenet_synsets(label_names)
+    return bool(synsets) and list(map(str, label_names)) == synsets
+
+
 def _input_settings(train: Dataset, image_column: str, preset: Optional[Preset], image_size: Optional[int],
-                    augmentation: Optional[str]) -> tuple[int, tuple, tuple, str, dict]:
-    """(input size, mean, std, augmentation, the rule that gave each). Given values win; then a preset's; else the
-    size is read from the images (``probe_size``), the statistics are ImageNet's, and the augmentation is CIFAR's
-    for inputs of at most ``SMALL_IMAGE_MAX_SIDE`` px, ImageNet's above."""
+                    augmentation: Optional[str], why: Optional[str] = None) -> tuple[int, tuple, tuple, str, dict]:
+    """(input size, mean, std, augmentation, the rule that gave each). Given values win; then a preset's (``why``
+    says where a preset's settings come from when the data is not a copy of it); else the size is read from the
+    images (``probe_size``), the statistics are ImageNet's, and the augmentation is CIFAR's for inputs of at most
+    ``SMALL_IMAGE_MAX_SIDE`` px, ImageNet's above."""
+    why = why or (f"the {preset.path} preset's" if preset else None)
     if image_size:
         size, size_rule = image_size, "--image_size (given, not read from the images)"
     elif preset:
-        size, size_rule = preset.image_size, f"the {preset.path} preset's"
+        size, size_rule = preset.image_size, why
     else:
         size, size_rule = probe_size(train, image_column)
         size_rule += "; --image_size overrides it"
     if preset:
-        mean, std, stats_rule = preset.mean, preset.std, f"the {preset.path} preset's"
+        mean, std, stats_rule = preset.mean, preset.std, why
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
         stats_rule = "ImageNet's (hf_kd's default for data that is not a preset)"
     aug = augmentation or (preset.augmentation if preset else ("cifar" if is_small_image(size) else "imagenet"))
     if aug not in ("cifar", "imagenet", "none"):
         raise ValueError(f"augmentation must be 'cifar', 'imagenet' or 'none', got '{aug}'")
-    rules = dict(size=size_rule, stats=stats_rule, augmentation=_augmentation_rule(aug, augmentation, preset))
+    rules = dict(size=size_rule, stats=stats_rule, augmentation=_augmentation_rule(aug, augmentation, why))
     return size, mean, std, aug, rules
 
 
@@ -723,13 +740,13 @@ def _rounded(values) -> list:
     return [round(float(v), 4) for v in values]
 
 
-def _augmentation_rule(aug: str, given: Optional[str], preset: Optional[Preset]) -> str:
+def _augmentation_rule(aug: str, given: Optional[str], why: Optional[str]) -> str:
     what = {"cifar": "4-pixel pad, random crop and flip, batched", "imagenet": "random-resized crop and flip",
             "none": "no augmentation"}[aug]
     if given:
         return f"{what} (given)"
-    if preset:
-        return f"{what} (the {preset.path} preset's)"
+    if why:
+        return f"{what} ({why})"
     return f"{what} (input size {'at most' if aug == 'cifar' else 'over'} {SMALL_IMAGE_MAX_SIDE} px)"
 
 
@@ -779,15 +796,6 @@ def copy_of_preset(raw: DatasetDict, path: str) -> Optional[str]:
         if p.stored_size is None or _all_of_size(part, p.image_column, p.stored_size):
             return name
     return None
-
-
-def _same_names(names: Sequence[str], reference: Sequence[str]) -> bool:
-    """``names`` equal ``reference``, position by position. A name that ``reference`` holds twice (ImageNet's two
-    "crane"s) may be anything: a ``ClassLabel`` cannot hold it twice, so a copy must have renamed it."""
-    if len(names) != len(reference):
-        return False
-    twice = {n for n, c in Counter(reference).items() if c > 1}
-    return all(n == r or r in twice for n, r in zip(names, reference))
 
 
 def _all_of_size(ds: Dataset, column: str, size: int) -> bool:
