@@ -94,17 +94,8 @@ def timm_name_teacher(tmp_path, monkeypatch):
 def transformers_teacher(folder, labels):
     """A transformers ViT at 40 px with a bicubic processor (mean/std 0.5)."""
     from test_transformers_teacher import save_vit
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    torch.manual_seed(6)
-    cfg = ViTConfig(image_size=40, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=32, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                    label2id={n: i for i, n in enumerate(labels)})
-    ViTForImageClassification(cfg).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 40, "width": 40}, resample=3, image_mean=[0.5] * 3,
-                      image_std=[0.5] * 3).save_pretrained(folder)
-    assert save_vit  # (the tiny-ViT helper of the transformers-teacher tests, for the same layout)
-    return load_teacher(str(folder))
+    return load_teacher(save_vit(folder, labels, seed=6, size=40, resample=3, layers=1))
 
 
 # ImageNet classes for the `timm:` teacher (an ImageNet-1k model distilled into a 10-class ImageNet subset)

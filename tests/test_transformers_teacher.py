@@ -22,14 +22,15 @@ from hf_kd.models import TeacherInput, TransformersTeacher, input_spec
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def save_vit(folder, labels, seed=1):
-    """Tiny random ViT (2 layers, width 32) fine-tuned-style folder: weights + its image processor (24x24)."""
+def save_vit(folder, labels, seed=1, size=24, resample=2, layers=2):
+    """Tiny random ViT (width 32) fine-tuned-style folder: weights + its image processor (size x size, PIL
+    ``resample`` 2 bilinear / 3 bicubic, mean/std 0.5)."""
     torch.manual_seed(seed)
-    cfg = ViTConfig(image_size=24, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    cfg = ViTConfig(image_size=size, patch_size=8, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                     intermediate_size=64, num_labels=len(labels), id2label=dict(enumerate(labels)),
                     label2id={n: i for i, n in enumerate(labels)})
     ViTForImageClassification(cfg).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 24, "width": 24}, resample=2, image_mean=[0.5] * 3,
+    ViTImageProcessor(size={"height": size, "width": size}, resample=resample, image_mean=[0.5] * 3,
                       image_std=[0.5] * 3).save_pretrained(folder)
     return str(folder)
 
