@@ -384,7 +384,8 @@ def table(summary: dict) -> str:
         cells = []
         for side in SIDES:
             x = r[side]
-            cells.append(f"{_fmt(x['mean'])} ± {_fmt(x['std'])} (n = {x['n']})" if x["n"] else "no run yet")
+            cells.append("no run yet" if not x["n"] else f"{_fmt(x['mean'])} (n = 1)" if x["n"] == 1 else
+                         f"{_fmt(x['mean'])} ± {_fmt(x['std'])} (n = {x['n']})")
         d = r.get("difference")
         diff = (f"{d['hf_kd_minus_official']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
                 if d and not math.isnan(d["ci95"][0]) else "n/a (needs 2 runs per side)")
