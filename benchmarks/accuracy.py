@@ -16,6 +16,14 @@ Writes
 ``results.json`` (settings, every run's evaluations and loss terms, the summary), ``results.md`` (the table) and
 ``accuracy.png`` (bars with error bars; mean eval curves).
 
+Reproducing a cell: a run's ``config.yaml`` (in ``results.json``, ``runs[i].config``) with the same number of torch
+threads (``runs[i].threads``: each run gets ``OMP_NUM_THREADS=--threads``) reproduces its numbers bit for bit on the
+same machine and software, also when other work shares the cores or the run was resumed from an epoch checkpoint.
+Another thread count changes the order of float reductions on the CPU, so the trajectory, and the final accuracy by
+about the seed-to-seed spread: re-run with ``OMP_NUM_THREADS`` set to the recorded count. The evaluation schedule is
+part of the setting too (each evaluation draws one number from torch's global RNG for its DataLoader, which shifts
+the later augmentation draws).
+
     python benchmarks/accuracy.py --dataset ../shared/data/cifar100 \\
         --dataset_title "CIFAR-100 (60k pool, stratified 50k/10k re-split)" --max_train_samples 5000 \\
         --epochs 10 --seeds 0 1 2 --jobs 2 --out benchmarks/results/cifar100-cpu
@@ -218,8 +226,9 @@ def execute(o, method: str, seed: int, teacher_dir: Path | None, lock: threading
     timing.write_text(json.dumps({"seconds": spent}))
     if rc != 0:
         raise RuntimeError(f"{method} seed {seed} failed (exit {rc}); see {run_dir / 'log.txt'}")
+    # the thread count is part of what reproduces a run: CPU float reductions (and so every later step) depend on it
     result = dict(method=method, seed=seed, wall_seconds=spent, command=" ".join(cmd[1:3]) + " --config config.yaml",
-                  config=cfg, **read_run(run_dir))
+                  threads=o.threads, config=cfg, **read_run(run_dir))
     done.write_text(json.dumps(result, indent=1))
     for c in run_dir.glob("checkpoint-*"):  # finished: the export and trainer_state.json stay
         shutil.rmtree(c, ignore_errors=True)

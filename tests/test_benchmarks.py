@@ -51,6 +51,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint_and_finished_runs_are_
     result = acc.execute(o, "kd", 1, tmp_path / "runs" / "teacher-seed0", threading.Lock())
     assert calls[0][-2:] == ["--resume_from_checkpoint", str(run_dir / "checkpoint-8")]
     assert (result["final_top1"], result["best_top1"]) == (0.4, 0.5)  # headline = last evaluation, not the best
+    assert result["threads"] == 1  # what a bitwise re-run needs besides the config (CPU float reduction order)
     assert not list(run_dir.glob("checkpoint-*"))  # a finished run keeps its export, not its checkpoints
     cfg = result["config"]
     assert cfg["teacher"].endswith("teacher-seed0") and cfg["temperature"] == 4.0 and cfg["seed"] == 1

@@ -545,3 +545,42 @@ def test_wrn_leader_trains_and_its_card_documents_the_official_wrn_differences(d
     tr.save_model(str(tmp_path / "wrn"))
     card = open(tmp_path / "wrn" / "README.md").read()
     assert "copy in the official FFSD code differs: its convs have biases" in card and "`momentum=0.9`" in card
+
+
+def test_trainer_run_is_a_plain_training_loop_bit_for_bit(data, tmp_path):
+    """What per-step parity cannot see: over whole epochs, ``FFSDTrainer.train`` computes exactly what a plain loop
+    computes from the same start: each epoch the sampler's permutation (accelerate's seedable sampler: seed + epoch)
+    and one draw from torch's global RNG (the DataLoader iterator's seed); each step one batched augmentation, the
+    loss with the lambdas of the 1-based epoch (set here, not read from the trainer), one backward, the optimizers'
+    step, the schedule's step, every gradient cleared. A Trainer-loop side effect (an extra random draw or
+    augmentation, lambdas off by an epoch, a gradient left over, the schedule stepped in another order) breaks the
+    bitwise equality. Evaluation is off: an evaluation draws one more number from the global RNG."""
+    mem = data.in_memory()
+    kw = dict(num_train_epochs=3, learning_rate=0.05, optim_args="momentum=0.9", weight_decay=5e-4,
+              lr_scheduler_type="cosine", eval_strategy="no", logging_steps=100)
+    recipe = make_trainer(mem, tmp_path / "a", **kw)
+    recipe.train()
+
+    plain = make_trainer(mem, tmp_path / "b", **kw)
+    model, args = plain.model, plain.args
+    n, bs = len(mem.train), args.per_device_train_batch_size
+    steps = n // bs  # drop_last
+    plain.create_optimizer()
+    plain.create_scheduler(steps * 3, plain.optimizer)
+    for epoch in range(3):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed + epoch)).tolist()
+        torch.empty((), dtype=torch.int64).random_()  # the DataLoader iterator's base seed
+        for k in range(steps):
+            b = mem.train.__getitems__(order[k * bs:(k + 1) * bs])
+            model.train()
+            x = plain.augmentation(b["pixel_values"], train=True)
+            loss, _ = plain.training_loss(model, x, b["labels"], lambdas=plain.lambdas(epoch + 1))
+            loss.backward()
+            plain.optimizer.step()
+            plain.lr_scheduler.step()
+            for p in model.parameters():
+                p.grad = None
+    assert recipe.state.global_step == 3 * steps
+    a, b = recipe.model.state_dict(), model.state_dict()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
