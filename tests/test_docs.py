@@ -18,11 +18,11 @@ RECORDS = ("benchmarks/results/",)
 
 # Built from pieces so that this file does not match its own patterns.
 OUTSIDE_NOTES = re.compile("|".join([
-    r"\bMETHODS" + r"\.md", r"\bMETHODS" + r"\s+(?:\d|§|\")",  # the method notes ("METHODS 1.3", ...)
+    r"\bMETHODS" + r"\.md", r"\bMETHODS" + r"\s+(?:\d|§|\")",  # the method notes, by name or section
     r"HF_" + r"NOTES",  # the HuggingFace notes
     r"\.\./" + r"shared\b", r"[\"'/]shared[\"']? */ *[\"']data",  # the shared data folder beside the repository
     r"/wo" + r"rk/",  # absolute paths of the development machine
-    r"\b[Ii]ssues?[-\s]+#?\d+", r"(?<![\w/&#])#\d+\b",  # issue citations ("issue 17", "#17")
+    r"\b[Ii]ssues?[-\s]+#?\d+", r"(?<![\w/&#])#\d+\b",  # issue citations: "issue", or a hash, and a number
 ]))
 
 
