@@ -7,9 +7,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
+
+from processes import run_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,8 +29,12 @@ OUTSIDE_NOTES = re.compile("|".join([
 
 def tracked_text_files() -> list[Path]:
     try:
-        names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError):  # not a git checkout: every file under the root
+        listing = run_process(["git", "ls-files"], cwd=ROOT, timeout=60)
+    except OSError:
+        listing = None
+    if listing is not None and listing.returncode == 0:
+        names = listing.stdout.split()
+    else:  # not a git checkout: every file under the root
         names = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file() and ".git" not in p.parts]
     files = []
     for name in names:
