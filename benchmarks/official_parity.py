@@ -7,7 +7,7 @@ accuracy? Each side keeps its own random streams (initialisation, data order, au
 differ by seed noise; the comparison is of means over seeds, with a 95 % Welch t-interval on the difference.
 
     HF_KD_OFFICIAL=/path/to/checkouts PYTHONPATH=. python benchmarks/official_parity.py \\
-        --dataset ../shared/data/cifar100 --dataset_title "CIFAR-100 (60k pool, stratified 50k/10k re-split)" \\
+        --dataset <CIFAR-100 folder> --dataset_title "CIFAR-100 (60k pool, stratified 50k/10k re-split)" \\
         --seeds 5 6 7 8 --out benchmarks/results/official-parity-cpu
     python benchmarks/official_parity.py --out benchmarks/results/official-parity-cpu --summarize
 
@@ -412,7 +412,8 @@ def main():
     p.add_argument("--methods", nargs="+", default=["ffsd"], choices=list(OFFICIAL_REPOS))
     p.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--dataset", default="../shared/data/cifar100")
+    p.add_argument("--dataset", default=os.environ.get("HF_KD_CIFAR100"),
+                   help="the local CIFAR-100 copy (60k pool, stratified 50k/10k re-split); default: $HF_KD_CIFAR100")
     p.add_argument("--dataset_title", default="CIFAR-100 (60k pool, stratified 50k/10k re-split)")
     p.add_argument("--max_train_samples", type=int, default=5000)
     p.add_argument("--max_eval_samples", type=int, default=None)
@@ -427,6 +428,8 @@ def main():
     p.add_argument("--_official_run", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_run_dir", default=None, help=argparse.SUPPRESS)
     o = p.parse_args()
+    if not o.dataset and not o.summarize:
+        p.error("--dataset: give the folder of the local CIFAR-100 copy (or set HF_KD_CIFAR100)")
     o.bf16 = False
     o.setting_flags = shlex.join(
         f"--{k}={getattr(o, k)}" for k in ("dataset", "max_train_samples", "student", "epochs", "batch_size", "lr",

@@ -1,4 +1,4 @@
-"""Two gloo processes on the CPU (`accelerate launch --multi_gpu --num_processes 2`, HF_NOTES §4: `--cpu` would
+"""Two gloo processes on the CPU (`accelerate launch --multi_gpu --num_processes 2`; `--cpu` would
 silently start ONE process): every trainer against one process with gradient_accumulation_steps=2 and the same
 per-device batch, and every recipe as a user first launches it (no --teacher)."""
 
@@ -119,9 +119,9 @@ def test_every_method_is_covered_by_the_two_process_tests():
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_every_recipe_without_a_teacher_under_two_processes(recipe, tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2 recipes/<recipe>.py` as the README gives it, no --teacher.
+    """`accelerate launch --multi_gpu --num_processes 2 recipes/<recipe>.py` as docs/guides/scale_and_speed.md gives it, no --teacher.
     kd / projector_kd train their teacher first: once, by both processes under DDP, then both read the export; rank 1
-    used to read <out>_teacher/config.json before rank 0 had written it and crash (issue 15)."""
+    used to read <out>_teacher/config.json before rank 0 had written it and crash."""
     out = tmp_path / recipe
     cmd = launch_cmd(2, os.path.join(ROOT, "recipes", f"{recipe}.py")) + [
         "--use_cpu", "true", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "8",

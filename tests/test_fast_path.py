@@ -1,4 +1,4 @@
-"""The fast path (issue 17, ``fast_path=True``): for every trainer the compiled training step has 0 graph breaks,
+"""The fast path (``fast_path=True``, docs/design/fast_path.md): for every trainer the compiled training step has 0 graph breaks,
 trains like the eager path and resumes exactly.
 
 The compiled runs use ``backend="aot_eager"``: dynamo's capture and AOTAutograd's functionalised forward + backward +

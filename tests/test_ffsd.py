@@ -502,7 +502,8 @@ def free_port():
 
 @pytest.mark.slow
 def test_two_process_accelerate_launch_of_the_recipe(tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` on a GPU-less machine = 2 gloo processes (HF_NOTES §4)."""
+    """`accelerate launch --multi_gpu --num_processes 2` on a GPU-less machine = 2 gloo processes
+    (docs/guides/scale_and_speed.md)."""
     out = tmp_path / "ffsd"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",

@@ -1,8 +1,8 @@
 """Golden parity: every hf_kd trainer against what the OFFICIAL code of its method computes (float64, real images).
 
 Each fixture in ``tests/golden/`` was computed by ``tests/golden/generate_fixtures.py`` from a checkout of the
-official repository (commit recorded in the fixture), with the documented minimal patches for hf_kd's METHODS.md
-decisions. The test rebuilds the hf_kd trainer the fixture names (preset, seed of hf_kd's own initialisation), trains
+official repository (commit recorded in the fixture), with the documented minimal patches for hf_kd's decisions
+(docs/methods/, "Decisions"). The test rebuilds the hf_kd trainer the fixture names (preset, seed of hf_kd's own initialisation), trains
 the same 3 steps on the same 16 CIFAR-100 images (the ImageNet fixtures: 1-2 steps on 2 ImageNet photographs at
 224 px) with ``Trainer.train`` in float64, and compares every loss term and
 the update of every trained tensor (parameters and BatchNorm buffers) at 1e-8 relative (``golden_parity.RTOL``;
@@ -64,7 +64,7 @@ def test_golden_fixture_provenance(name):
     else:
         assert len(fixture["terms"]) == len(fixture["data"]["augmentation"]) == 3
         assert 16 <= len(fixture["data"]["labels"]) <= 32
-    # the METHODS.md decisions are applied to the official side, so the comparison is like for like
+    # hf_kd's decisions (docs/methods/) are applied to the official side, so the comparison is like for like
     patches = " ".join(p["replace"] + " " + p["why"] for p in prov["patches"])
     decision = {"projector_kd": "clamp_min(1e-12)", "self_kd": "Istr_2(BasicBlock)", "mixskd": "loss_mixcls",
                 "projector_kd_imagenet_resnet34_resnet18": "clamp_min(1e-12)"}

@@ -2,7 +2,7 @@
 
 ``tests/hub_server.py`` (stdlib, in memory) runs in this process on 127.0.0.1:<free port>. The client side runs once
 per module in a subprocess, because ``HF_ENDPOINT`` / ``HF_HUB_DISABLE_XET`` are read when huggingface_hub is
-imported (HF_NOTES §5.4): it trains a tiny KD student through the recipe runner with ``--push_to_hub`` (checkpoints,
+imported: it trains a tiny KD student through the recipe runner with ``--push_to_hub`` (checkpoints,
 TensorBoard ``runs/`` and the default every-save pushes included), loads it back with transformers, ``pipeline`` and
 timm, pushes to a branch and to a private repo, tries the other ``hub_strategy`` values, makes uploads fail and
 retries them as the error says, and renders every method's card. It writes what it saw to ``results.json``; the tests

@@ -272,7 +272,7 @@ def test_branches_are_fresh_copies_of_the_later_stages(data):
 
 
 def test_mixskd_resnet18_matches_the_official_sizes():
-    """MixSKD_CIFAR_ResNet18 (K=100): backbone 11.22M, branches 30.06M, self-teacher 1.10M (METHODS 4.2)."""
+    """MixSKD_CIFAR_ResNet18 (K=100): backbone 11.22M, branches 30.06M, self-teacher 1.10M (docs/methods/mixskd.md)."""
     student = create_student("cifar_resnet18", 100, model_args={"stem_act": False})
     assert not any(isinstance(m, nn.ReLU) for m in student.timm_model.stem)  # no stem activation
     model = MixSKDModel(student, 100)

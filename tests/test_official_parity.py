@@ -24,7 +24,7 @@ def par():
 
 
 def opts(tmp_path, **kw):
-    base = dict(out=str(tmp_path), dataset="../shared/data/cifar100",
+    base = dict(out=str(tmp_path), dataset="cifar100-folder",
                 dataset_title="CIFAR-100 (60k pool, stratified 50k/10k re-split)", max_train_samples=5000,
                 max_eval_samples=None, train_images=5000, student="cifar_resnet20", epochs=8, batch_size=64, lr=0.05,
                 weight_decay=5e-4, eval_every=4, bf16=False, threads=1, setting_flags="")
@@ -36,7 +36,7 @@ def test_hf_kd_side_is_the_accuracy_tables_run(par, tmp_path):
     the seed and folder: the comparison is against the run the table reports."""
     table = json.loads((Path(ROOT) / "benchmarks/results/cifar100-cpu/results.json").read_text())
     recorded = next(r for r in table["runs"] if r["method"] == "ffsd" and r["seed"] == 1)["config"]
-    cfg = par.hf_kd_config(opts(tmp_path), "ffsd", 1, Path(recorded["output_dir"]))
+    cfg = par.hf_kd_config(opts(tmp_path, dataset=recorded["dataset"]), "ffsd", 1, Path(recorded["output_dir"]))
     assert cfg == recorded
 
 

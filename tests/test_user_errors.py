@@ -1,4 +1,5 @@
-"""A new user's common mistakes get a clear error that names the problem and the fix (issue 12), before any heavy work.
+"""A new user's common mistakes get a clear error that names the problem and the fix, before any heavy work
+(docs/guides/troubleshooting.md).
 
 Each test is named after the mistake; each fails on the code before the fix (a silent wrong result, or a raw error
 from a library below hf_kd).

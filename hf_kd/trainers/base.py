@@ -3,7 +3,7 @@
 - ``self.model`` is a ``DistillationModel``: one ``nn.Module`` holding every trainable module (the student that gets
   exported, plus a method's auxiliary modules). It is the unit DDP wraps, the optimizer covers and checkpoints save.
 - A frozen teacher, if any, lives outside it (``self.teacher``): eval mode, no grad, placed by Accelerate, never in
-  the optimizer, a checkpoint or an export (HF_NOTES §3.5; TRL's GKDTrainer does the same).
+  the optimizer, a checkpoint or an export (docs/design/overview.md, "Trainers"; TRL's GKDTrainer does the same).
 - Export contract: ``save_model`` / ``push_to_hub`` write only the student (config with preprocessing, timm-native
   safetensors, model card). Checkpoints written during training keep the whole ``DistillationModel`` + optimizer,
   scheduler and RNG state, so ``resume_from_checkpoint`` continues exactly (random augmentation runs batched in the

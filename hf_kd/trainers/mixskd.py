@@ -1,6 +1,6 @@
 """``MixSKDTrainer``: self-knowledge distillation from mixup (Yang et al., ECCV 2022), after winycg/Self-KD-Lib.
 
-Per step (``main_mixskd_imagenet.py`` / ``main_mixskd_cifar.py``; /work/shared/METHODS.md section 4): draw one
+Per step (``main_mixskd_imagenet.py`` / ``main_mixskd_cifar.py``; docs/methods/mixskd.md): draw one
 lambda ~ Beta(alpha, alpha) and a uniform random permutation pi of the batch (see "Mixup draw" below), build
 x_mix = lambda x + (1-lambda) x[pi] (labels y and y[pi]), and run ONE forward of cat([x, x_mix]) through the
 ``MixSKDModel`` (BN statistics shared by both halves). The model returns, for the N-1 auxiliary branches and the
@@ -10,8 +10,8 @@ features of the originals and on the mixup images' features. The objective, all 
     L = L_cls + L_mixcls + L_kl + L_fea + L_gan
 
 (``hf_kd.losses.mixskd``). This is the objective of the official ImageNet script; the released CIFAR script computes
-L_mixcls but leaves it out of the total, so its self-teacher never trains (METHODS "Decisions"): ``mixup_ce=False``
-reproduces that. Discriminators: ``fixed`` (default) = the released behaviour, random heads that are never trained (the
+L_mixcls but leaves it out of the total, so its self-teacher never trains (docs/methods/mixskd.md, "Decisions"):
+``mixup_ce=False`` reproduces that. Discriminators: ``fixed`` (default) = the released behaviour, random heads that are never trained (the
 code keeps them in a plain list); ``adversarial`` = a real GAN game; ``off`` = no L_gan.
 
 Mixup draw: the official scripts call ``np.random.beta`` and ``torch.randperm`` on the global RNGs. Here

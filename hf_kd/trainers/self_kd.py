@@ -2,7 +2,7 @@
 
 "Lightweight Self-Knowledge Distillation with Multi-source Information Fusion" (arXiv 2305.09183, submitted to TNNLS);
 implemented after the intended method of the official code xucong-parsifal/LightSKD ``train.py`` (which does not run
-as released; the fixes are the "Decisions for hf_kd" of METHODS.md, section 3). With z the backbone logits, z_a the
+as released; the fixes are in docs/methods/self_kd.md, "Decisions"). With z the backbone logits, z_a the
 logits of the adapter on the backbone's layer-2 map, T = 4 and s = sort(z) per row:
 
     loss = CE(z, y) + CE(z_a, y) + alpha * T^2 KL(softmax(z_a/T).detach() || softmax(z/T))        # DRG, alpha 0.2
@@ -85,8 +85,8 @@ class SelfKDArguments(DistillationArguments):
         "help": "DRG: distil the layer-2 adapter's detached predictions into the final head (alpha * T^2 KL)."})
     use_dsr: bool = field(default=True, metadata={
         "help": "DSR: match the sorted logits of each batch to those of the previous batch (beta * T^2 KL)."})
-    alpha: float = field(default=0.2, metadata={"help": "Weight of the DRG term (README: 0.2)."})
-    beta: float = field(default=1.0, metadata={"help": "Weight of the DSR term (README: 1.0)."})
+    alpha: float = field(default=0.2, metadata={"help": "Weight of the DRG term (official README: 0.2)."})
+    beta: float = field(default=1.0, metadata={"help": "Weight of the DSR term (official README: 1.0)."})
     temperature: float = field(default=4.0, metadata={"help": "Softmax temperature T of DRG and DSR (code: 4)."})
     adapter_stage: int = field(default=2, metadata={
         "help": "Index into forward_kd(...).stages of the map the adapter reads; 2 = layer2 of cifar_resnet* and "
