@@ -46,7 +46,7 @@ def test_pefd_side_is_the_accuracy_tables_run_with_the_shared_teacher(par, tmp_p
     settings, which the teacher run's config shows)."""
     table = json.loads((Path(ROOT) / "benchmarks/results/cifar100-cpu/results.json").read_text())
     recorded = next(r for r in table["runs"] if r["method"] == "projector_kd" and r["seed"] == 2)["config"]
-    o = opts(tmp_path)
+    o = opts(tmp_path, dataset=recorded["dataset"])
     cfg = par.hf_kd_config(o, "projector_kd", 2, Path(recorded["output_dir"]))
     assert cfg["teacher"] == str(tmp_path / "runs" / "_teacher" / "cifar_resnet56-seed0")
     assert {k: v for k, v in cfg.items() if k != "teacher"} == {k: v for k, v in recorded.items() if k != "teacher"}
@@ -86,7 +86,7 @@ def test_a_method_joins_an_existing_folder_but_its_settings_cannot_change(par, t
     import hf_kd.data
 
     monkeypatch.setattr(hf_kd.data, "load_image_data", lambda *a, **k: Data())
-    argv = ["official_parity.py", "--out", str(tmp_path / "out"), "--seeds", "5"]
+    argv = ["official_parity.py", "--out", str(tmp_path / "out"), "--seeds", "5", "--dataset", "cifar100-copy"]
     monkeypatch.setattr(sys, "argv", argv + ["--methods", "ffsd"])
     par.main()
     monkeypatch.setattr(sys, "argv", argv + ["--methods", "projector_kd"])
