@@ -1,4 +1,4 @@
-"""The fast path (issue 17, ``fast_path=True``): for every trainer the compiled training step has 0 graph breaks,
+"""The fast path (``fast_path=True``): for every trainer the compiled training step has 0 graph breaks,
 trains like the eager path and resumes exactly.
 
 The compiled runs use ``backend="aot_eager"``: dynamo's capture and AOTAutograd's functionalised forward + backward +
@@ -113,12 +113,18 @@ def test_fast_path_resumes_exactly(runs, method):
 def test_uncompiled_step_matches_eager(data, tmp_path, method):
     """The step function itself, run without a compiler (what mode="cuda_graph" captures on a GPU; on the CPU it runs
     eagerly): the eager path's parameters after 3 steps, its logged terms."""
+    from torch._dynamo.utils import counters
+
     eager = make(method, data, tmp_path / "e", False, max_steps=3, logging_steps=3)
     eager.train()
     fast = make(method, data, tmp_path / "f", True, max_steps=3, logging_steps=3)
     fast.fast_step.mode = "cuda_graph"
+    traced = counters["stats"]["calls_captured"], counters["frames"]["total"]
     fast.train()
-    assert fast.fast_step.compiled is not None and not fast.fast_step.graphs  # built, never compiled or captured
+    step = fast.fast_step
+    assert step.steps == 3 and step.grad_norm is not None  # every step ran through the fast step
+    assert step.compiled is None and not step.graphs  # no compiled step was made, no CUDA graph captured
+    assert (counters["stats"]["calls_captured"], counters["frames"]["total"]) == traced  # dynamo traced nothing
     for k, v in snapshot(eager).items():
         torch.testing.assert_close(snapshot(fast)[k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
     assert len(loss_logs(fast)) == len(loss_logs(eager)) == 1
