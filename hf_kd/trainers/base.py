@@ -393,7 +393,8 @@ class DistillationTrainer(Trainer):
         (B, H, K), or (B, K) for a single head), for ``prediction_step`` and the metrics."""
         x, y = inputs["pixel_values"], inputs["labels"]
         if model.training:
-            loss, out = self.training_loss(model, x, y, **self.carried_inputs, **self.step_inputs(x.shape[0], x.device))
+            step = {**self.carried_inputs, **self.step_inputs(x.shape[0], x.device)}
+            loss, out = self.training_loss(model, x, y, **step)
         else:
             out = model(pixel_values=x)
             loss = F.cross_entropy(out.heads[:, 0], y)

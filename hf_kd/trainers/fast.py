@@ -158,8 +158,9 @@ def _sgd_foreach(params, grads, bufs, lr: torch.Tensor, weight_decay: float, mom
 
 
 class _GroupUpdate:
-    """One parameter group's foreach update, with its settings and state tensors bound (state created where the
-    optimizer has none yet, exactly as its first eager step would leave it)."""
+    """One parameter group's update by torch's functional foreach SGD / Adam / AdamW, with the group's settings and
+    the optimizer's state tensors bound (state created where the optimizer has none yet, exactly as its first eager
+    step would leave it)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, group: dict):
         self.params = [p for p in group["params"] if p.requires_grad]
@@ -207,8 +208,8 @@ class _GroupUpdate:
         if self.kind == "sgd":
             bufs = state[0] if state else [None] * len(params)
             if not compiling and lr.device.type != "cpu":
-                return _sgd_foreach(params, grads, state[0] if state else None, lr, g["weight_decay"], g["momentum"],
-                                    g["nesterov"], g["maximize"])
+                return _sgd_foreach(params, grads, bufs, lr, g["weight_decay"], g["momentum"], g["nesterov"],
+                                    g["maximize"])
             return sgd(params, grads, bufs, foreach=True, lr=lr if compiling else lr.item(), dampening=0.0,
                        weight_decay=g["weight_decay"], momentum=g["momentum"], nesterov=g["nesterov"],
                        maximize=g["maximize"])
