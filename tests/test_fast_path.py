@@ -144,6 +144,31 @@ def test_fast_step_has_no_graph_breaks(data, tmp_path, method):
     assert explanation.graph_count == 1
 
 
+def test_method_code_does_not_know_the_fast_path():
+    """Methods declare per-step values (step_inputs, next_step_inputs) and nothing else: no method's trainer file, and
+    no loss or module file, refers to the fast path's machinery."""
+    import inspect
+    import pathlib
+    import re
+
+    import hf_kd
+
+    root = pathlib.Path(hf_kd.__file__).parent
+    files = {pathlib.Path(inspect.getsourcefile(get_method(m))) for m in METHODS}
+    files |= set((root / "losses").glob("*.py")) | set((root / "modules").glob("*.py"))
+    files -= {root / "trainers" / "base.py"}  # the supervised baseline is the base class's own method_loss
+    pattern = re.compile(r"\bgraph\s*(=|: bool)|fast_|FastStep|torch\.compile|mark_persistent|is_compiling|_dynamo")
+    found = [f"{f.relative_to(root)}:{n}: {line.strip()}" for f in sorted(files)
+             for n, line in enumerate(f.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, found
+
+
+def test_compiling_leaves_dynamo_config_as_it_was(runs):
+    """trace_autograd_ops is switched on only while the compiled step runs."""
+    runs("supervised")
+    assert torch._dynamo.config.trace_autograd_ops is False
+
+
 def test_augmentation_draw_then_augment_equals_the_eager_call(data):
     """The fast path draws the random parameters first (on the host) and augments in the graph: same pixels."""
     x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
