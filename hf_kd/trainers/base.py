@@ -658,7 +658,7 @@ class DistillationTrainer(Trainer):
                 self._step_losses.append((step, loss))
             return loss
         step_inputs = self.step_inputs(inputs["pixel_values"].shape[0], self.args.device)
-        loss, carried = self._fast(model, inputs, step_inputs, self.carried_inputs)
+        loss, carried = self.fast_step(model, inputs, step_inputs, self.carried_inputs)
         self.carried_inputs.update(carried)
         return loss
 
