@@ -124,7 +124,7 @@ def discriminator_targets(batch: int, device=None, dtype=torch.float32, fool: bo
 
     ``fool=True`` swaps them (the network's target in the adversarial option: the non-saturating GAN loss).
     """
-    first = torch.zeros(2, device=device, dtype=dtype)  # no host-to-device copy: capturable in a CUDA graph
+    first = torch.zeros(2, device=device, dtype=dtype)  # made on the device: no host-to-device copy
     first[1 if fool else 0] = 1.0
     return torch.cat([first.expand(batch, 2), first.flip(0).expand(batch, 2)])
 

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import pickle
-from typing import ClassVar, Optional
+from typing import ClassVar, NamedTuple, Optional
 
 import safetensors.torch
 from safetensors import SafetensorError
@@ -46,7 +46,7 @@ from ..sync import main_process_writes, write_atomically
 from .fast import FastStep, StepInGraph, check_fast_path_args, find_step_in_graph
 
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationOutput", "DistillationTrainer",
-           "NonFiniteLossError"]
+           "NonFiniteLossError", "StepLoss"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,15 @@ def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -
     return ValueError(f"Checkpoint {checkpoint} is damaged: {path} cannot be read ({type(error).__name__}: "
                       f"{str(error)[:300]}); it was probably cut short while being written (run killed, disk full). "
                       f"{hint}")
+
+
+class StepLoss(NamedTuple):
+    """What one training batch gives (``DistillationTrainer.step_loss``)."""
+
+    loss: torch.Tensor  # the training loss
+    outputs: DistillationOutput  # the model's forward
+    terms: dict  # name -> unweighted loss term, logged as loss_<name>
+    carried: dict  # name -> tensor handed to the next step (``next_step_inputs``)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -174,8 +183,13 @@ class DistillationTrainer(Trainer):
       the paper's hyperparameters (the accuracy benchmark reads the method's own fields from it);
     - ``build_model(student, args, teacher)``: its ``DistillationModel``, whose ``forward`` returns a
       ``DistillationOutput`` and whose ``head_names`` name the evaluation heads (``build_metrics`` scores them);
-    - ``method_loss(outputs, pixel_values, labels, **step)``: the training loss and its named terms; ``step`` holds
-      the per-step inputs of ``step_inputs`` (host state: an epoch's loss weights, a random draw, a buffer).
+    - ``method_loss(outputs, pixel_values, labels, **step)``: the training loss and its named terms;
+    - where the loss needs values that change from step to step (``docs/design/fast_path.md``):
+      ``step_inputs(batch_size, device)``, values made on the host for each step (FFSD's warmed-up lambdas, MixSKD's
+      mixup draw), and ``next_step_inputs(outputs, pixel_values, labels, **step)``, tensors a step hands to the next
+      one (LightSKD's sorted logits), kept in ``carried_inputs``. Both arrive in ``step``, as keyword arguments of the
+      model's ``forward`` and of ``method_loss``. The same code runs in the eager step and in the fast path's
+      compiled step; a method never needs to know which one runs it.
 
     The base ``compute_loss`` runs the model, scores the heads at evaluation (``eval_loss`` is the exported head's
     cross-entropy), calls ``method_loss`` in training, logs its terms and owns ``return_outputs``.
@@ -273,7 +287,7 @@ class DistillationTrainer(Trainer):
         if args.fast_path:
             check_fast_path_args(args, args.world_size)
         self._fast = FastStep(self) if args.fast_path else None
-        self._fast_tracing, self._fast_terms, self._fast_copies = False, None, None
+        self.carried_inputs: dict[str, Optional[torch.Tensor]] = {}  # next_step_inputs of the last training step
 
     # --- what a method declares and builds ------------------------------------------------------------------------
     def __init_subclass__(cls, **kwargs):
@@ -379,27 +393,45 @@ class DistillationTrainer(Trainer):
         (B, H, K), or (B, K) for a single head), for ``prediction_step`` and the metrics."""
         x, y = inputs["pixel_values"], inputs["labels"]
         if model.training:
-            loss, out = self.training_loss(model, x, y, **self.step_inputs(x.shape[0], x.device))
+            step = {**self.carried_inputs, **self.step_inputs(x.shape[0], x.device)}
+            loss, out = self.training_loss(model, x, y, **step)
         else:
             out = model(pixel_values=x)
             loss = F.cross_entropy(out.heads[:, 0], y)
         return (loss, {"logits": out.logits}) if return_outputs else loss
 
-    def training_loss(self, model, pixel_values: torch.Tensor, labels: torch.Tensor, **step):
-        """(loss, outputs) of one training batch: forward, ``method_loss``, terms logged. The fast path traces this."""
+    def step_loss(self, model, pixel_values: torch.Tensor, labels: torch.Tensor, **step) -> StepLoss:
+        """One training batch: forward, ``method_loss`` and ``next_step_inputs``, with the per-step inputs ``step``.
+        Logs and keeps nothing: the eager step (``training_loss``) and the fast path's compiled step both run it."""
         out = model(pixel_values=pixel_values, **step)
         loss, terms = self.method_loss(out, pixel_values, labels, **step)
-        self.log_terms(terms)
-        return loss, out
+        return StepLoss(loss, out, terms, self.next_step_inputs(out, pixel_values, labels, **step))
+
+    def training_loss(self, model, pixel_values: torch.Tensor, labels: torch.Tensor, **step):
+        """(loss, outputs) of one training batch in the eager step: ``step_loss``, its terms logged, its carried
+        values kept in ``carried_inputs`` for the next step."""
+        result = self.step_loss(model, pixel_values, labels, **step)
+        self.log_terms(result.terms)
+        self.carried_inputs.update(result.carried)
+        return result.loss, result.outputs
 
     def method_loss(self, outputs: DistillationOutput, pixel_values: torch.Tensor, labels: torch.Tensor,
                   **step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The method's training loss and its named (unweighted) terms. Default: cross-entropy of the student."""
         return F.cross_entropy(outputs.heads[:, 0], labels), {}
 
-    def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
-        """Per-step inputs of ``forward`` and ``method_loss`` besides the batch, made on the host each step.
-        ``graph=True`` (the fast path's compiled step): every value a device tensor, copied without a sync."""
+    def step_inputs(self, batch_size: int, device) -> dict:
+        """Values that change per step, made on the host before each training step and passed to ``forward`` and
+        ``method_loss`` as keyword arguments: Python numbers (or dicts, lists, tuples of them), tensors, None.
+        Default: none. On the fast path floats become device tensors (``docs/design/fast_path.md``)."""
+        return {}
+
+    def next_step_inputs(self, outputs: DistillationOutput, pixel_values: torch.Tensor, labels: torch.Tensor,
+                         **step) -> dict[str, torch.Tensor]:
+        """Tensors this training step hands to the next one (state carried across steps), by name: the next step
+        gets each in ``step`` under the same name, and ``carried_inputs`` holds them in between (set an entry to
+        None to start over, e.g. at an epoch's start; save and restore it with checkpoints). Return detached
+        tensors. Default: none."""
         return {}
 
     def bind_teacher_input(self, teacher, student_cfg: dict) -> None:
@@ -436,9 +468,6 @@ class DistillationTrainer(Trainer):
 
     def log_terms(self, terms: dict[str, torch.Tensor]):
         """Record loss terms of a training step; averaged over the logging window and logged by name."""
-        if self._fast_tracing:  # inside the fast path's compiled step: FastStep sums them on the device
-            self._fast_terms = dict(terms)
-            return
         if self.model.training:  # running sums: nothing grows when no log fires (logging_strategy "no")
             for name, value in terms.items():
                 value = value.detach().float()
@@ -619,14 +648,6 @@ class DistillationTrainer(Trainer):
         ``torch.compile`` arguments."""
         return self._fast
 
-    def fast_step_done(self) -> None:
-        """Called on the host after each fast step."""
-
-    def fast_copy_after_step(self, dst: torch.Tensor, src: torch.Tensor) -> None:
-        """In ``method_loss`` on the fast path: write ``src`` into the persistent device tensor ``dst`` at the end of the step,
-        after the backward (which may still read ``dst``) and the update."""
-        self._fast_copies.append((dst, src))
-
     def training_step(self, model, inputs, num_items_in_batch=None):
         step = self.state.global_step + 1
         if self._unchecked_from is None:
@@ -636,7 +657,10 @@ class DistillationTrainer(Trainer):
             if len(self._step_losses) < STEP_LOSSES_KEPT:  # references only: read if the loss turns out non-finite
                 self._step_losses.append((step, loss))
             return loss
-        return self._fast(model, inputs)
+        step_inputs = self.step_inputs(inputs["pixel_values"].shape[0], self.args.device)
+        loss, carried = self.fast_step(model, inputs, step_inputs, self.carried_inputs)
+        self.carried_inputs.update(carried)
+        return loss
 
     def _prepare_for_training(self, *args, **kwargs):
         if self._fast is not None:  # the compiled step updates the parameters; the Trainer's optimizer.step must not
@@ -646,14 +670,9 @@ class DistillationTrainer(Trainer):
         return super()._prepare_for_training(*args, **kwargs)
 
     def _get_grad_norm(self, model, grad_norm=None):
-        if self._fast is not None:  # computed in the graph (p.grad is never set)
+        if self._fast is not None:  # computed (and clipped) in the compiled step: p.grad is never set
             return self._fast.grad_norm
         return super()._get_grad_norm(model, grad_norm)
-
-    def _clip_grad_norm(self, model):
-        if self._fast is not None:  # clipped in the graph
-            return self._fast.grad_norm
-        return super()._clip_grad_norm(model)
 
     # --- optimizer and schedule -----------------------------------------------------------------------------------
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:

@@ -227,15 +227,9 @@ class FFSDTrainer(DistillationTrainer):
     def _lambda_epoch(self) -> int:
         return int(self.state.epoch or 0) + 1  # 1-based epoch at the epoch start, as the official lambda_warmup
 
-    def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
-        """The warmed-up lambdas of this epoch; in the compiled step a device tensor (a Python float that changes
-        per epoch would recompile it)."""
-        lam = self.lambdas(self._lambda_epoch())
-        if not graph:
-            return {"lambdas": lam}
-        return {"lambdas": torch.tensor([lam[k] for k in _LAMBDAS], dtype=torch.float32).to(device, non_blocking=True)}
+    def step_inputs(self, batch_size: int, device) -> dict:
+        """The warmed-up lambdas of this epoch."""
+        return {"lambdas": self.lambdas(self._lambda_epoch())}
 
     def method_loss(self, outputs: FFSDOutput, pixel_values, labels, lambdas=None, **step):
-        if isinstance(lambdas, torch.Tensor):
-            lambdas = dict(zip(_LAMBDAS, lambdas.unbind()))
         return ffsd_losses(outputs, labels, self.args.temperature, **lambdas)

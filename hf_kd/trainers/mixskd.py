@@ -120,12 +120,9 @@ class MixSKDTrainer(DistillationTrainer):
         lam, perm = draw_mixup(*self.last_mixup_key, batch_size, self.args.mixup_alpha)
         return lam, perm.to(device, non_blocking=True)  # pageable memory: staged at once, no sync
 
-    def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
-        """The mixup draw of this micro-batch (``next_mixup``); in the compiled step lam is a float64 device tensor
-        (like the eager path's Python float, so 1 - lam rounds the same way)."""
+    def step_inputs(self, batch_size: int, device) -> dict:
+        """The mixup draw of this micro-batch (``next_mixup``)."""
         lam, perm = self.next_mixup(batch_size, device)
-        if graph:
-            lam = torch.tensor(lam, dtype=torch.float64).to(device, non_blocking=True)
         return {"lam": lam, "perm": perm}
 
     def method_loss(self, outputs: MixSKDOutput, pixel_values, labels, lam=None, perm=None, **step):

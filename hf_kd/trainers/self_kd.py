@@ -60,7 +60,6 @@ from ..models import TimmStudent
 from ..models.student import MissingStagesError
 from ..modules.self_kd import LightSKDAdapter, SelfKDModel, SelfKDOutput
 from .base import DistillationTrainer
-from .fast import mark_persistent
 
 __all__ = ["SelfKDArguments", "SelfKDModel", "SelfKDTrainer", "LIGHTSKD_CIFAR_MEAN", "LIGHTSKD_CIFAR_STD"]
 
@@ -141,7 +140,7 @@ class SelfKDTrainer(DistillationTrainer):
 
     def __init__(self, model=None, args: SelfKDArguments = None, **kwargs):
         super().__init__(model=model, args=args, **kwargs)
-        self.dsr_previous: Optional[torch.Tensor] = None  # sorted, detached logits of the previous training batch
+        self.dsr_previous = None  # sorted, detached logits of the previous training batch
         self.add_callback(_ResetDSRAtEpochEnd(self))
 
     # --- model and data ---------------------------------------------------------------------------------------------
@@ -177,24 +176,22 @@ class SelfKDTrainer(DistillationTrainer):
         aux = self.accelerator.unwrap_model(self.model).aux
         return aux["adapter"] if "adapter" in aux else None
 
-    # --- loss: DSR's buffer is host state in the eager step, a fixed device tensor in the fast path's graph ----------
-    def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
-        """``previous``: the previous batch's sorted logits (None on an epoch's first batch or without DSR).
-        ``graph=True``: a fixed device tensor (``buffer``) that the compiled step overwrites after its update."""
-        if not self.args.use_dsr:
-            return {}
-        if not graph:
-            return {"previous": self.dsr_previous}
-        buf = getattr(self, "_dsr_buffer", None)
-        if buf is None or buf.shape[0] != batch_size:
-            buf = mark_persistent(torch.zeros(batch_size, self.student.config.num_labels, device=device))
-            self._dsr_buffer = buf
-        previous = self.dsr_previous
-        if previous is not None and previous is not buf:  # restored from a checkpoint
-            buf.copy_(previous, non_blocking=True)
-        return {"previous": buf if previous is not None else None, "buffer": buf}
+    # --- loss: DSR compares this batch with the previous one (``next_step_inputs`` carries its sorted logits) ------
+    @property
+    def dsr_previous(self) -> Optional[torch.Tensor]:
+        """The previous training batch's sorted, detached logits (None: no DSR term on the next batch)."""
+        return self.carried_inputs.get("previous")
 
-    def method_loss(self, outputs: SelfKDOutput, pixel_values, labels, previous=None, buffer=None, **step):
+    @dsr_previous.setter
+    def dsr_previous(self, value: Optional[torch.Tensor]) -> None:
+        self.carried_inputs["previous"] = value
+
+    def next_step_inputs(self, outputs: SelfKDOutput, pixel_values, labels, **step) -> dict:
+        """``previous`` for the next batch: this batch's sorted, detached logits. Updated whether or not DRG is on
+        (the official code updates it inside ``if DRG``, a bug)."""
+        return {"previous": sorted_logits(outputs.student_logits.detach())} if self.args.use_dsr else {}
+
+    def method_loss(self, outputs: SelfKDOutput, pixel_values, labels, previous=None, **step):
         """CE + CE of the adapter + alpha DRG + beta DSR against ``previous`` (when given)."""
         logits, adapter_logits = outputs.student_logits, outputs.adapter_logits
         a = self.args
@@ -209,17 +206,7 @@ class SelfKDTrainer(DistillationTrainer):
         if previous is not None:
             terms["dsr"] = dsr_loss(logits, previous.to(logits.device), a.temperature)
             loss = loss + a.beta * terms["dsr"]
-        if a.use_dsr:  # updated whether or not DRG is on (the official code updates it inside `if DRG`, a bug)
-            current = sorted_logits(logits.detach())
-            if buffer is not None:  # the compiled step: written after the update (`previous` is the same tensor)
-                self.fast_copy_after_step(buffer, current)
-            else:
-                self.dsr_previous = current
         return loss, terms
-
-    def fast_step_done(self) -> None:
-        if self.args.use_dsr:
-            self.dsr_previous = self._dsr_buffer
 
     # --- DSR buffer: reset per train() call and epoch, saved with checkpoints ----------------------------------------
     def train(self, *args, **kwargs):
