@@ -155,6 +155,7 @@ def test_collator():
     assert batch["pixel_values"].shape == (3, 3, 4, 4) and batch["labels"].dtype == torch.long
 
 
+@pytest.mark.slow
 def test_in_memory_fast_path_trains_identically(tmp_path):
     """Decoded-once uint8 tensors + batched fetch give bit-identical training to the datasets path."""
     from hf_kd import DistillationArguments, SupervisedTrainer, create_student

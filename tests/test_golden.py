@@ -51,7 +51,8 @@ def test_every_method_and_every_fixture_file_is_compared():
     assert files == set(FIXTURES), f"fixture files not in FIXTURES: {sorted(files - set(FIXTURES))}"
 
 
-@pytest.mark.parametrize("name", list(FIXTURES))
+# the ImageNet fixtures (224 px, real-size networks) are slow; the CIFAR ones run day to day
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in IMAGENET else n for n in FIXTURES])
 def test_golden_trainer_matches_official_code(name, tmp_path):
     fixture = gp.load_fixture(name)
     result = gp.run_hf_kd(fixture, str(tmp_path))

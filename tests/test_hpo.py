@@ -65,6 +65,7 @@ def test_every_method_has_a_searched_argument():
         f"unknown {sorted(set(SEARCHED) - set(methods()))}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(methods()))
 def test_every_trainer_searches_two_trials(data, tmp_path, method):
     """2 optuna trials per trainer: each trial trains a fresh student and fresh auxiliary modules (no parameter
@@ -122,6 +123,7 @@ def test_every_trainer_searches_two_trials(data, tmp_path, method):
             (method, sorted(metrics))
 
 
+@pytest.mark.slow
 def test_a_trial_applies_its_method_augmentation(data, tmp_path):
     """LightSKD's random_resized_crop is read when the augmentation is chosen: a trial that searches it must train
     with the augmentation it asked for, not the one __init__ chose."""
@@ -153,6 +155,7 @@ def test_a_trial_applies_its_method_augmentation(data, tmp_path):
     assert sorted(seen) == [(False, False), (True, True)], seen
 
 
+@pytest.mark.slow
 def test_a_trial_applies_its_data_augmentation_arguments(data, tmp_path):
     """The data-level overrides (``augmentation``, ``pad_mode``, ``norm_mean``/``norm_std``) are arguments too: a trial
     that searches one trains with it (it used to keep what __init__ chose, silently)."""
@@ -220,6 +223,7 @@ def _search_snapshots(method, data, out, fast):
     return snaps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["kd", "ffsd"])
 def test_search_with_the_fast_path_trains_each_trial_like_eager(method, data, tmp_path):
     """With ``fast_path`` every trial's compiled step trains that trial's model and optimizer (a new student, aux
@@ -233,6 +237,7 @@ def test_search_with_the_fast_path_trains_each_trial_like_eager(method, data, tm
             torch.testing.assert_close(f[k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
 
 
+@pytest.mark.slow
 def test_a_trial_applies_its_normalization_to_student_export_and_teacher(data, tmp_path):
     """A searched norm_mean/norm_std reaches the training augmentation, the student's exported preprocessing and a
     transformers teacher's input rebuild (which undoes the student's normalisation)."""

@@ -251,6 +251,7 @@ def _every_commit(server, repo_id):
             for c in repo.commits.values() if c["title"] != STALE]
 
 
+@pytest.mark.slow
 def test_push_uploads_only_the_student_export(hub):
     server, res, _ = hub
     # the run's output_dir really holds what must not go up: checkpoints (full wrapper + optimizer) and TensorBoard
@@ -269,6 +270,7 @@ def test_push_uploads_only_the_student_export(hub):
     assert any(c["title"].startswith("Training in progress, step") for c in server.repos[REPO].commits.values())
 
 
+@pytest.mark.slow
 def test_hub_strategy_during_training(hub):
     server, res, _ = hub
     _no_error(res, "hub_strategies")
@@ -283,11 +285,13 @@ def test_hub_strategy_during_training(hub):
     assert all(k.startswith("student.") for k in load(files["last-checkpoint/model.safetensors"]))
 
 
+@pytest.mark.slow
 def test_loaders_give_identical_logits(hub):
     _, res, _ = hub
     assert res["auto_equal"] and res["timm_equal"]
 
 
+@pytest.mark.slow
 def test_pipeline_labels_and_preprocessing_travel(hub):
     _, res, _ = hub
     for k in ("mean", "std"):  # the processor loaded from the Hub normalises as training did
@@ -299,6 +303,7 @@ def test_pipeline_labels_and_preprocessing_travel(hub):
                                                                  abs=1e-6)
 
 
+@pytest.mark.slow
 def test_model_card_on_the_hub(hub):
     server, res, _ = hub
     assert {"knowledge-distillation", "kd", "image-classification"} <= set(res["card_tags"])
@@ -330,6 +335,16 @@ def test_model_card_on_the_hub(hub):
     assert "without distillation" not in first  # no baseline row before the run had one
 
 
+def test_every_method_has_its_expected_bibtex():
+    """BIBTEX holds one entry per registered method (checked without the Hub round trip)."""
+    from hf_kd.methods import methods
+
+    assert set(BIBTEX) == set(methods()), (f"BIBTEX needs one entry per registered method: missing "
+                                           f"{sorted(set(methods()) - set(BIBTEX))}, unknown "
+                                           f"{sorted(set(BIBTEX) - set(methods()))}")
+
+
+@pytest.mark.slow
 def test_every_method_has_its_card_template_and_citation(hub):
     _, res, _ = hub
     _no_error(res, "cards")
@@ -358,18 +373,21 @@ def test_every_method_has_its_card_template_and_citation(hub):
             assert text in " ".join(bib.split()), (method, text)
 
 
+@pytest.mark.slow
 def test_branch_revision(hub):
     _, res, _ = hub
     _no_error(res, "branch")
     assert res["branch_equal"] and res["main_unchanged"]
 
 
+@pytest.mark.slow
 def test_private_repo(hub):
     _, res, _ = hub
     _no_error(res, "private")
     assert res["private_flag"] is True and res["private_anonymous"] == "not found" and res["private_equal"]
 
 
+@pytest.mark.slow
 def test_failed_upload_keeps_export_and_says_how_to_retry(hub):
     server, res, _ = hub
     _no_error(res, "failure")
@@ -384,6 +402,7 @@ def test_failed_upload_keeps_export_and_says_how_to_retry(hub):
     assert set(server.files(REPO)) == EXPORT
 
 
+@pytest.mark.slow
 def test_failed_repo_creation_keeps_export_and_python_retry_works(hub):
     server, res, _ = hub
     _no_error(res, "failure_creating_repo")

@@ -67,6 +67,7 @@ def check_exports(out, world_size):
         assert model.config.pretrained_cfg["input_size"] == [3, 224, 224], name
 
 
+@pytest.mark.slow
 def test_every_trainer_at_224_px_on_one_process(photos, tmp_path):
     trainers = script().train_all(photos, str(tmp_path))
     for name, trainer in trainers.items():

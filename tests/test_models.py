@@ -141,6 +141,7 @@ def test_load_student_for_another_label_set_gets_a_fresh_classifier(exported):
     assert torch.equal(same.timm_model.get_classifier().weight, student.timm_model.get_classifier().weight)
 
 
+@pytest.mark.slow
 def test_round_trip_fresh_process(exported, tmp_path):
     """save_pretrained -> AutoModelForImageClassification.from_pretrained in a new interpreter: identical logits."""
     student, d = exported

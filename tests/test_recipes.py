@@ -47,6 +47,7 @@ def test_every_preset_parses(path):
         assert d.dataset == "cifar100" and a.num_train_epochs > 100
 
 
+@pytest.mark.slow
 def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
     """accelerate launch recipes/kd.py (teacher trained on the fly) -> AutoModel + pipeline."""
     out = tmp_path / "kd"
@@ -71,6 +72,7 @@ def test_new_user_path_kd_recipe_then_pipeline(tmp_path):
     assert len(res) == 5 and all(r["label"] in [str(i) for i in range(10)] for r in res), res
 
 
+@pytest.mark.slow
 def test_card_names_the_data_title_subset_and_reproduces_them(tmp_path, one_thread):
     """The card (and its model-index) carry the dataset's title, the eval split and the subset drawn; the reproduce
     YAML keeps the data flags; trainer_state.json (every evaluation) lands beside the export."""

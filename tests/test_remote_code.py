@@ -55,6 +55,7 @@ assert "hf_kd" not in sys.modules or sys.modules["hf_kd"] is None
 """
 
 
+@pytest.mark.slow
 def test_cifar_export_loads_without_hf_kd_with_identical_logits(data, tmp_path, one_thread):  # as the process below
     """One fresh process without hf_kd loads two exports: a cifar_* student (remote code) and a student on an
     architecture timm ships (plain: transformers and timm alone)."""

@@ -233,6 +233,7 @@ def test_kd_loss_value_and_frozen_teacher(data, teacher_dir, tmp_path):
     assert "student 32x32 px" in teacher_part
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", TEACHER_METHODS, ids=lambda c: c.method_name)
 def test_recipe_teacher_flag_takes_a_transformers_folder(data, vit_dir, tmp_path, cls):
     """`recipes/kd.py --teacher <folder>` / `recipes/projector_kd.py --teacher <folder>` with a ViT folder."""

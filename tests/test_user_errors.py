@@ -337,6 +337,7 @@ def test_truncated_jpeg_in_an_imagefolder_is_skipped_with_a_warning_naming_it(tm
 
 
 # --- 12. import time ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_import_hf_kd_loads_only_what_registering_the_backbones_needs():
     """`import hf_kd` registers the cifar_* backbones in timm and imports no Trainer, datasets, evaluate, matplotlib
     or scikit-learn; every public name still resolves on first use (benchmarks/import_time.py measures the cost).

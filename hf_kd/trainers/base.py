@@ -784,7 +784,7 @@ class DistillationTrainer(Trainer):
         transformers saves checkpoint ``output_dir`` (optimizer, scheduler and ``trainer_state.json`` follow); a
         method that keeps more state writes it here too (LightSKD's DSR buffer) and reads it back in
         ``load_checkpoint_model``."""
-        Trainer.save_model(self, output_dir, _internal_call=True)
+        super().save_model(output_dir, _internal_call=True)
         if self.args.should_save:  # beside the weights, before the checkpoint is pushed or resumed from
             write_manifest(output_dir, self.checkpoint_manifest())
 
