@@ -28,7 +28,8 @@ LAST_STAGE = {"cifar_resnet8x4": (256, 8, 8), "cifar_resnet32x4": (256, 8, 8), "
               "cifar_wrn_16_2": (128, 8, 8), "cifar_wrn_40_2": (128, 8, 8)}
 
 
-@pytest.mark.parametrize("name", CIFAR_ARCHITECTURES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "cifar_resnet110" else n
+                                  for n in CIFAR_ARCHITECTURES])  # the deepest one: slow
 def test_cifar_backbone_registered_shapes_and_params(name):
     assert name in timm.list_models("cifar_*")
     classes = 10 if name in ("cifar_resnet20", "cifar_resnet32", "cifar_resnet56", "cifar_resnet110") else 100
@@ -171,9 +172,9 @@ def test_round_trip_fresh_process(exported, tmp_path):
 
 @pytest.mark.parametrize("arch, kwargs, n_min", [
     ("resnet18", {}, 5),
-    ("wide_resnet50_2", {}, 5),
+    pytest.param("wide_resnet50_2", {}, 5, marks=pytest.mark.slow),  # the largest networks: slow
     ("mobilenetv3_small_100", {}, 5),
-    ("efficientnet_b0", {}, 5),
+    pytest.param("efficientnet_b0", {}, 5, marks=pytest.mark.slow),
     ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4}, 12),
     ("cifar_wrn_16_2", {}, 4),
 ])

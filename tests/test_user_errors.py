@@ -375,6 +375,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc") or not hasattr(signal, "pthread_kill"), reason="needs Linux /proc")
 def test_interrupting_a_test_ends_the_launched_process_and_its_children(tmp_path):
     """Like `accelerate launch recipe.py`: a launcher whose child does the work. Ctrl-C during run_process must end
