@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import HPSearchBackend, HubStrategy, number_of_arguments
 
@@ -170,6 +170,28 @@ def own_parameter_groups(cls, kwargs: dict) -> bool:
             and not {"params", "model", "optimizer_dict"} & set(kwargs))
 
 
+class CheckBeforeUse(TrainerCallback):
+    """Before the weights are evaluated, saved or trained no further (``control`` says so at a step's or an epoch's
+    end, before ``Trainer`` acts on it), stop if a loss since the last log or the weights are not finite
+    (``DistillationTrainer.check_logged_loss``)."""
+
+    def __init__(self, trainer: "DistillationTrainer"):
+        self.trainer = trainer
+
+    def check(self, control) -> None:
+        uses = [what for what, due in (("an evaluation", control.should_evaluate), ("a checkpoint save",
+                control.should_save), ("the end of training", control.should_training_stop)) if due]
+        if uses:
+            self.trainer.check_unlogged_loss(" and ".join(uses), self.trainer.running_loss())
+            self.trainer.check_finite_weights(" and ".join(uses))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.check(control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.check(control)
+
+
 class DistillationTrainer(Trainer):
     """``Trainer`` for a student (a ``TimmStudent``) and the modules a distillation method adds.
 
@@ -288,6 +310,7 @@ class DistillationTrainer(Trainer):
             check_fast_path_args(args, args.world_size)
         self._fast = FastStep(self) if args.fast_path else None
         self.carried_inputs: dict[str, Optional[torch.Tensor]] = {}  # next_step_inputs of the last training step
+        self.add_callback(CheckBeforeUse(self))
 
     # --- what a method declares and builds ------------------------------------------------------------------------
     def __init_subclass__(cls, **kwargs):
@@ -556,7 +579,7 @@ class DistillationTrainer(Trainer):
         """Stop if a step since the last log had a non-finite loss, before ``reason`` (an evaluation, a checkpoint
         save, the end of training) uses the weights. Reads Trainer's running loss sum (a NaN or inf in it stays):
         one host read, only when steps went unlogged. Every process calls it (the sum is reduced over them)."""
-        tr_loss = getattr(self, "_tr_loss", None) if tr_loss is None else tr_loss
+        tr_loss = self.running_loss() if tr_loss is None else tr_loss
         if self._unchecked_from is None or tr_loss is None:
             return
         total = tr_loss.detach().reshape(1).float()
@@ -567,6 +590,11 @@ class DistillationTrainer(Trainer):
             terms = {f"loss_{n}": v for n, v in sorted(self.pop_term_means().items()) if not math.isfinite(v)}
             self.stop_at_non_finite({"loss": value, **terms}, f"found before {reason} at step {self.state.global_step}")
         self._unchecked_from, self._step_losses = None, []
+
+    def running_loss(self) -> Optional[torch.Tensor]:
+        """Trainer's on-device sum of the training losses since the last log (its ``_tr_loss``, set in ``train``;
+        None before training). Read, never changed; docs/design/transformers_hooks.md."""
+        return getattr(self, "_tr_loss", None)
 
     def non_finite_weights(self) -> list[str]:
         """The names of the model's floating-point tensors (parameters and buffers: BatchNorm statistics too) that
@@ -631,15 +659,6 @@ class DistillationTrainer(Trainer):
         """After a stop (even one a caller caught), no export or checkpoint of these weights."""
         if self._non_finite:
             raise NonFiniteLossError(f"Not exported: {self._non_finite}")
-
-    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
-        control = self.control
-        uses = [what for what, due in (("an evaluation", control.should_evaluate), ("a checkpoint save",
-                control.should_save), ("the end of training", control.should_training_stop)) if due]
-        if uses:  # before the weights are evaluated or saved
-            self.check_unlogged_loss(" and ".join(uses), tr_loss)
-            self.check_finite_weights(" and ".join(uses))
-        return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
 
     # --- the fast path (hf_kd.trainers.fast) --------------------------------------------------------------------------
     @property
@@ -741,6 +760,10 @@ class DistillationTrainer(Trainer):
         return factor
 
     # --- saving: student-only export, full-state checkpoints --------------------------------------------------------
+    # Two meanings, two names: ``save_model`` exports the student (``Trainer.save_model``'s documented meaning: a model
+    # ``from_pretrained`` loads); ``save_checkpoint_model`` writes a checkpoint's full trainable state. transformers'
+    # ``_save_checkpoint`` writes the checkpoint's weights by calling ``save_model``: ``_save_checkpoint`` below marks
+    # that call so that it reaches ``save_checkpoint_model`` (docs/design/transformers_hooks.md).
     def _save_checkpoint(self, model, trial):
         self.refuse_export_after_non_finite()
         self.check_unlogged_loss("a checkpoint save")  # no checkpoint of NaN weights
@@ -752,33 +775,37 @@ class DistillationTrainer(Trainer):
             self._in_checkpoint = False
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
-        if self._in_checkpoint:  # full trainable state, for an exact resume
-            if state_dict is None:  # safetensors refuses non-contiguous tensors, e.g. channels_last conv weights
-                state_dict = {k: v.contiguous() for k, v in self.model.state_dict().items()}
-            return super()._save(output_dir, state_dict)
-        self.export_student(output_dir or self.args.output_dir)
+        # reached from Trainer.save_model, which hf_kd calls for checkpoints only (save_checkpoint_model)
+        if state_dict is None:  # safetensors refuses non-contiguous tensors, e.g. channels_last conv weights
+            state_dict = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        return super()._save(output_dir, state_dict)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False):
-        """Inside a checkpoint: Trainer's full-state save. Otherwise export the student (``export_student``) to
-        ``output_dir`` (default ``args.output_dir``).
-
-        A checkpoint also gets its manifest (``checkpoint_manifest``), which a resume checks.
+        """Export the student (``export_student``: config, timm-native safetensors, model card) to ``output_dir``
+        (default ``args.output_dir``), and push it when ``push_to_hub`` is set, as ``Trainer.save_model``.
 
         Every process calls it; the one that saves (``args.should_save``) writes and the others wait at a barrier
         until the export is complete (``hf_kd.sync.main_process_writes``), so any process may read the export when
         this returns (the recipes' auto-trained teacher is read by every process).
         """
-        if self._in_checkpoint:
-            super().save_model(output_dir, _internal_call)
-            if self.args.should_save:  # beside the weights, before the checkpoint is pushed or resumed from
-                write_manifest(output_dir, self.checkpoint_manifest())
-            return
+        if self._in_checkpoint:  # transformers' _save_checkpoint writes the checkpoint's weights through save_model
+            return self.save_checkpoint_model(output_dir)
         self.refuse_export_after_non_finite()
         self.check_finite_weights("the export")
         main_process_writes(output_dir or self.args.output_dir, self._write_export, writer=self.args.should_save,
                             prefix=".export-")
         if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def save_checkpoint_model(self, output_dir: str) -> None:
+        """A checkpoint's model files: the whole ``DistillationModel`` state (Trainer's own save, for an exact
+        resume) and the manifest (``checkpoint_manifest``) that a resume checks. Called on every process while
+        transformers saves checkpoint ``output_dir`` (optimizer, scheduler and ``trainer_state.json`` follow); a
+        method that keeps more state writes it here too (LightSKD's DSR buffer) and reads it back in
+        ``load_checkpoint_model``."""
+        super().save_model(output_dir, _internal_call=True)
+        if self.args.should_save:  # beside the weights, before the checkpoint is pushed or resumed from
+            write_manifest(output_dir, self.checkpoint_manifest())
 
     def export_student(self, output_dir: str):
         """Write the student alone (config + timm-native safetensors + model card) to ``output_dir``.
@@ -859,7 +886,14 @@ class DistillationTrainer(Trainer):
             self.check_resume(checkpoint)
         self.reset_loss_check()
         self._loaded_best = None
-        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+        result = super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+        best = self.state.best_model_checkpoint
+        # Trainer loads the best checkpoint at the end under load_best_model_at_end when its weights are there
+        if self.args.load_best_model_at_end and best and any(
+                os.path.isfile(os.path.join(best, n)) for n in ("model.safetensors", "pytorch_model.bin",
+                                                                "model.safetensors.index.json")):
+            self._loaded_best = best
+        return result
 
     def checkpoint_manifest(self) -> dict:
         """What a checkpoint records about its run: the method and the teacher (name, Hub revision, weights hash;
@@ -893,23 +927,17 @@ class DistillationTrainer(Trainer):
                 raise
             raise damaged_checkpoint_error(checkpoint, "its optimizer.pt / scheduler.pt", e) from None
 
-    def _load_best_model(self) -> None:
-        """Trainer's ``load_best_model_at_end``; remembers which checkpoint the model now holds
-        (``loaded_best_checkpoint``), so that the card and the printout report that checkpoint's evaluation."""
-        super()._load_best_model()
-        best = self.state.best_model_checkpoint
-        if best and any(os.path.isfile(os.path.join(best, n)) for n in ("model.safetensors", "pytorch_model.bin",
-                                                                         "model.safetensors.index.json")):
-            self._loaded_best = best
-
     @property
     def loaded_best_checkpoint(self) -> Optional[str]:
         """The checkpoint whose weights the model holds after ``load_best_model_at_end``; None: the last weights."""
         return getattr(self, "_loaded_best", None)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
-        """Strict load of the full ``DistillationModel`` state, with an error that says what does not match."""
-        model = self.model if model is None else model
+        self.load_checkpoint_model(resume_from_checkpoint, self.model if model is None else model)
+
+    def load_checkpoint_model(self, resume_from_checkpoint: str, model) -> None:
+        """Load what ``save_checkpoint_model`` wrote: a strict load of the full ``DistillationModel`` state, with an
+        error that says what does not match."""
         path = os.path.join(resume_from_checkpoint, "model.safetensors")
         if not os.path.isfile(path):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)

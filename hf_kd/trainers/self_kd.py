@@ -51,7 +51,6 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..arguments import DistillationArguments
 from ..data.augment import BatchAugment, RandomResizedCropAugment
@@ -216,18 +215,18 @@ class SelfKDTrainer(DistillationTrainer):
     def _dsr_state_path(self, folder: str) -> str:
         return os.path.join(folder, DSR_STATE_FILE.format(rank=self.args.process_index))
 
-    def _save_checkpoint(self, model, trial):
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        os.makedirs(folder, exist_ok=True)
+    def save_checkpoint_model(self, output_dir: str) -> None:
+        """The checkpoint's model files, plus this process's DSR buffer (every process writes its own)."""
+        super().save_checkpoint_model(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
         # a checkpoint written on an epoch's last step resumes at the next epoch's start, where the buffer is empty
         mid_epoch = self.state.epoch is not None and not float(self.state.epoch).is_integer()
         buf = self.dsr_previous if mid_epoch and self.dsr_previous is not None else None
         torch.save({"sorted_logits": None if buf is None else buf.detach().cpu(), "world_size": self.args.world_size,
-                    "global_step": self.state.global_step}, self._dsr_state_path(folder))
-        super()._save_checkpoint(model, trial)
+                    "global_step": self.state.global_step}, self._dsr_state_path(output_dir))
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+    def load_checkpoint_model(self, resume_from_checkpoint: str, model) -> None:
+        super().load_checkpoint_model(resume_from_checkpoint, model)
         path = self._dsr_state_path(resume_from_checkpoint)
         self.dsr_previous = None
         if not self.args.use_dsr:
