@@ -53,7 +53,8 @@ def fields_table(cls) -> list[str]:
         choices = f.metadata.get("choices")
         if choices:
             meaning = f"{meaning} One of: {', '.join(f'`{c}`' for c in choices)}."
-        lines.append(f"| `--{f.name}` | `{cell(f.type)}` | {cell(default_text(f))} | {cell(meaning)} |")
+        annotation = vars(cls)["__annotations__"][f.name]  # as written (HfArgumentParser replaces f.type in place)
+        lines.append(f"| `--{f.name}` | `{cell(annotation)}` | {cell(default_text(f))} | {cell(meaning)} |")
     return lines + [""]
 
 
