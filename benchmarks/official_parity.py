@@ -96,6 +96,9 @@ SUBSTITUTIONS = {
         "seed: transformers.set_seed(seed) before the networks are built (instead of setup_seed(trial * 10))",
     ],
 }
+HF_KD_DATA = ("data-path swap (--official_data hf_kd): the official loop's training batches come from hf_kd's data path "
+              "instead (HfKdBatches: a permutation per epoch of the in-memory uint8 subset, one BatchAugment call per "
+              "batch, the data's own statistics); evaluation keeps the official pipeline")
 
 
 # --- official checkout --------------------------------------------------------------------------------------------
@@ -313,7 +316,7 @@ def official_ffsd(o, seed: int, run_dir: Path) -> dict:
 
     set_seed(seed)
     # the schedulers step when the loop asks for the next batch: after the previous iteration's last update
-    train_loader = DataLoader(train_ds, batch_size=o.batch_size, shuffle=True, drop_last=True)
+    train_loader = official_train_loader(o, train_ds)
     schedulers = []  # filled once the official optimizers exist
     loaders.trainLoader = _stepping(train_loader, schedulers)
     loaders.testLoader = DataLoader(test_ds, batch_size=500, shuffle=False)
@@ -406,7 +409,7 @@ def official_pefd(o, seed: int, run_dir: Path) -> dict:
                                 weight_decay=opt.weight_decay)
     module_list.append(model_t)
 
-    train_loader = DataLoader(train_ds, batch_size=o.batch_size, shuffle=True, drop_last=True)
+    train_loader = official_train_loader(o, train_ds)
     test_loader = DataLoader(test_ds, batch_size=500, shuffle=False)
     total = o.epochs * len(train_loader)
     scheduler = get_cosine_schedule_with_warmup(optimizer, 0, total)
@@ -455,6 +458,45 @@ def _stepping(loader, schedulers):
     return SteppingLoader()
 
 
+def official_train_loader(o, train_ds):
+    """The official loop's training batches: its torchvision pipeline per sample (``--official_data torchvision``,
+    the default), or hf_kd's data path (``hf_kd``: ``HfKdBatches``), for the data-path swap experiment."""
+    from torch.utils.data import DataLoader
+
+    if o.official_data == "hf_kd":
+        return HfKdBatches(train_ds, o.batch_size)
+    return DataLoader(train_ds, batch_size=o.batch_size, shuffle=True, drop_last=True)
+
+
+class HfKdBatches:
+    """hf_kd's data path feeding an official loop: each epoch a permutation of the in-memory uint8 subset
+    (``torch.randperm``), batches of ``batch_size`` (last partial batch dropped), each turned into the training batch
+    by one ``BatchAugment`` call (4-pixel zero-padded crop + flip, batched, normalised with the data's own statistics,
+    as the recipe does); yields what ``dataset`` would (with the index where it gives one)."""
+
+    def __init__(self, dataset, batch_size: int):
+        import torch
+
+        from hf_kd.data.augment import BatchAugment
+
+        self.dataset, self.batch_size = dataset, batch_size
+        self.pixels = torch.from_numpy(dataset.images).permute(0, 3, 1, 2).contiguous()
+        self.labels = torch.tensor(dataset.labels)
+        self.augment = BatchAugment(dataset.mean, dataset.std, "cifar", padding=4, pad_mode="constant")
+
+    def __len__(self):
+        return len(self.labels) // self.batch_size
+
+    def __iter__(self):
+        import torch
+
+        perm = torch.randperm(len(self.labels))
+        for k in range(len(self)):
+            idx = perm[k * self.batch_size:(k + 1) * self.batch_size]
+            x, y = self.augment(self.pixels[idx], train=True), self.labels[idx]
+            yield (x, y, idx) if self.dataset.index else (x, y)
+
+
 def official_cifar_datasets(o, mean, std, augment: list, with_index: bool = False):
     """hf_kd's training subset and evaluation split (the same decoded uint8 images hf_kd trains on) as torchvision
     datasets of PIL images through an official pipeline: the ``augment`` transforms, ToTensor, Normalize(mean, std)
@@ -472,6 +514,7 @@ def official_cifar_datasets(o, mean, std, augment: list, with_index: bool = Fals
 
     class Images(Dataset):  # like torchvision's CIFAR100 (with the index, like RepDistiller's CIFAR100Instance)
         classes = list(range(int(data.train.labels.max()) + 1))
+        mean, std = data.mean, data.std  # hf_kd's statistics of the data (HfKdBatches normalises with them)
 
         def __init__(self, split, transform, index):
             self.images = split.pixels.permute(0, 2, 3, 1).contiguous().numpy()
@@ -559,6 +602,8 @@ def table(summary: dict) -> str:
             lines.append(f"- {r['method']}, {side}: {vals or 'none yet'}")
     lines += ["", f"Data: {s['dataset_title']} (`{s['dataset']}`), {s['train_subset']}; evaluation on "
                   f"{s['eval_images']}.", f"Schedule: {s['schedule']}.",
+              *(["**Data-path swap experiment**: the official loops are fed by hf_kd's data path (`--official_data "
+                 "hf_kd`), see the substitutions in `results.json`."] if s.get("official_data") == "hf_kd" else []),
               f"Hardware: {s['hardware']}; {s['threads']}.",
               *([f"Teacher (PEFD, both sides): hf_kd's {t['architecture']} trained {t['epochs']} epochs with the CE "
                  f"recipe on the same subset and schedule (seed {t['seed']}), top-1 {t['final_top1']:.2f} %."]
@@ -589,6 +634,9 @@ def main():
     p.add_argument("--weight_decay", type=float, default=5e-4)
     p.add_argument("--eval_every", type=int, default=4)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (results depend on it on the CPU)")
+    p.add_argument("--official_data", choices=["torchvision", "hf_kd"], default="torchvision",
+                   help="the official loops' training data: their torchvision pipeline (the comparison), or hf_kd's "
+                        "data path (the data-path swap experiment: use its own --out)")
     p.add_argument("--summarize", action="store_true", help="only rebuild results.json/md from finished runs")
     p.add_argument("--_official_run", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_run_dir", default=None, help=argparse.SUPPRESS)
@@ -599,7 +647,7 @@ def main():
     o.setting_flags = shlex.join(
         f"--{k}={getattr(o, k)}" for k in ("dataset", "max_train_samples", "student", "teacher_architecture",
                                           "teacher_epochs", "epochs", "batch_size", "lr", "weight_decay",
-                                          "eval_every", "threads") if getattr(o, k) is not None)
+                                          "eval_every", "threads", "official_data") if getattr(o, k) is not None)
     if o.max_eval_samples is not None:
         o.setting_flags += f" --max_eval_samples={o.max_eval_samples}"
     if o._official_run:  # the child process of one official run
@@ -636,7 +684,8 @@ def main():
         method_hyperparameters={m: accuracy.method_fields(m) for m in o.methods},
         method_titles={m: accuracy.LABELS.get(m, m) + f", {o.student}"
                        + (f" (teacher {o.teacher_architecture})" if m in teacher_methods else "") for m in o.methods},
-        substitutions={m: SUBSTITUTIONS[m] for m in o.methods},
+        substitutions={m: SUBSTITUTIONS[m] + ([HF_KD_DATA] if o.official_data == "hf_kd" else []) for m in o.methods},
+        official_data=o.official_data,
         official_code={m: f"{OFFICIAL_REPOS[m][1]} @ {checkout_provenance(official_checkout(m))['commit'][:7]}"
                        for m in o.methods},
         hardware=hardware(), threads=threads_note(o.threads), seeds=o.seeds,
@@ -644,6 +693,7 @@ def main():
     if settings_file.is_file():  # a later sitting continues the same experiment, or adds methods to it
         old = json.loads(settings_file.read_text())
         differ = [k for k in ("dataset", "common", "schedule") if old.get(k) != settings[k]]
+        differ += ["official_data"] if old.get("official_data", "torchvision") != o.official_data else []
         differ += [f"{k}[{m}]" for k in ("method_hyperparameters", "official_code") for m in o.methods
                    if m in old.get(k, {}) and old[k][m] != settings[k][m]]
         if teacher_methods and old.get("teacher") and old["teacher"]["architecture"] != o.teacher_architecture:

@@ -176,3 +176,30 @@ def test_official_checkout_must_be_a_git_checkout_outside_the_repository(par, tm
     monkeypatch.setenv("HF_KD_OFFICIAL_FFSD", ROOT)
     with pytest.raises(SystemExit, match="inside the hf_kd repository"):
         par.official_checkout("ffsd")
+
+
+def test_hf_kd_data_path_for_an_official_loop(par):
+    """The data-path swap: HfKdBatches gives the official loop hf_kd's batches (a new permutation per epoch, the last
+    partial batch dropped, one BatchAugment call per batch with the data's statistics) in the loop's tuple format."""
+    import numpy as np
+    import torch
+
+    from hf_kd.data.augment import BatchAugment
+
+    class Images:  # the fields official_cifar_datasets' datasets carry
+        images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+        labels = list(range(10))
+        mean, std, index = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), True
+
+    batches = par.HfKdBatches(Images(), 4)
+    assert len(batches) == 2
+    torch.manual_seed(0)
+    first = list(batches)
+    assert [len(b[2]) for b in first] == [4, 4] and len({*first[0][2].tolist(), *first[1][2].tolist()}) == 8
+    second = list(batches)
+    assert not torch.equal(torch.cat([b[2] for b in first]), torch.cat([b[2] for b in second]))
+    torch.manual_seed(0)  # the same draws as the recipe's BatchAugment on the same uint8 batch
+    perm = torch.randperm(10)
+    pixels = torch.from_numpy(Images.images).permute(0, 3, 1, 2)
+    x = BatchAugment(Images.mean, Images.std, "cifar", padding=4)(pixels[perm[:4]], train=True)
+    assert torch.equal(first[0][0], x) and torch.equal(first[0][1], perm[:4])
