@@ -20,12 +20,3 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
-
-# Modules whose every test is `slow` (docs/guides/development.md), marked here rather than in the module.
-SLOW_MODULES = {"test_fast_path.py": "each test compiles or traces whole training steps"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.path.name in SLOW_MODULES:
-            item.add_marker(pytest.mark.slow)

@@ -14,7 +14,8 @@ from hf_kd.data.augment import RandomResizedCropAugment
 from hf_kd.methods import get_method, methods
 from hf_kd.models import MissingStagesError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# every test compiles or traces whole training steps: slow (docs/guides/development.md)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 METHODS = list(methods())
 TINY = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])
