@@ -24,7 +24,7 @@ about the seed-to-seed spread: re-run with ``OMP_NUM_THREADS`` set to the record
 part of the setting too (each evaluation draws one number from torch's global RNG for its DataLoader, which shifts
 the later augmentation draws).
 
-    python benchmarks/accuracy.py --dataset ../shared/data/cifar100 \\
+    python benchmarks/accuracy.py --dataset <CIFAR-100 folder> \\
         --dataset_title "CIFAR-100 (60k pool, stratified 50k/10k re-split)" --max_train_samples 5000 \\
         --epochs 10 --seeds 0 1 2 --jobs 2 --out benchmarks/results/cifar100-cpu
     python benchmarks/accuracy.py --out benchmarks/results/cifar100-cpu --summarize   # table/plot from what exists

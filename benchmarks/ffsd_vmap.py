@@ -1,4 +1,4 @@
-"""Does running FFSD's identical-architecture networks as one batched network pay? (issue 17, point 1)
+"""Does running FFSD's identical-architecture networks as one batched network pay?
 
 FFSD trains a leader and M common students of one architecture on the same batch. This times, for N networks of
 ``--arch`` at ``--batch`` images, forward (logits + the 3 stage maps FFSD reads) and backward of a cross-entropy:

@@ -7,7 +7,7 @@ accuracy? Each side keeps its own random streams (initialisation, data order, au
 differ by seed noise; the comparison is of means over seeds, with a 95 % Welch t-interval on the difference.
 
     HF_KD_OFFICIAL=/path/to/checkouts PYTHONPATH=. python benchmarks/official_parity.py \\
-        --dataset ../shared/data/cifar100 --dataset_title "CIFAR-100 (60k pool, stratified 50k/10k re-split)" \\
+        --dataset <CIFAR-100 folder> --dataset_title "CIFAR-100 (60k pool, stratified 50k/10k re-split)" \\
         --seeds 5 6 7 8 --out benchmarks/results/official-parity-cpu
     python benchmarks/official_parity.py --out benchmarks/results/official-parity-cpu --summarize
 
@@ -51,7 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SIDES = ("official", "hf_kd")
-OFFICIAL_REPOS = {"ffsd": ("FFSD", "https://github.com/SJLeo/FFSD")}
+OFFICIAL_REPOS = {"ffsd": ("FFSD", "https://github.com/SJLeo/FFSD"),
+                  "projector_kd": ("PEFD", "https://github.com/chenyd7/PEFD")}
 # What the driver changes in the official code's run, per method (recorded in results.json).
 SUBSTITUTIONS = {
     "ffsd": [
@@ -74,7 +75,30 @@ SUBSTITUTIONS = {
         "range(start_epoch, n_epochs) would train one epoch less",
         "seed: transformers.set_seed(seed) before the official Trainer is built (the official code sets none)",
     ],
+    "projector_kd": [
+        "teacher: one hf_kd teacher (the accuracy table's: --teacher_architecture trained --teacher_epochs epochs "
+        "with the CE recipe, seed 0) serves both sides; its weights are loaded into the official models/resnet.py "
+        "network of the same depth (key renames only: stem.0/stem.1/stages.i -> conv1/bn1/layer{i+1})",
+        "networks: the official models/resnet.py resnet20/resnet56 (RepDistiller's), called directly: "
+        "train_student.py's --model_s choices and models.model_dict do not list them",
+        "data: train_student.py's CIFAR-100 loaders are replaced by loaders over hf_kd's training subset and "
+        "evaluation split (the same uint8 images), yielding (image, label, index) as its is_instance loader does, "
+        "through the official torchvision pipeline (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, "
+        "Normalize with the official statistics); train batch --batch_size (official 64) with drop_last (official: "
+        "kept), evaluation batch 500; no workers (CPU)",
+        "method settings: scripts/run_cifar.sh's -r 1 -a 0 -b 25 --distill ours (kd_T 4), and train_student.py::main "
+        "as written (dry run for the feature sizes, four Reg projectors of which three are trained and averaged, "
+        "one SGD over the student and those three), helper/loops.py::train_distill and ::validate unmodified",
+        "schedule: adjust_learning_rate is not called; the SGD follows transformers' "
+        "get_cosine_schedule_with_warmup(0 warm-up, epochs x steps), stepped once per iteration after its update",
+        "evaluation: validate() every --eval_every epochs instead of every epoch, no checkpoint saving, no "
+        "tensorboard logger",
+        "seed: transformers.set_seed(seed) before the networks are built (instead of setup_seed(trial * 10))",
+    ],
 }
+HF_KD_DATA = ("data-path swap (--official_data hf_kd): the official loop's training batches come from hf_kd's data path "
+              "instead (HfKdBatches: a permutation per epoch of the in-memory uint8 subset, one BatchAugment call per "
+              "batch, the data's own statistics); evaluation keeps the official pipeline")
 
 
 # --- official checkout --------------------------------------------------------------------------------------------
@@ -106,7 +130,13 @@ def hf_kd_config(o, method: str, seed: int, run_dir: Path) -> dict:
     fields), for this seed and folder."""
     import accuracy
 
-    return accuracy.run_config(o, method, seed, run_dir, None)
+    teacher = teacher_dir(o) if method in accuracy.NEEDS_TEACHER else None
+    return accuracy.run_config(o, method, seed, run_dir, teacher)
+
+
+def teacher_dir(o) -> Path:
+    """The one teacher of the methods that need one (no ``result.json`` there: it is not a row of the table)."""
+    return Path(o.out) / "runs" / "_teacher" / f"{o.teacher_architecture}-seed0"
 
 
 def threads_note(threads: int) -> str:
@@ -136,13 +166,32 @@ def run_env(o) -> dict:
 
 
 def run_hf_kd(o, method: str, seed: int, run_dir: Path) -> dict:
+    cfg = hf_kd_config(o, method, seed, run_dir)
+    spent = train_hf_kd(o, method, cfg, run_dir)
+    run = accuracy_of(run_dir)
+    final = run["evals"][-1]["heads"]
+    heads = {("leader" if k == "top1" else k[:-len("_top1")]): 100.0 * v for k, v in final.items()
+             if k.endswith("top1")}
+    return dict(final_top1=100.0 * run["final_top1"], final_top5=100.0 * run["final_top5"], heads=heads,
+                evals=[dict(epoch=e["epoch"], top1=100.0 * e["top1"]) for e in run["evals"]], config=cfg,
+                wall_seconds=spent)
+
+
+def accuracy_of(run_dir: Path) -> dict:
     import accuracy
 
-    cfg = hf_kd_config(o, method, seed, run_dir)
+    return accuracy.read_run(run_dir)
+
+
+def train_hf_kd(o, method: str, cfg: dict, run_dir: Path) -> float:
+    """Runs hf_kd's recipe for ``method`` (``teacher``: the CE recipe) with ``cfg`` in ``run_dir`` unless it finished
+    there; resumes from the last epoch checkpoint. Returns the wall seconds spent on it."""
+    import accuracy
+
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "trainer_state.json").is_file():  # not yet finished (an export writes it at the end)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        recipe = accuracy.METHODS[method][0]
+        recipe = accuracy.METHODS["ce" if method == "teacher" else method][0]
         cmd = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--config", str(run_dir / "config.yaml")]
         ckpt = accuracy.latest_checkpoint(run_dir)
         if ckpt is not None:
@@ -157,19 +206,30 @@ def run_hf_kd(o, method: str, seed: int, run_dir: Path) -> dict:
         differ = sorted(k for k in set(saved) | set(cfg) if saved.get(k) != cfg.get(k))
         raise SystemExit(f"{run_dir} was trained with another config (differs in {differ}); remove it or use the "
                          "same flags")
-    run = accuracy.read_run(run_dir)
-    final = run["evals"][-1]["heads"]
-    heads = {("leader" if k == "top1" else k[:-len("_top1")]): 100.0 * v for k, v in final.items()
-             if k.endswith("top1")}
-    return dict(final_top1=100.0 * run["final_top1"], final_top5=100.0 * run["final_top5"], heads=heads,
-                evals=[dict(epoch=e["epoch"], top1=100.0 * e["top1"]) for e in run["evals"]], config=cfg,
-                wall_seconds=spent)
+    return spent
+
+
+def ensure_teacher(o) -> dict:
+    """Trains the shared teacher once (resumable) and returns its description for the settings."""
+    import accuracy
+
+    folder = teacher_dir(o)
+    cfg = accuracy.run_config(o, "teacher", 0, folder, None)
+    print(f"[official_parity] teacher {o.teacher_architecture} ({o.teacher_epochs} epochs) in {folder}", flush=True)
+    train_hf_kd(o, "teacher", cfg, folder)
+    for c in folder.glob("checkpoint-*"):
+        import shutil
+
+        shutil.rmtree(c, ignore_errors=True)
+    run = accuracy_of(folder)
+    return dict(architecture=o.teacher_architecture, epochs=o.teacher_epochs, seed=0,
+                final_top1=round(100.0 * run["final_top1"], 2), folder=str(folder.relative_to(Path(o.out))))
 
 
 def run_official(o, method: str, seed: int, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_official_run", method, "--_run_dir", str(run_dir),
-           "--seeds", str(seed), *shlex.split(o.setting_flags)]
+           "--seeds", str(seed), "--out", str(o.out), *shlex.split(o.setting_flags)]
     spent = _timed(cmd, run_dir, o)
     out = json.loads((run_dir / "official.json").read_text())
     return dict(out, wall_seconds=spent)
@@ -216,7 +276,6 @@ def execute(o, method: str, side: str, seed: int) -> dict:
 def official_ffsd(o, seed: int, run_dir: Path) -> dict:
     import types
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(o.threads)
@@ -233,34 +292,13 @@ def official_ffsd(o, seed: int, run_dir: Path) -> dict:
     import torchvision.transforms as T
     import utils.util as official_util
     from options import options as official_options
-    from PIL import Image
-    from torch.utils.data import DataLoader, Dataset
+    from torch.utils.data import DataLoader
     from transformers import get_cosine_schedule_with_warmup, set_seed
 
-    from hf_kd.data import load_image_data
-
-    data = load_image_data(o.dataset, max_train_samples=o.max_train_samples, subset_seed=0,
-                           max_eval_samples=o.max_eval_samples).in_memory()
-    mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # official data/cifar100.py
-    if max(abs(a - b) for a, b in zip(list(data.mean) + list(data.std), mean + std)) > 1e-3:
-        raise SystemExit(f"the data's normalisation {data.mean}/{data.std} is not the official CIFAR-100 one")
-
-    class Images(Dataset):  # hf_kd's decoded uint8 images as PIL images, like torchvision's CIFAR100
-        def __init__(self, split, transform):
-            self.images = split.pixels.permute(0, 2, 3, 1).contiguous().numpy()
-            self.labels = split.labels.tolist()
-            self.transform = transform
-
-        def __len__(self):
-            return len(self.labels)
-
-        def __getitem__(self, i):
-            return self.transform(Image.fromarray(self.images[i])), self.labels[i]
-
-    train_tf = T.Compose([T.Pad(4, padding_mode="constant"), T.RandomHorizontalFlip(), T.RandomCrop(32),
-                          T.ToTensor(), T.Normalize(mean, std)])
-    test_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
-    train_ds, test_ds = Images(data.train, train_tf), Images(data.eval, test_tf)
+    # data/cifar100.py's statistics; its Pad(4) with padding_mode 'constant' (see SUBSTITUTIONS)
+    train_ds, test_ds = official_cifar_datasets(o, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                                                [T.Pad(4, padding_mode="constant"), T.RandomHorizontalFlip(),
+                                                 T.RandomCrop(32)])
 
     class Loaders:
         pass
@@ -278,22 +316,9 @@ def official_ffsd(o, seed: int, run_dir: Path) -> dict:
 
     set_seed(seed)
     # the schedulers step when the loop asks for the next batch: after the previous iteration's last update
-    train_loader = DataLoader(train_ds, batch_size=o.batch_size, shuffle=True, drop_last=True)
-    schedulers = []
-
-    class SteppingLoader:
-        dataset = train_ds
-
-        def __len__(self):
-            return len(train_loader)
-
-        def __iter__(self):
-            for batch in train_loader:
-                yield batch
-                for s in schedulers:
-                    s.step()
-
-    loaders.trainLoader = SteppingLoader()
+    train_loader = official_train_loader(o, train_ds)
+    schedulers = []  # filled once the official optimizers exist
+    loaders.trainLoader = _stepping(train_loader, schedulers)
     loaders.testLoader = DataLoader(test_ds, batch_size=500, shuffle=False)
     trainer = CIFARTrainer.Trainer(opt, logger)
     sgd = [*trainer.optimizers, trainer.fusion_optimizer, trainer.leader_optimizer]
@@ -331,7 +356,184 @@ def official_ffsd(o, seed: int, run_dir: Path) -> dict:
                 torch_threads=torch.get_num_threads())
 
 
-OFFICIAL_LOOPS = {"ffsd": official_ffsd}
+# --- the official PEFD loop (its own process: the official repository's top-level names) ----------------------------
+def official_pefd(o, seed: int, run_dir: Path) -> dict:
+    import contextlib
+    import io
+
+    import torch
+    import torch.nn as nn
+    import torchvision.transforms as T
+    from safetensors.torch import load_file
+    from torch.utils.data import DataLoader
+    from transformers import get_cosine_schedule_with_warmup, set_seed
+
+    torch.set_num_threads(o.threads)
+    checkout = official_checkout("projector_kd")
+    sys.path.insert(0, str(checkout))
+    import models.resnet as official_resnet  # noqa: E402  (the official packages)
+    from distiller_zoo import DistillKL
+    from helper.loops import train_distill, validate
+    from models.util import Reg
+
+    # dataset/cifar100.py's training pipeline and statistics
+    train_ds, test_ds = official_cifar_datasets(o, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
+                                                [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()],
+                                                with_index=True)
+    depth = {a: a.replace("cifar_", "") for a in (o.student, o.teacher_architecture)}
+    for arch, name in depth.items():
+        if not hasattr(official_resnet, name):
+            raise SystemExit(f"{arch}: the official models/resnet.py has no {name}")
+
+    # train_student.py's options: scripts/run_cifar.sh -r 1 -a 0 -b 25 --distill ours; kd_T 4 (its default)
+    opt = argparse.Namespace(distill="ours", gamma=1.0, alpha=0.0, beta=25.0, kd_T=4.0, print_freq=10 ** 9,
+                             learning_rate=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+    set_seed(seed)
+    n_cls = len(train_ds.classes)
+    model_t = getattr(official_resnet, depth[o.teacher_architecture])(num_classes=n_cls)
+    model_s = getattr(official_resnet, depth[o.student])(num_classes=n_cls)
+    state = load_file(str(teacher_dir(o) / "model.safetensors"))
+    model_t.load_state_dict({official_key(k): v for k, v in state.items()}, strict=True)
+
+    # train_student.py::main, as written for --distill ours
+    data = torch.randn(2, 3, 32, 32)
+    model_t.eval()
+    model_s.eval()
+    feat_t, _ = model_t(data, is_feat=True)
+    feat_s, _ = model_s(data, is_feat=True)
+    regs = [Reg(feat_s[-1].shape[1], feat_t[-1].shape[1]) for _ in range(4)]
+    module_list = nn.ModuleList([model_s, *regs])
+    trainable_list = nn.ModuleList([model_s, *regs[:3]])  # the official list: regress_s4 is never trained
+    criterion_list = nn.ModuleList([nn.CrossEntropyLoss(), DistillKL(opt.kd_T), nn.CrossEntropyLoss()])
+    optimizer = torch.optim.SGD(trainable_list.parameters(), lr=opt.learning_rate, momentum=opt.momentum,
+                                weight_decay=opt.weight_decay)
+    module_list.append(model_t)
+
+    train_loader = official_train_loader(o, train_ds)
+    test_loader = DataLoader(test_ds, batch_size=500, shuffle=False)
+    total = o.epochs * len(train_loader)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, total)
+    with contextlib.redirect_stdout(io.StringIO()):
+        teacher_top1, _, _ = validate(test_loader, model_t, criterion_list[0], opt)
+    evals = []
+    for epoch in range(1, o.epochs + 1):
+        with contextlib.redirect_stdout(io.StringIO()):
+            train_distill(epoch, _stepping(train_loader, [scheduler]), module_list, criterion_list, optimizer, opt)
+        if epoch % o.eval_every == 0 or epoch == o.epochs:
+            with contextlib.redirect_stdout(io.StringIO()):
+                top1, top5, _ = validate(test_loader, model_s, criterion_list[0], opt)
+            evals.append(dict(epoch=epoch, top1=float(top1)))
+            print(f"[official pefd] epoch {epoch}: top-1 {float(top1):.2f}", flush=True)
+    if scheduler.last_epoch != total:
+        raise RuntimeError(f"the schedule stepped {scheduler.last_epoch} times, expected {total}")
+    return dict(final_top1=float(top1), final_top5=float(top5), heads={"student": float(top1)}, evals=evals,
+                teacher_top1=float(teacher_top1),
+                official=dict(repository=OFFICIAL_REPOS["projector_kd"][1], **checkout_provenance(checkout)),
+                steps=scheduler.last_epoch, train_images=len(train_ds), eval_images=len(test_ds),
+                torch_threads=torch.get_num_threads())
+
+
+def official_key(key: str) -> str:
+    """hf_kd's CIFAR ResNet keys (``timm_model.stem.0`` / ``stem.1`` / ``stages.i.j``) -> the official CIFAR ResNets'
+    (``conv1`` / ``bn1`` / ``layer{i+1}.j``)."""
+    key = key.removeprefix("timm_model.").replace("stem.0.", "conv1.", 1).replace("stem.1.", "bn1.", 1)
+    return re.sub(r"^stages\.(\d+)\.", lambda m: f"layer{int(m.group(1)) + 1}.", key)
+
+
+def _stepping(loader, schedulers):
+    """``loader``, stepping ``schedulers`` when the loop asks for the next batch (after the iteration's update)."""
+
+    class SteppingLoader:
+        dataset = loader.dataset
+
+        def __len__(self):
+            return len(loader)
+
+        def __iter__(self):
+            for batch in loader:
+                yield batch
+                for s in schedulers:
+                    s.step()
+
+    return SteppingLoader()
+
+
+def official_train_loader(o, train_ds):
+    """The official loop's training batches: its torchvision pipeline per sample (``--official_data torchvision``,
+    the default), or hf_kd's data path (``hf_kd``: ``HfKdBatches``), for the data-path swap experiment."""
+    from torch.utils.data import DataLoader
+
+    if o.official_data == "hf_kd":
+        return HfKdBatches(train_ds, o.batch_size)
+    return DataLoader(train_ds, batch_size=o.batch_size, shuffle=True, drop_last=True)
+
+
+class HfKdBatches:
+    """hf_kd's data path feeding an official loop: each epoch a permutation of the in-memory uint8 subset
+    (``torch.randperm``), batches of ``batch_size`` (last partial batch dropped), each turned into the training batch
+    by one ``BatchAugment`` call (4-pixel zero-padded crop + flip, batched, normalised with the data's own statistics,
+    as the recipe does); yields what ``dataset`` would (with the index where it gives one)."""
+
+    def __init__(self, dataset, batch_size: int):
+        import torch
+
+        from hf_kd.data.augment import BatchAugment
+
+        self.dataset, self.batch_size = dataset, batch_size
+        self.pixels = torch.from_numpy(dataset.images).permute(0, 3, 1, 2).contiguous()
+        self.labels = torch.tensor(dataset.labels)
+        self.augment = BatchAugment(dataset.mean, dataset.std, "cifar", padding=4, pad_mode="constant")
+
+    def __len__(self):
+        return len(self.labels) // self.batch_size
+
+    def __iter__(self):
+        import torch
+
+        perm = torch.randperm(len(self.labels))
+        for k in range(len(self)):
+            idx = perm[k * self.batch_size:(k + 1) * self.batch_size]
+            x, y = self.augment(self.pixels[idx], train=True), self.labels[idx]
+            yield (x, y, idx) if self.dataset.index else (x, y)
+
+
+def official_cifar_datasets(o, mean, std, augment: list, with_index: bool = False):
+    """hf_kd's training subset and evaluation split (the same decoded uint8 images hf_kd trains on) as torchvision
+    datasets of PIL images through an official pipeline: the ``augment`` transforms, ToTensor, Normalize(mean, std)
+    (evaluation: ToTensor, Normalize)."""
+    import torchvision.transforms as T
+    from PIL import Image
+    from torch.utils.data import Dataset
+
+    from hf_kd.data import load_image_data
+
+    data = load_image_data(o.dataset, max_train_samples=o.max_train_samples, subset_seed=0,
+                           max_eval_samples=o.max_eval_samples).in_memory()
+    if max(abs(a - b) for a, b in zip(list(data.mean) + list(data.std), tuple(mean) + tuple(std))) > 1e-3:
+        raise SystemExit(f"the data's normalisation {data.mean}/{data.std} is not the official one {mean}/{std}")
+
+    class Images(Dataset):  # like torchvision's CIFAR100 (with the index, like RepDistiller's CIFAR100Instance)
+        classes = list(range(int(data.train.labels.max()) + 1))
+        mean, std = data.mean, data.std  # hf_kd's statistics of the data (HfKdBatches normalises with them)
+
+        def __init__(self, split, transform, index):
+            self.images = split.pixels.permute(0, 2, 3, 1).contiguous().numpy()
+            self.labels = split.labels.tolist()
+            self.transform, self.index = transform, index
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            x = self.transform(Image.fromarray(self.images[i]))
+            return (x, self.labels[i], i) if self.index else (x, self.labels[i])
+
+    train_tf = T.Compose([*augment, T.ToTensor(), T.Normalize(mean, std)])
+    test_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    return Images(data.train, train_tf, with_index), Images(data.eval, test_tf, False)
+
+
+OFFICIAL_LOOPS = {"ffsd": official_ffsd, "projector_kd": official_pefd}
 
 
 # --- summary ------------------------------------------------------------------------------------------------------
@@ -376,7 +578,8 @@ def _fmt(x, nd=2):
 def table(summary: dict) -> str:
     s = summary["settings"]
     lines = [f"# hf_kd against the official code, whole runs ({s['dataset_title']})", "",
-             "Leader (exported network) top-1 (%) after the last epoch, mean ± sample std over seeds; the difference "
+             "Top-1 (%) of the exported network (FFSD: the leader; PEFD: the student) after the last epoch, mean ± "
+             "sample std over seeds; the difference "
              "is hf_kd − official with its 95 % Welch t-interval. n is the number of finished runs per side.", "",
              "| method | official code | hf_kd recipe | hf_kd − official [95 % CI] | seeds (official / hf_kd) |",
              "|---|---|---|---|---|"]
@@ -399,7 +602,12 @@ def table(summary: dict) -> str:
             lines.append(f"- {r['method']}, {side}: {vals or 'none yet'}")
     lines += ["", f"Data: {s['dataset_title']} (`{s['dataset']}`), {s['train_subset']}; evaluation on "
                   f"{s['eval_images']}.", f"Schedule: {s['schedule']}.",
+              *(["**Data-path swap experiment**: the official loops are fed by hf_kd's data path (`--official_data "
+                 "hf_kd`), see the substitutions in `results.json`."] if s.get("official_data") == "hf_kd" else []),
               f"Hardware: {s['hardware']}; {s['threads']}.",
+              *([f"Teacher (PEFD, both sides): hf_kd's {t['architecture']} trained {t['epochs']} epochs with the CE "
+                 f"recipe on the same subset and schedule (seed {t['seed']}), top-1 {t['final_top1']:.2f} %."]
+                if (t := s.get("teacher")) else []),
               "Official code: " + "; ".join(f"{m}: {v}" for m, v in s["official_code"].items()) + ".",
               f"Command: `{s['command']}`. Dates: {s['dates']}.", ""]
     return "\n".join(lines)
@@ -412,25 +620,34 @@ def main():
     p.add_argument("--methods", nargs="+", default=["ffsd"], choices=list(OFFICIAL_REPOS))
     p.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--dataset", default="../shared/data/cifar100")
+    p.add_argument("--dataset", default=os.environ.get("HF_KD_CIFAR100"),
+                   help="the local CIFAR-100 copy (60k pool, stratified 50k/10k re-split); default: $HF_KD_CIFAR100")
     p.add_argument("--dataset_title", default="CIFAR-100 (60k pool, stratified 50k/10k re-split)")
     p.add_argument("--max_train_samples", type=int, default=5000)
     p.add_argument("--max_eval_samples", type=int, default=None)
     p.add_argument("--student", default="cifar_resnet20")
+    p.add_argument("--teacher_architecture", default="cifar_resnet56", help="the teacher of the methods that need one")
+    p.add_argument("--teacher_epochs", type=int, default=16, help="its training epochs (the CPU accuracy table's)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--weight_decay", type=float, default=5e-4)
     p.add_argument("--eval_every", type=int, default=4)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (results depend on it on the CPU)")
+    p.add_argument("--official_data", choices=["torchvision", "hf_kd"], default="torchvision",
+                   help="the official loops' training data: their torchvision pipeline (the comparison), or hf_kd's "
+                        "data path (the data-path swap experiment: use its own --out)")
     p.add_argument("--summarize", action="store_true", help="only rebuild results.json/md from finished runs")
     p.add_argument("--_official_run", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_run_dir", default=None, help=argparse.SUPPRESS)
     o = p.parse_args()
+    if not o.dataset and not o.summarize:
+        p.error("--dataset: give the folder of the local CIFAR-100 copy (or set HF_KD_CIFAR100)")
     o.bf16 = False
     o.setting_flags = shlex.join(
-        f"--{k}={getattr(o, k)}" for k in ("dataset", "max_train_samples", "student", "epochs", "batch_size", "lr",
-                                          "weight_decay", "eval_every", "threads") if getattr(o, k) is not None)
+        f"--{k}={getattr(o, k)}" for k in ("dataset", "max_train_samples", "student", "teacher_architecture",
+                                          "teacher_epochs", "epochs", "batch_size", "lr", "weight_decay",
+                                          "eval_every", "threads", "official_data") if getattr(o, k) is not None)
     if o.max_eval_samples is not None:
         o.setting_flags += f" --max_eval_samples={o.max_eval_samples}"
     if o._official_run:  # the child process of one official run
@@ -455,6 +672,7 @@ def main():
     data = load_image_data(o.dataset, max_train_samples=o.max_train_samples, max_eval_samples=o.max_eval_samples)
     o.train_images = len(data.train)
     o.dataset_title = o.dataset_title or o.dataset
+    teacher_methods = [m for m in o.methods if m in accuracy.NEEDS_TEACHER]
     settings = dict(
         dataset=o.dataset, dataset_title=o.dataset_title,
         train_subset=describe_subset(data.source.get("train_subset")) or f"all {len(data.train):,} images",
@@ -464,24 +682,36 @@ def main():
                   f"{o.weight_decay}, pad-4 (zeros) crop + flip, evaluation every {o.eval_every} epochs"),
         common=accuracy.common_config(o),
         method_hyperparameters={m: accuracy.method_fields(m) for m in o.methods},
-        method_titles={m: accuracy.LABELS.get(m, m) + f", {o.student}" for m in o.methods},
-        substitutions={m: SUBSTITUTIONS[m] for m in o.methods},
+        method_titles={m: accuracy.LABELS.get(m, m) + f", {o.student}"
+                       + (f" (teacher {o.teacher_architecture})" if m in teacher_methods else "") for m in o.methods},
+        substitutions={m: SUBSTITUTIONS[m] + ([HF_KD_DATA] if o.official_data == "hf_kd" else []) for m in o.methods},
+        official_data=o.official_data,
         official_code={m: f"{OFFICIAL_REPOS[m][1]} @ {checkout_provenance(official_checkout(m))['commit'][:7]}"
                        for m in o.methods},
         hardware=hardware(), threads=threads_note(o.threads), seeds=o.seeds,
         command="python benchmarks/official_parity.py " + shlex.join(sys.argv[1:]))
-    if settings_file.is_file():  # a later sitting continues the same experiment
+    if settings_file.is_file():  # a later sitting continues the same experiment, or adds methods to it
         old = json.loads(settings_file.read_text())
-        keys = ("dataset", "common", "method_hyperparameters", "schedule")
-        differ = [k for k in keys if old.get(k) != settings[k]]
+        differ = [k for k in ("dataset", "common", "schedule") if old.get(k) != settings[k]]
+        differ += ["official_data"] if old.get("official_data", "torchvision") != o.official_data else []
+        differ += [f"{k}[{m}]" for k in ("method_hyperparameters", "official_code") for m in o.methods
+                   if m in old.get(k, {}) and old[k][m] != settings[k][m]]
+        if teacher_methods and old.get("teacher") and old["teacher"]["architecture"] != o.teacher_architecture:
+            differ.append("teacher")
         if differ:
             raise SystemExit(f"{out} holds runs of another setting (differs in {differ}); use the same flags or a "
                              "new --out")
+        for k in ("method_hyperparameters", "method_titles", "substitutions", "official_code"):
+            settings[k] = {**old.get(k, {}), **settings[k]}
+        settings["teacher"] = old.get("teacher")
         settings["seeds"] = sorted(set(old.get("seeds", [])) | set(o.seeds))
         settings["dates"] = old.get("dates", "")
     today = datetime.date.today().isoformat()
     settings["dates"] = ", ".join(sorted(set(filter(None, settings.get("dates", "").split(", "))) | {today}))
     settings_file.write_text(json.dumps(settings, indent=1))
+    if teacher_methods:  # trained once, before any run that needs it
+        settings["teacher"] = ensure_teacher(o)
+        settings_file.write_text(json.dumps(settings, indent=1))
 
     failures = []
     for seed in o.seeds:  # sides alternate seed by seed: a change in machine load hits both

@@ -1,7 +1,7 @@
 """Checks a recipe runs before anything heavy, so that a user's common mistakes get a clear error in seconds.
 
 Each check raises ``ValueError`` (or ``FileNotFoundError`` / ``ConnectionError`` where that is what happened) with a
-message that names the problem and the fix. The README's "Troubleshooting" section lists them.
+message that names the problem and the fix. docs/guides/troubleshooting.md lists them.
 
 - ``check_output_dir``: an ``output_dir`` holding another run's export or checkpoints is refused unless the run
   resumes (``--resume_from_checkpoint``) or says ``--overwrite_output_dir``, as transformers' example scripts did.

@@ -4,7 +4,8 @@
 curves) into ``output_dir``. That folder also collects what a run writes there besides the export: ``checkpoint-*``
 (the full ``DistillationModel`` with aux modules, optimizer, RNG), TensorBoard ``runs/``, the temporary ``.export-*``
 folders. Stock ``Trainer.push_to_hub`` uploads ``output_dir`` minus only ``_*`` and ``checkpoint-*`` (so ``runs/`` and
-anything else would go up; HF_NOTES §5.1); here the upload takes an allow-list of export files instead.
+anything else would go up; docs/guides/hub.md, "What is uploaded"); here the upload takes an allow-list of export
+files instead.
 
 A failed upload never touches the local export (it is written before the upload starts) and the error says how to
 retry by hand.

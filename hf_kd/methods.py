@@ -6,7 +6,7 @@ cards (``card_template``, ``recipe``), the recipe runner (``uses_teacher``) and 
 a loss module (``hf_kd/losses/``), a modules file (``hf_kd/modules/``: its parts and its ``DistillationModel``), a
 trainer file (``hf_kd/trainers/``), a recipe (``recipes/``), a preset (``recipes/configs/``) and a card template
 (``model_cards/``), plus its measured 2-process tolerance and recipe architecture in ``tests/test_distributed.py``
-(README, "Adding a method").
+(docs/guides/adding_a_method.md).
 """
 
 from __future__ import annotations

@@ -71,8 +71,12 @@ class DataArguments:
                 "'CIFAR-100 (60k pool, stratified 50k/10k re-split)' for a re-split local copy."})
     image_column: Optional[str] = field(default=None, metadata={"help": "Image column (auto-detected)."})
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column (auto-detected)."})
-    train_split: Optional[str] = None
-    eval_split: Optional[str] = None
+    train_split: Optional[str] = field(default=None, metadata={
+        "help": "Training split (default: the preset's, else 'train')."})
+    eval_split: Optional[str] = field(default=None, metadata={
+        "help": "Evaluation split, which must be labelled (default: the preset's, else the first labelled one of "
+                "the usual test/validation names; without one, 10% of train is held out, stratified by label, "
+                "with --subset_seed)."})
     image_size: Optional[int] = field(default=None, metadata={
         "help": "Input size in pixels (default: a preset's, else the median shorter side of up to 1000 train images)."})
     max_train_samples: Optional[int] = field(default=None, metadata={
@@ -82,7 +86,8 @@ class DataArguments:
     subset_seed: int = field(default=0, metadata={
         "help": "Seed of the max_*_samples subsets; separate from --seed so runs with different seeds see the "
                 "same images."})
-    dataset_cache_dir: Optional[str] = None
+    dataset_cache_dir: Optional[str] = field(default=None, metadata={
+        "help": "Cache folder of the datasets library for Hub data (default: its own, ~/.cache/huggingface)."})
     in_memory: Optional[bool] = field(default=None, metadata={
         "help": "Decode small-image splits once into uint8 tensors (the fast path). Default: on when a GPU is "
                 "present and images are CIFAR-size."})

@@ -1,7 +1,7 @@
 """A small Hub-compatible HTTP server for offline tests (stdlib only, in memory).
 
 It implements only the part of the Hugging Face Hub HTTP API that the ``huggingface_hub`` client (2.x) calls in the
-tests (HF_NOTES §5.1), with the Hub's semantics where the client depends on them:
+tests (docs/guides/hub.md, "Tested offline"), with the Hub's semantics where the client depends on them:
 
 - ``create_repo`` / ``init_hf_repo``: ``POST /api/repos/create`` (409 + url when it exists, ``private``);
 - ``upload_folder`` / ``create_commit`` / ``ModelCard.push_to_hub``: ``POST /api/validate-yaml``,
@@ -16,7 +16,8 @@ tests (HF_NOTES §5.1), with the Hub's semantics where the client depends on the
 - private repos: invisible (401 RepoNotFound) without a token, as on the Hub.
 
 Anything else answers 404 (the client tolerates that for ``GET /api/agent-harnesses``). Xet is not implemented:
-clients must run with ``HF_HUB_DISABLE_XET=1`` (HF_NOTES §5.2). Tests can make requests fail with
+clients must run with ``HF_HUB_DISABLE_XET=1`` (huggingface_hub uses Xet for large files whenever hf_xet is
+installed, with no fallback to plain LFS). Tests can make requests fail with
 ``HubServer.fail(method, path_regex, status)`` (or ``POST /_test/fail`` from another process).
 """
 

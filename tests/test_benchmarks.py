@@ -104,6 +104,7 @@ def fake_recipe(calls):
     return call
 
 
+@pytest.mark.slow
 def test_a_matrix_spread_over_sittings_keeps_every_run_and_refuses_other_settings(acc, tmp_path, monkeypatch):
     """A later sitting (another machine, a results folder copied without runs/) adds to the matrix: the runs recorded
     in results.json count as finished, every method's hyperparameters and every sitting's command stay recorded. A

@@ -1,4 +1,4 @@
-"""One contract for every method (issue 14), checked over the method registry (``hf_kd.methods``), so a new method
+"""One contract for every method (docs/design/overview.md), checked over the method registry (``hf_kd.methods``), so a new method
 is covered without being listed here: its identity and files, its model's output type, the base's eval branch and
 teacher rule, and no import cycle inside hf_kd."""
 

@@ -1,9 +1,10 @@
-"""Two gloo processes on the CPU (`accelerate launch --multi_gpu --num_processes 2`, HF_NOTES §4: `--cpu` would
+"""Two gloo processes on the CPU (`accelerate launch --multi_gpu --num_processes 2`; `--cpu` would
 silently start ONE process): every trainer against one process with gradient_accumulation_steps=2 and the same
 per-device batch, and every recipe as a user first launches it (no --teacher)."""
 
 import json
 import os
+import runpy
 import shutil
 import socket
 import sys
@@ -13,6 +14,7 @@ import safetensors.torch
 import torch
 import yaml
 from huggingface_hub import ModelCard
+from transformers import AutoModelForImageClassification
 from processes import run_process
 
 import hf_kd
@@ -35,7 +37,10 @@ PARITY = {"supervised": 5e-5, "kd": 5e-5, "projector_kd": 5e-5, "ffsd_no_decoder
           "ffsd": 5e-3,
           # LightSKD with DSR: the "previous batch" is the previous micro-batch (accumulation) or this process's
           # previous batch (DDP), so the DSR targets differ; measured 4.1e-3 (2026-11-29, first 96 digits rows)
-          "self_kd": 5e-3}
+          "self_kd": 5e-3,
+          # KD and PEFD from a transformers ViT and ConvNeXt teacher (tests/test_transformers_teacher.py's tiny ones),
+          # in the same two launches
+          "kd_vit": 5e-5, "projector_kd_vit": 5e-5, "kd_convnext": 5e-5, "projector_kd_convnext": 5e-5}
 
 
 def free_port():
@@ -61,8 +66,13 @@ def launch(out, procs, grad_accum, names):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_accumulation(tmp_path):
-    names = list(PARITY)
+def test_two_processes_match_one_process_with_accumulation(tmp_path, monkeypatch):
+    from test_transformers_teacher import save_convnext, save_vit
+
+    labels = hf_kd.load_image_data("digits", max_eval_samples=16).label_names
+    monkeypatch.setenv("HF_KD_TEST_VIT_TEACHER", save_vit(tmp_path / "vit", labels))
+    monkeypatch.setenv("HF_KD_TEST_CONVNEXT_TEACHER", save_convnext(tmp_path / "convnext", labels))
+    names = list(PARITY)  # one launch per layout for every trainer
     launch(tmp_path / "ddp", 2, 1, names)
     launch(tmp_path / "single", 1, 2, names)
     for name in names:
@@ -113,15 +123,18 @@ def test_every_method_is_covered_by_the_two_process_tests():
     """A method added to the registry without a 2-process parity entry or recipe launch fails here, instead of being
     skipped silently (the tables above hold measured tolerances and architectures, so they are kept by hand)."""
     assert set(methods()) <= set(PARITY), f"no PARITY entry for {set(methods()) - set(PARITY)}"
+    trainers = runpy.run_path(SCRIPT)["TRAINERS"]
+    assert set(methods()) <= set(trainers), f"no tests/scripts/ddp_train.py entry for {set(methods()) - set(trainers)}"
+    assert set(PARITY) <= set(trainers) and {m for m, *_ in trainers.values()} <= set(methods()), trainers
     assert set(RECIPE_METHODS) == set(RECIPES), f"recipes without a launch test: {set(RECIPE_METHODS) - set(RECIPES)}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_every_recipe_without_a_teacher_under_two_processes(recipe, tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2 recipes/<recipe>.py` as the README gives it, no --teacher.
+    """`accelerate launch --multi_gpu --num_processes 2 recipes/<recipe>.py` as docs/guides/scale_and_speed.md gives it, no --teacher.
     kd / projector_kd train their teacher first: once, by both processes under DDP, then both read the export; rank 1
-    used to read <out>_teacher/config.json before rank 0 had written it and crash (issue 15)."""
+    used to read <out>_teacher/config.json before rank 0 had written it and crash."""
     out = tmp_path / recipe
     cmd = launch_cmd(2, os.path.join(ROOT, "recipes", f"{recipe}.py")) + [
         "--use_cpu", "true", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "8",
@@ -135,6 +148,7 @@ def test_every_recipe_without_a_teacher_under_two_processes(recipe, tmp_path):
     shutil.rmtree(out / "checkpoint-2")  # not part of the export
     student, text = check_export(out, recipe_output=True)
     assert student.config.architecture == RECIPES[recipe]
+    AutoModelForImageClassification.from_pretrained(str(out))  # transformers loads the export (student alone)
     teacher = tmp_path / f"{recipe}_teacher"
     if RECIPE_METHODS[recipe].uses_teacher == "required":
         assert run.stdout.count("no --teacher given: training") == 1

@@ -1,4 +1,4 @@
-"""The fast path (issue 17, ``fast_path=True``): for every trainer the compiled training step has 0 graph breaks,
+"""The fast path (``fast_path=True``, docs/design/fast_path.md): for every trainer the compiled training step has 0 graph breaks,
 trains like the eager path and resumes exactly.
 
 The compiled runs use ``backend="aot_eager"``: dynamo's capture and AOTAutograd's functionalised forward + backward +
@@ -14,7 +14,8 @@ from hf_kd.data.augment import RandomResizedCropAugment
 from hf_kd.methods import get_method, methods
 from hf_kd.models import MissingStagesError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# every test compiles or traces whole training steps: slow (docs/guides/development.md)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 METHODS = list(methods())
 TINY = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])
@@ -113,12 +114,18 @@ def test_fast_path_resumes_exactly(runs, method):
 def test_uncompiled_step_matches_eager(data, tmp_path, method):
     """The step function itself, run without a compiler (what mode="cuda_graph" captures on a GPU; on the CPU it runs
     eagerly): the eager path's parameters after 3 steps, its logged terms."""
+    from torch._dynamo.utils import counters
+
     eager = make(method, data, tmp_path / "e", False, max_steps=3, logging_steps=3)
     eager.train()
     fast = make(method, data, tmp_path / "f", True, max_steps=3, logging_steps=3)
     fast.fast_step.mode = "cuda_graph"
+    traced = counters["stats"]["calls_captured"], counters["frames"]["total"]
     fast.train()
-    assert fast.fast_step.compiled is not None and not fast.fast_step.graphs  # built, never compiled or captured
+    step = fast.fast_step
+    assert step.steps == 3 and step.grad_norm is not None  # every step ran through the fast step
+    assert step.compiled is None and not step.graphs  # no compiled step was made, no CUDA graph captured
+    assert (counters["stats"]["calls_captured"], counters["frames"]["total"]) == traced  # dynamo traced nothing
     for k, v in snapshot(eager).items():
         torch.testing.assert_close(snapshot(fast)[k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
     assert len(loss_logs(fast)) == len(loss_logs(eager)) == 1
@@ -136,6 +143,31 @@ def test_fast_step_has_no_graph_breaks(data, tmp_path, method):
     explanation = tr.fast_step.explain()
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
     assert explanation.graph_count == 1
+
+
+def test_method_code_does_not_know_the_fast_path():
+    """Methods declare per-step values (step_inputs, next_step_inputs) and nothing else: no method's trainer file, and
+    no loss or module file, refers to the fast path's machinery."""
+    import inspect
+    import pathlib
+    import re
+
+    import hf_kd
+
+    root = pathlib.Path(hf_kd.__file__).parent
+    files = {pathlib.Path(inspect.getsourcefile(get_method(m))) for m in METHODS}
+    files |= set((root / "losses").glob("*.py")) | set((root / "modules").glob("*.py"))
+    files -= {root / "trainers" / "base.py"}  # the supervised baseline is the base class's own method_loss
+    pattern = re.compile(r"\bgraph\s*(=|: bool)|fast_|FastStep|torch\.compile|mark_persistent|is_compiling|_dynamo")
+    found = [f"{f.relative_to(root)}:{n}: {line.strip()}" for f in sorted(files)
+             for n, line in enumerate(f.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, found
+
+
+def test_compiling_leaves_dynamo_config_as_it_was(runs):
+    """trace_autograd_ops is switched on only while the compiled step runs."""
+    runs("supervised")
+    assert torch._dynamo.config.trace_autograd_ops is False
 
 
 def test_augmentation_draw_then_augment_equals_the_eager_call(data):

@@ -1,18 +1,16 @@
 """FFSD / FFSDTrainer: every loss term on hand-built tensors (values and detaches), the modules, gradient routing, the
 equivalence of one backward with the official sequential per-module updates, the composite optimizer, the warm-up,
-evaluation heads, the leader-only export, exact resume and the 2-process launch."""
+evaluation heads, the leader-only export and exact resume (the 2-process launch: tests/test_distributed.py)."""
 
 import copy
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from processes import run_process
 from transformers import AutoModelForImageClassification
 
 import hf_kd  # noqa: F401
@@ -26,8 +24,6 @@ from hf_kd.modules.ffsd import FusionModule, SelfDistillationDecoder, TransFusio
 from hf_kd.optim import CompositeOptimizer
 from hf_kd.modules.ffsd import FFSDModel
 from hf_kd.trainers.ffsd import FFSDArguments, FFSDMetrics, FFSDTrainer
-
-from processes import run_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(channels=[8, 8, 16, 32], blocks=[1, 1, 1])  # stages (8,32,32), (16,16,16), (32,8,8)
@@ -493,32 +489,8 @@ def test_presets_have_the_official_settings(arch):
     assert a.per_device_train_batch_size == 128 and a.pad_mode == "reflect" and a.num_students == 2
 
 
-# --- 2 processes (gloo on the CPU) -----------------------------------------------------------------------------------
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_process_accelerate_launch_of_the_recipe(tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` on a GPU-less machine = 2 gloo processes (HF_NOTES §4)."""
-    out = tmp_path / "ffsd"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           os.path.join(ROOT, "recipes", "ffsd.py"), "--output_dir", str(out), "--max_steps", "2",
-           "--per_device_train_batch_size", "8", "--max_train_samples", "64", "--max_eval_samples", "16",
-           "--model_args", '{"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]}', "--eval_strategy", "no",
-           "--save_strategy", "steps", "--save_steps", "2", "--use_cpu", "true", "--logging_steps", "1"]
-    run = run_process(cmd, timeout=600, env=env, cwd=tmp_path)  # killed with its workers if the test is interrupted
-    assert run.returncode == 0, run.stderr[-5000:]
-    assert "[hf_kd] ffsd: student cifar_resnet20 exported to" in run.stdout
-    ckpt = out / "checkpoint-2"
-    assert (ckpt / "rng_state_0.pth").is_file() and (ckpt / "rng_state_1.pth").is_file()  # really two ranks
-    assert {"README.md", "config.json", "model.safetensors"} <= set(os.listdir(out))
-    assert not any(k.startswith(("aux", "student.")) for k in load_file(str(out / "model.safetensors")))
-    AutoModelForImageClassification.from_pretrained(str(out))
+# 2 processes (gloo on the CPU): tests/test_distributed.py launches recipes/ffsd.py (with every other recipe) and
+# checks FFSD's 2-process parity.
 
 
 def test_bf16_and_channels_last_step(data, tmp_path):

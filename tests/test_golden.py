@@ -1,8 +1,8 @@
 """Golden parity: every hf_kd trainer against what the OFFICIAL code of its method computes (float64, real images).
 
 Each fixture in ``tests/golden/`` was computed by ``tests/golden/generate_fixtures.py`` from a checkout of the
-official repository (commit recorded in the fixture), with the documented minimal patches for hf_kd's METHODS.md
-decisions. The test rebuilds the hf_kd trainer the fixture names (preset, seed of hf_kd's own initialisation), trains
+official repository (commit recorded in the fixture), with the documented minimal patches for hf_kd's decisions
+(docs/methods/, "Decisions"). The test rebuilds the hf_kd trainer the fixture names (preset, seed of hf_kd's own initialisation), trains
 the same 3 steps on the same 16 CIFAR-100 images (the ImageNet fixtures: 1-2 steps on 2 ImageNet photographs at
 224 px) with ``Trainer.train`` in float64, and compares every loss term and
 the update of every trained tensor (parameters and BatchNorm buffers) at 1e-8 relative (``golden_parity.RTOL``;
@@ -33,9 +33,26 @@ FIXTURES = {
     "mixskd_imagenet_resnet50": "MixSKD, winycg/Self-KD-Lib main_mixskd_imagenet.py, MixSKD_ImageNet_ResNet50",
 }
 IMAGENET = {name for name in FIXTURES if "imagenet" in name}
+# registered methods with no official code to compare with
+NO_OFFICIAL_CODE = {"supervised": "plain cross-entropy training, the baseline: no paper, no official code"}
 
 
-@pytest.mark.parametrize("name", list(FIXTURES))
+def test_every_method_and_every_fixture_file_is_compared():
+    """A new registered method (or a new fixture file) is not skipped silently: each method has a fixture in FIXTURES
+    or a reason in NO_OFFICIAL_CODE, and FIXTURES names every fixture file in tests/golden/."""
+    from hf_kd.methods import methods
+
+    trainers = {gp.load_fixture(name)["hf_kd"]["trainer"] for name in FIXTURES}
+    missing = {m for m, cls in methods().items() if f"{cls.__module__}.{cls.__name__}" not in trainers}
+    missing -= set(NO_OFFICIAL_CODE)
+    assert not missing, (f"no golden fixture for {sorted(missing)}: generate one (tests/golden/README.md) and add it "
+                         "to FIXTURES, or say in NO_OFFICIAL_CODE why there is none")
+    files = {p.stem for p in gp.FIXTURE_DIR.glob("*.json")} - {"imagenet_networks"}  # test_imagenet_networks.py
+    assert files == set(FIXTURES), f"fixture files not in FIXTURES: {sorted(files - set(FIXTURES))}"
+
+
+# the ImageNet fixtures (224 px, real-size networks) are slow; the CIFAR ones run day to day
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in IMAGENET else n for n in FIXTURES])
 def test_golden_trainer_matches_official_code(name, tmp_path):
     fixture = gp.load_fixture(name)
     result = gp.run_hf_kd(fixture, str(tmp_path))
@@ -64,7 +81,7 @@ def test_golden_fixture_provenance(name):
     else:
         assert len(fixture["terms"]) == len(fixture["data"]["augmentation"]) == 3
         assert 16 <= len(fixture["data"]["labels"]) <= 32
-    # the METHODS.md decisions are applied to the official side, so the comparison is like for like
+    # hf_kd's decisions (docs/methods/) are applied to the official side, so the comparison is like for like
     patches = " ".join(p["replace"] + " " + p["why"] for p in prov["patches"])
     decision = {"projector_kd": "clamp_min(1e-12)", "self_kd": "Istr_2(BasicBlock)", "mixskd": "loss_mixcls",
                 "projector_kd_imagenet_resnet34_resnet18": "clamp_min(1e-12)"}

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hf_kd import ProjectorKDArguments, ProjectorKDTrainer, create_student
+from hf_kd.methods import methods
 
 optuna = pytest.importorskip("optuna")
 
@@ -46,28 +47,35 @@ def test_two_trials_rebuild_student_and_projectors(data, tmp_path):
     assert built[0] is None and len(built) == 3  # __init__ once, then once per trial (with the trial)
 
 
-# method -> (trainer, a searched method argument, its values, what the built model must show for it)
+# method -> (a searched method argument, its values, what the built model must show for it); one entry per registered
+# method (test_every_method_has_a_searched_argument)
 SEARCHED = {
-    "kd": ("KDTrainer", "temperature", [2.0, 8.0], None),
-    "supervised": ("SupervisedTrainer", "weight_decay", [0.0, 1e-4], None),
-    "projector_kd": ("ProjectorKDTrainer", "num_projectors", [1, 3],
-                     lambda m: m.aux["projectors"].num_projectors),
-    "ffsd": ("FFSDTrainer", "num_students", [2, 3], lambda m: len(m.aux["students"])),
-    "self_kd": ("SelfKDTrainer", "adapter_stage", [1, 2], lambda m: m.stage_index),
-    "mixskd": ("MixSKDTrainer", "discriminator_hidden", [8, 16],
-               lambda m: m.aux["discriminators"][0].fc1.out_features),
+    "kd": ("temperature", [2.0, 8.0], None),
+    "supervised": ("weight_decay", [0.0, 1e-4], None),
+    "projector_kd": ("num_projectors", [1, 3], lambda m: m.aux["projectors"].num_projectors),
+    "ffsd": ("num_students", [2, 3], lambda m: len(m.aux["students"])),
+    "self_kd": ("adapter_stage", [1, 2], lambda m: m.stage_index),
+    "mixskd": ("discriminator_hidden", [8, 16], lambda m: m.aux["discriminators"][0].fc1.out_features),
 }
 
 
-@pytest.mark.parametrize("method", list(SEARCHED))
+def test_every_method_has_a_searched_argument():
+    assert set(SEARCHED) == set(methods()), (
+        f"SEARCHED needs one entry per registered method: missing {sorted(set(methods()) - set(SEARCHED))}, "
+        f"unknown {sorted(set(SEARCHED) - set(methods()))}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(methods()))
 def test_every_trainer_searches_two_trials(data, tmp_path, method):
     """2 optuna trials per trainer: each trial trains a fresh student and fresh auxiliary modules (no parameter
     shared with the previous trial), built from that trial's arguments, and its evaluation reports every head."""
-    import hf_kd
     from transformers import TrainerCallback
 
-    name, arg, values, built_value = SEARCHED[method]
-    cls = getattr(hf_kd, name)
+    if method not in SEARCHED:
+        pytest.fail(f"no SEARCHED entry for method {method}")
+    arg, values, built_value = SEARCHED[method]
+    cls = methods()[method]
     teacher = None
     if cls.uses_teacher == "required":
         torch.manual_seed(1)
@@ -115,6 +123,7 @@ def test_every_trainer_searches_two_trials(data, tmp_path, method):
             (method, sorted(metrics))
 
 
+@pytest.mark.slow
 def test_a_trial_applies_its_method_augmentation(data, tmp_path):
     """LightSKD's random_resized_crop is read when the augmentation is chosen: a trial that searches it must train
     with the augmentation it asked for, not the one __init__ chose."""
@@ -146,6 +155,7 @@ def test_a_trial_applies_its_method_augmentation(data, tmp_path):
     assert sorted(seen) == [(False, False), (True, True)], seen
 
 
+@pytest.mark.slow
 def test_a_trial_applies_its_data_augmentation_arguments(data, tmp_path):
     """The data-level overrides (``augmentation``, ``pad_mode``, ``norm_mean``/``norm_std``) are arguments too: a trial
     that searches one trains with it (it used to keep what __init__ chose, silently)."""
@@ -213,6 +223,7 @@ def _search_snapshots(method, data, out, fast):
     return snaps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["kd", "ffsd"])
 def test_search_with_the_fast_path_trains_each_trial_like_eager(method, data, tmp_path):
     """With ``fast_path`` every trial's compiled step trains that trial's model and optimizer (a new student, aux
@@ -226,6 +237,7 @@ def test_search_with_the_fast_path_trains_each_trial_like_eager(method, data, tm
             torch.testing.assert_close(f[k], v, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {k}: {m}")
 
 
+@pytest.mark.slow
 def test_a_trial_applies_its_normalization_to_student_export_and_teacher(data, tmp_path):
     """A searched norm_mean/norm_std reaches the training augmentation, the student's exported preprocessing and a
     transformers teacher's input rebuild (which undoes the student's normalisation)."""

@@ -2,7 +2,7 @@
 
 ``tests/hub_server.py`` (stdlib, in memory) runs in this process on 127.0.0.1:<free port>. The client side runs once
 per module in a subprocess, because ``HF_ENDPOINT`` / ``HF_HUB_DISABLE_XET`` are read when huggingface_hub is
-imported (HF_NOTES §5.4): it trains a tiny KD student through the recipe runner with ``--push_to_hub`` (checkpoints,
+imported: it trains a tiny KD student through the recipe runner with ``--push_to_hub`` (checkpoints,
 TensorBoard ``runs/`` and the default every-save pushes included), loads it back with transformers, ``pipeline`` and
 timm, pushes to a branch and to a private repo, tries the other ``hub_strategy`` values, makes uploads fail and
 retries them as the error says, and renders every method's card. It writes what it saw to ``results.json``; the tests
@@ -55,8 +55,7 @@ def _client(work: Path):  # runs in the subprocess, environment already pointing
 
     import hf_kd  # noqa: F401  (registers cifar_* in timm, needed by all three loaders)
     import timm
-    from hf_kd import (DistillationArguments, FFSDTrainer, KDArguments, KDTrainer, MixSKDTrainer, ProjectorKDTrainer,
-                       SelfKDTrainer, SupervisedTrainer, create_student, load_image_data)
+    from hf_kd import DistillationArguments, KDArguments, KDTrainer, create_student, load_image_data
     from hf_kd.data.loading import digits_dataset
     from hf_kd.recipes import run
     from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
@@ -191,9 +190,11 @@ def _client(work: Path):  # runs in the subprocess, environment already pointing
 
     def cards():  # every method's card, rendered from its own template by a real trainer
         res["cards"] = {}
-        for cls in (SupervisedTrainer, KDTrainer, ProjectorKDTrainer, FFSDTrainer, SelfKDTrainer, MixSKDTrainer):
+        from hf_kd.methods import methods
+
+        for cls in methods().values():  # the registry: a new method's card is rendered too
             folder = work / "cards" / cls.method_name
-            kw = {"teacher": tiny("cifar_wrn_16_1", 1)} if cls in (KDTrainer, ProjectorKDTrainer) else {}
+            kw = {"teacher": tiny("cifar_wrn_16_1", 1)} if cls.uses_teacher == "required" else {}
             method = cls(model=tiny("cifar_wrn_16_1", 0), args=cls.args_class(
                 output_dir=str(folder), report_to=[], use_cpu=True), **kw)
             method.write_model_card(str(folder))
@@ -250,6 +251,7 @@ def _every_commit(server, repo_id):
             for c in repo.commits.values() if c["title"] != STALE]
 
 
+@pytest.mark.slow
 def test_push_uploads_only_the_student_export(hub):
     server, res, _ = hub
     # the run's output_dir really holds what must not go up: checkpoints (full wrapper + optimizer) and TensorBoard
@@ -268,6 +270,7 @@ def test_push_uploads_only_the_student_export(hub):
     assert any(c["title"].startswith("Training in progress, step") for c in server.repos[REPO].commits.values())
 
 
+@pytest.mark.slow
 def test_hub_strategy_during_training(hub):
     server, res, _ = hub
     _no_error(res, "hub_strategies")
@@ -282,11 +285,13 @@ def test_hub_strategy_during_training(hub):
     assert all(k.startswith("student.") for k in load(files["last-checkpoint/model.safetensors"]))
 
 
+@pytest.mark.slow
 def test_loaders_give_identical_logits(hub):
     _, res, _ = hub
     assert res["auto_equal"] and res["timm_equal"]
 
 
+@pytest.mark.slow
 def test_pipeline_labels_and_preprocessing_travel(hub):
     _, res, _ = hub
     for k in ("mean", "std"):  # the processor loaded from the Hub normalises as training did
@@ -298,6 +303,7 @@ def test_pipeline_labels_and_preprocessing_travel(hub):
                                                                  abs=1e-6)
 
 
+@pytest.mark.slow
 def test_model_card_on_the_hub(hub):
     server, res, _ = hub
     assert {"knowledge-distillation", "kd", "image-classification"} <= set(res["card_tags"])
@@ -329,12 +335,22 @@ def test_model_card_on_the_hub(hub):
     assert "without distillation" not in first  # no baseline row before the run had one
 
 
+def test_every_method_has_its_expected_bibtex():
+    """BIBTEX holds one entry per registered method (checked without the Hub round trip)."""
+    from hf_kd.methods import methods
+
+    assert set(BIBTEX) == set(methods()), (f"BIBTEX needs one entry per registered method: missing "
+                                           f"{sorted(set(methods()) - set(BIBTEX))}, unknown "
+                                           f"{sorted(set(BIBTEX) - set(methods()))}")
+
+
+@pytest.mark.slow
 def test_every_method_has_its_card_template_and_citation(hub):
     _, res, _ = hub
     _no_error(res, "cards")
     from huggingface_hub import ModelCard
 
-    assert set(res["cards"]) == set(BIBTEX)
+    assert set(res["cards"]) == set(BIBTEX), "every registered method needs its expected BibTeX in BIBTEX"
     for method, expected in BIBTEX.items():
         card, hparams = res["cards"][method]["card"], res["cards"][method]["hparams"]
         template = (TEMPLATES / f"{method}.md").read_text()  # model_cards/ at the root links to it
@@ -342,7 +358,10 @@ def test_every_method_has_its_card_template_and_citation(hub):
         assert " ".join(exported.split()) in " ".join(card.split()), method  # rendered from its own template
         data = ModelCard(card).data  # the YAML header parses; the method is a tag
         assert {"knowledge-distillation", method, "image-classification"} <= set(data.tags), method
-        assert ("## Teacher" in card) == (method in ("kd", "projector_kd")), method  # teacher info where there is one
+        from hf_kd.methods import get_method
+
+        uses_teacher = get_method(method).uses_teacher == "required"
+        assert ("## Teacher" in card) == uses_teacher, method  # teacher info where there is one
         assert all(f"| `{h}` |" in card for h in hparams), method
         bib = re.search(r"```bibtex\n(.*?)```", card, re.S)
         if expected is None:
@@ -354,18 +373,21 @@ def test_every_method_has_its_card_template_and_citation(hub):
             assert text in " ".join(bib.split()), (method, text)
 
 
+@pytest.mark.slow
 def test_branch_revision(hub):
     _, res, _ = hub
     _no_error(res, "branch")
     assert res["branch_equal"] and res["main_unchanged"]
 
 
+@pytest.mark.slow
 def test_private_repo(hub):
     _, res, _ = hub
     _no_error(res, "private")
     assert res["private_flag"] is True and res["private_anonymous"] == "not found" and res["private_equal"]
 
 
+@pytest.mark.slow
 def test_failed_upload_keeps_export_and_says_how_to_retry(hub):
     server, res, _ = hub
     _no_error(res, "failure")
@@ -380,6 +402,7 @@ def test_failed_upload_keeps_export_and_says_how_to_retry(hub):
     assert set(server.files(REPO)) == EXPORT
 
 
+@pytest.mark.slow
 def test_failed_repo_creation_keeps_export_and_python_retry_works(hub):
     server, res, _ = hub
     _no_error(res, "failure_creating_repo")

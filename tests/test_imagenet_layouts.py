@@ -101,6 +101,7 @@ def hub_imagenet(folder):
     return str(folder), names
 
 
+@pytest.mark.slow
 def test_hub_imagenet_download(tmp_path):
     """Its renamed "crane" against a timm teacher's two "crane"s was refused as ambiguous: the two sides are the same
     1000 classes in the same order."""

@@ -85,12 +85,20 @@ def test_mixup_images_pairs_each_row_with_its_permuted_partner():
     assert torch.allclose(interpolate(x, 0.25, perm), expected)  # outputs of the originals mixed the same way
 
 
+def documented_draw(seed, step, k, batch_size, alpha):
+    """The draw as ``draw_mixup`` documents it, written out here: one generator keyed by (seed, step, k), lam from
+    Beta(alpha, alpha), then the permutation."""
+    rng = np.random.default_rng([seed % 2**64, step, k])
+    return float(rng.beta(alpha, alpha)), rng.permutation(batch_size).tolist()
+
+
 def test_mixup_draw_is_a_function_of_seed_step_and_micro_batch():
     lam, perm = draw_mixup(0, 5, 1, 8, 0.4)
     np.random.seed(123)  # the global RNGs play no part
     torch.manual_seed(123)
     again = draw_mixup(0, 5, 1, 8, 0.4)
     assert lam == again[0] and torch.equal(perm, again[1])
+    assert (lam, perm.tolist()) == documented_draw(0, 5, 1, 8, 0.4)
     assert 0 < lam < 1 and perm.dtype == torch.int64 and sorted(perm.tolist()) == list(range(8))
     others = [draw_mixup(*key, 8, 0.4) for key in [(0, 5, 0), (0, 5, 2), (0, 6, 1), (1, 5, 1)]]
     assert len({lam, *(o[0] for o in others)}) == 5  # every seed / step / micro-batch draws its own
@@ -131,8 +139,8 @@ def test_each_micro_batch_of_a_step_draws_its_own_mixup(data, tmp_path, monkeypa
     assert len({lam for _, lam, _, _ in seen}) == 4  # two micro-batches of one step never share their mixup
     assert len(backbone_inputs) == 4
     for (key, lam, perm, x), pixels in zip(seen, backbone_inputs):
-        expected = draw_mixup(*key, 8, 0.4)
-        assert lam == expected[0] and torch.equal(perm, expected[1])
+        expected = documented_draw(*key, 8, 0.4)  # the trainer's key, drawn as documented
+        assert lam == expected[0] and perm.tolist() == expected[1]
         assert torch.equal(pixels[:8], x)  # the model mixes the micro-batch with the trainer's draw
         assert torch.allclose(pixels[8:], lam * x + (1 - lam) * x[perm])
     # the draw index is per process: process p, micro-batch i -> k = p * gradient_accumulation_steps + i
@@ -157,12 +165,12 @@ def test_trainer_forwards_originals_then_their_mixup_in_one_call(data, tmp_path,
     monkeypatch.setattr(MixSKDModel, "forward", spy)
     monkeypatch.setattr(TimmStudent, "forward_kd", spy_kd)
     trainer.model.train()
-    expected_lam, expected_perm = draw_mixup(0, 0, 0, 8, 0.4)
+    expected_lam, expected_perm = documented_draw(0, 0, 0, 8, 0.4)
     trainer.compute_loss(trainer.model, inputs)
     assert len(seen) == 1 and len(backbone_inputs) == 1  # a single backbone forward for both halves
     (lam, perm), pixels = seen[0], backbone_inputs[0]
     x = inputs["pixel_values"]
-    assert lam == expected_lam and torch.equal(perm, expected_perm)
+    assert lam == expected_lam and perm.tolist() == expected_perm
     assert pixels.shape[0] == 16 and torch.equal(pixels[:8], x)
     assert torch.allclose(pixels[8:], lam * x + (1 - lam) * x[perm])
 
@@ -272,7 +280,7 @@ def test_branches_are_fresh_copies_of_the_later_stages(data):
 
 
 def test_mixskd_resnet18_matches_the_official_sizes():
-    """MixSKD_CIFAR_ResNet18 (K=100): backbone 11.22M, branches 30.06M, self-teacher 1.10M (METHODS 4.2)."""
+    """MixSKD_CIFAR_ResNet18 (K=100): backbone 11.22M, branches 30.06M, self-teacher 1.10M (docs/methods/mixskd.md)."""
     student = create_student("cifar_resnet18", 100, model_args={"stem_act": False})
     assert not any(isinstance(m, nn.ReLU) for m in student.timm_model.stem)  # no stem activation
     model = MixSKDModel(student, 100)

@@ -109,6 +109,7 @@ def test_fast_path_stops_at_the_next_log(data, tmp_path):
     assert tr.args.logging_nan_inf_filter is False
 
 
+@pytest.mark.slow
 def test_a_diverged_trial_is_pruned_and_the_search_goes_on(data, tmp_path):
     """In an optuna search the error would end the whole search: the diverged trial is pruned instead."""
     pytest.importorskip("optuna")
@@ -264,6 +265,7 @@ def _kd_with_auto_teacher(out, *extra):
                      "--teacher_architecture", "cifar_resnet20", "--teacher_epochs", "0.25", *extra])
 
 
+@pytest.mark.slow
 def test_the_auto_trained_teacher_is_reused_only_with_the_same_settings(tmp_path, monkeypatch, capsys):
     out = tmp_path / "kd"
     teacher = tmp_path / "kd_teacher"

@@ -24,10 +24,11 @@ def par():
 
 
 def opts(tmp_path, **kw):
-    base = dict(out=str(tmp_path), dataset="../shared/data/cifar100",
+    base = dict(out=str(tmp_path), dataset="cifar100-folder",
                 dataset_title="CIFAR-100 (60k pool, stratified 50k/10k re-split)", max_train_samples=5000,
                 max_eval_samples=None, train_images=5000, student="cifar_resnet20", epochs=8, batch_size=64, lr=0.05,
-                weight_decay=5e-4, eval_every=4, bf16=False, threads=1, setting_flags="")
+                weight_decay=5e-4, eval_every=4, bf16=False, threads=1, setting_flags="",
+                teacher_architecture="cifar_resnet56", teacher_epochs=16)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -36,8 +37,70 @@ def test_hf_kd_side_is_the_accuracy_tables_run(par, tmp_path):
     the seed and folder: the comparison is against the run the table reports."""
     table = json.loads((Path(ROOT) / "benchmarks/results/cifar100-cpu/results.json").read_text())
     recorded = next(r for r in table["runs"] if r["method"] == "ffsd" and r["seed"] == 1)["config"]
-    cfg = par.hf_kd_config(opts(tmp_path), "ffsd", 1, Path(recorded["output_dir"]))
+    cfg = par.hf_kd_config(opts(tmp_path, dataset=recorded["dataset"]), "ffsd", 1, Path(recorded["output_dir"]))
     assert cfg == recorded
+
+
+def test_pefd_side_is_the_accuracy_tables_run_with_the_shared_teacher(par, tmp_path):
+    """PEFD's recipe config is the table's, with the parity folder's own teacher (trained with the table's teacher
+    settings, which the teacher run's config shows)."""
+    table = json.loads((Path(ROOT) / "benchmarks/results/cifar100-cpu/results.json").read_text())
+    recorded = next(r for r in table["runs"] if r["method"] == "projector_kd" and r["seed"] == 2)["config"]
+    o = opts(tmp_path, dataset=recorded["dataset"])
+    cfg = par.hf_kd_config(o, "projector_kd", 2, Path(recorded["output_dir"]))
+    assert cfg["teacher"] == str(tmp_path / "runs" / "_teacher" / "cifar_resnet56-seed0")
+    assert {k: v for k, v in cfg.items() if k != "teacher"} == {k: v for k, v in recorded.items() if k != "teacher"}
+    assert table["settings"]["teacher"] == o.teacher_architecture
+    assert table["settings"]["teacher_epochs"] == o.teacher_epochs
+
+
+def test_official_keys_are_the_official_cifar_resnet_names(par):
+    """The teacher's weights reach the official models/resnet.py under its names: conv1/bn1/layer{1,2,3}.j/fc."""
+    import re
+
+    from hf_kd.models.student import create_student
+
+    keys = create_student("cifar_resnet56", num_labels=100).state_dict()
+    names = {par.official_key(k) for k in keys}
+    assert len(names) == len(keys)
+    assert par.official_key("timm_model.stem.0.weight") == "conv1.weight"
+    assert par.official_key("timm_model.stages.2.8.bn2.running_var") == "layer3.8.bn2.running_var"
+    pattern = r"(conv1|bn1)\.\w+|layer[123]\.\d+\.(conv[12]|bn[12]|downsample\.[01])\.\w+|fc\.(weight|bias)"
+    assert [n for n in names if not re.fullmatch(pattern, n)] == []
+
+
+def test_a_method_joins_an_existing_folder_but_its_settings_cannot_change(par, tmp_path, monkeypatch):
+    """A later sitting may add PEFD to a folder of FFSD runs; a changed hyperparameter of a method already there is
+    refused (its runs would be mixed with others)."""
+    monkeypatch.setattr(par, "official_checkout", lambda m: tmp_path)
+    monkeypatch.setattr(par, "checkout_provenance", lambda path: {"commit": "0" * 40, "clean": True})
+    monkeypatch.setattr(par, "ensure_teacher", lambda o: {"architecture": o.teacher_architecture, "epochs": 16,
+                                                          "seed": 0, "final_top1": 15.0, "folder": "x"})
+    monkeypatch.setattr(par, "execute", lambda o, method, side, seed: None)
+    monkeypatch.setattr(par, "summarize", lambda out, settings: (out / "results.md").write_text("table"))
+
+    class Data:
+        train, eval = range(5000), range(10000)
+        source = {"eval_split": "test"}
+
+    import hf_kd.data
+
+    monkeypatch.setattr(hf_kd.data, "load_image_data", lambda *a, **k: Data())
+    argv = ["official_parity.py", "--out", str(tmp_path / "out"), "--seeds", "5", "--dataset", "cifar100-copy"]
+    monkeypatch.setattr(sys, "argv", argv + ["--methods", "ffsd"])
+    par.main()
+    monkeypatch.setattr(sys, "argv", argv + ["--methods", "projector_kd"])
+    par.main()
+    settings = json.loads((tmp_path / "out" / "settings.json").read_text())
+    assert set(settings["method_hyperparameters"]) == {"ffsd", "projector_kd"}
+    assert settings["teacher"]["architecture"] == "cifar_resnet56"
+    import accuracy
+
+    changed = dict(accuracy.method_fields("ffsd"), temperature=3.0)
+    monkeypatch.setattr(accuracy, "method_fields", lambda m: changed if m == "ffsd" else {})
+    monkeypatch.setattr(sys, "argv", argv + ["--methods", "ffsd"])
+    with pytest.raises(SystemExit, match=r"method_hyperparameters\[ffsd\]"):
+        par.main()
 
 
 def test_runs_resume_skip_and_record_threads(par, tmp_path, monkeypatch):
@@ -113,3 +176,30 @@ def test_official_checkout_must_be_a_git_checkout_outside_the_repository(par, tm
     monkeypatch.setenv("HF_KD_OFFICIAL_FFSD", ROOT)
     with pytest.raises(SystemExit, match="inside the hf_kd repository"):
         par.official_checkout("ffsd")
+
+
+def test_hf_kd_data_path_for_an_official_loop(par):
+    """The data-path swap: HfKdBatches gives the official loop hf_kd's batches (a new permutation per epoch, the last
+    partial batch dropped, one BatchAugment call per batch with the data's statistics) in the loop's tuple format."""
+    import numpy as np
+    import torch
+
+    from hf_kd.data.augment import BatchAugment
+
+    class Images:  # the fields official_cifar_datasets' datasets carry
+        images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+        labels = list(range(10))
+        mean, std, index = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), True
+
+    batches = par.HfKdBatches(Images(), 4)
+    assert len(batches) == 2
+    torch.manual_seed(0)
+    first = list(batches)
+    assert [len(b[2]) for b in first] == [4, 4] and len({*first[0][2].tolist(), *first[1][2].tolist()}) == 8
+    second = list(batches)
+    assert not torch.equal(torch.cat([b[2] for b in first]), torch.cat([b[2] for b in second]))
+    torch.manual_seed(0)  # the same draws as the recipe's BatchAugment on the same uint8 batch
+    perm = torch.randperm(10)
+    pixels = torch.from_numpy(Images.images).permute(0, 3, 1, 2)
+    x = BatchAugment(Images.mean, Images.std, "cifar", padding=4)(pixels[perm[:4]], train=True)
+    assert torch.equal(first[0][0], x) and torch.equal(first[0][1], perm[:4])

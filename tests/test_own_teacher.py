@@ -13,8 +13,11 @@ from torchvision.transforms.v2 import functional as TF
 from transformers import AutoImageProcessor
 
 from hf_kd import KDArguments, KDTrainer, ProjectorKDArguments, ProjectorKDTrainer, create_student, load_teacher
+from hf_kd.methods import methods
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+# every registered method that takes a pre-trained teacher (hf_kd.methods): a new one is tested too
+TEACHER_METHODS = [cls for cls in methods().values() if cls.uses_teacher != "refused"]
 TINY = {"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]}
 
 
@@ -185,7 +188,7 @@ def test_other_names_are_refused(data, tmp_path):
         build(["cat", "dog", "eel"], ["cat", "dog", "fox"], tmp_path, data)
 
 
-@pytest.mark.parametrize("cls", [KDTrainer, ProjectorKDTrainer])
+@pytest.mark.parametrize("cls", TEACHER_METHODS, ids=lambda c: c.method_name)
 def test_same_names_in_another_order_are_reordered(data, tmp_path, cls):
     trainer = build(["cat", "dog", "eel"], ["eel", "cat", "dog"], tmp_path, data, cls)
     assert trainer.teacher_labels.index == (1, 2, 0) and "re-ordered" in trainer.teacher_notes[0]

@@ -43,10 +43,22 @@ clf = pipeline("image-classification", model=folder, trust_remote_code=True, top
 preds = clf(Image.fromarray(np.load(folder + "/img.npy")))
 json.dump({"stock": stock, "class": type(model).__name__, "module": type(model).__module__,
            "pipeline": preds}, open(out + "/info.json", "w"))
+
+# a student on an architecture timm ships: a plain export that transformers and timm load alone
+plain = sys.argv[3]
+x = torch.from_numpy(np.load(plain + "/x.npy"))
+with torch.no_grad():
+    by_transformers = AutoModelForImageClassification.from_pretrained(plain).eval()(x).logits
+    by_timm = timm.create_model("local-dir:" + plain, pretrained=True).eval()(x)
+np.save(out + "/plain_logits.npy", np.stack([by_transformers.numpy(), by_timm.numpy()]))
+assert "hf_kd" not in sys.modules or sys.modules["hf_kd"] is None
 """
 
 
-def test_cifar_export_loads_without_hf_kd_with_identical_logits(data, tmp_path):
+@pytest.mark.slow
+def test_cifar_export_loads_without_hf_kd_with_identical_logits(data, tmp_path, one_thread):  # as the process below
+    """One fresh process without hf_kd loads two exports: a cifar_* student (remote code) and a student on an
+    architecture timm ships (plain: transformers and timm alone)."""
     torch.manual_seed(0)
     student = create_student("cifar_resnet8x4", data.num_labels, data.label_names, mean=data.mean, std=data.std,
                              model_args={"channels": [8, 8, 16, 32], "blocks": [1, 1, 1]}).eval()
@@ -64,8 +76,15 @@ def test_cifar_export_loads_without_hf_kd_with_identical_logits(data, tmp_path):
         expected = student(pixel_values=x).logits
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    run = run_process([sys.executable, "-c", NO_HF_KD, str(folder), str(tmp_path)], timeout=600, env=env,
-                      cwd=str(tmp_path))
+    torch.manual_seed(0)
+    plain = create_student("resnet10t", 3, ["cat", "dog", "fox"], input_size=(3, 64, 64)).eval()
+    plain.save_pretrained(tmp_path / "plain")
+    x_plain = torch.randn(2, 3, 64, 64)
+    np.save(tmp_path / "plain" / "x.npy", x_plain.numpy())
+    with torch.no_grad():
+        expected_plain = plain(x_plain).logits
+    run = run_process([sys.executable, "-c", NO_HF_KD, str(folder), str(tmp_path), str(tmp_path / "plain")],
+                      timeout=600, env=env, cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr[-4000:]
     info = json.load(open(tmp_path / "info.json"))
     assert info["stock"] != "loaded"  # without the remote code transformers cannot build it
@@ -73,6 +92,8 @@ def test_cifar_export_loads_without_hf_kd_with_identical_logits(data, tmp_path):
     # pipeline lists the class as supported: no "not supported for image-classification" error in the log
     assert "not supported for image-classification" not in run.stderr + run.stdout
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "logits.npy")), expected)
+    by_transformers, by_timm = torch.from_numpy(np.load(tmp_path / "plain_logits.npy"))
+    assert torch.equal(by_transformers, expected_plain) and torch.equal(by_timm, expected_plain)
     assert len(info["pipeline"]) == 3 and {p["label"] for p in info["pipeline"]} <= set(data.label_names)
     # the pipeline without hf_kd gives what it gives with hf_kd (stock class, its image processor): same scores
     from PIL import Image

@@ -139,7 +139,7 @@ def test_adapter_layout_matches_istr2_basicblock_variant():
     x = torch.randn(2, 128, 16, 16)
     ref = torch.sigmoid(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)(ad.attention(x)))
     torch.testing.assert_close(ad.mask(x), ref)
-    # Bottleneck variant (ResNet-50/101 layer2, 512 channels): 4.71M parameters as in METHODS.md
+    # Bottleneck variant (ResNet-50/101 layer2, 512 channels): 4.71M parameters (docs/methods/self_kd.md)
     assert sum(p.numel() for p in LightSKDAdapter(512, 100).parameters()) == 4_710_500
 
 

@@ -1,7 +1,7 @@
 """Any transformers AutoModelForImageClassification as teacher: preprocessing rebuilt on the batch, the pooled head
-input as PEFD's feature, KD / PEFD loss values, frozen teacher, bf16 autocast on the CPU, 2 gloo processes, card."""
+input as PEFD's feature, KD / PEFD loss values, frozen teacher, bf16 autocast on the CPU, card (2 gloo processes:
+tests/test_distributed.py)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -18,8 +18,11 @@ from hf_kd import KDArguments, KDTrainer, ProjectorKDArguments, ProjectorKDTrain
 from hf_kd.losses import kd_kl_div
 from hf_kd.losses.projector_kd import projector_cosine_loss
 from hf_kd.models import TeacherInput, TransformersTeacher, input_spec
+from hf_kd.methods import methods
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+# every registered method that takes a pre-trained teacher (hf_kd.methods): a new one is tested too
+TEACHER_METHODS = [cls for cls in methods().values() if cls.uses_teacher != "refused"]
 
 
 def save_vit(folder, labels, seed=1, size=24, resample=2, layers=2):
@@ -230,7 +233,8 @@ def test_kd_loss_value_and_frozen_teacher(data, teacher_dir, tmp_path):
     assert "student 32x32 px" in teacher_part
 
 
-@pytest.mark.parametrize("cls", [KDTrainer, ProjectorKDTrainer])
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", TEACHER_METHODS, ids=lambda c: c.method_name)
 def test_recipe_teacher_flag_takes_a_transformers_folder(data, vit_dir, tmp_path, cls):
     """`recipes/kd.py --teacher <folder>` / `recipes/projector_kd.py --teacher <folder>` with a ViT folder."""
     from hf_kd.recipes import run
@@ -268,7 +272,7 @@ def test_projector_kd_measures_teacher_width_and_loss(data, teacher_dir, tmp_pat
     assert trainer.state.global_step == 2
 
 
-@pytest.mark.parametrize("cls", [KDTrainer, ProjectorKDTrainer])
+@pytest.mark.parametrize("cls", TEACHER_METHODS, ids=lambda c: c.method_name)
 def test_bf16_autocast_on_cpu(data, teacher_dir, tmp_path, cls):
     teacher = load_teacher(teacher_dir[1])
     trainer = cls(model=student(data), teacher=teacher, args=kd_args(tmp_path, cls.args_class, bf16=True),
@@ -344,24 +348,7 @@ def test_a_processor_hf_kd_cannot_rebuild_is_refused(name, rebuilt, tmp_path):
             load_teacher(folder)
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_with_transformers_teachers(data, vit_dir, convnext_dir, tmp_path, monkeypatch):
-    """2 gloo processes vs 1 process with gradient_accumulation_steps=2 (tests/test_distributed.py's protocol), KD and
-    PEFD from a ViT and a ConvNeXt teacher."""
-    from test_distributed import launch
-
-    names = ["kd_vit", "projector_kd_vit", "kd_convnext", "projector_kd_convnext"]
-    monkeypatch.setenv("HF_KD_TEST_VIT_TEACHER", vit_dir)
-    monkeypatch.setenv("HF_KD_TEST_CONVNEXT_TEACHER", convnext_dir)
-    launch(tmp_path / "ddp", 2, 1, names)
-    launch(tmp_path / "single", 1, 2, names)
-    for name in names:
-        assert json.load(open(tmp_path / "ddp" / f"{name}_info.json")) == {"world_size": 2, "steps": 3}
-        a = torch.load(tmp_path / "ddp" / f"{name}_student.pt")
-        b = torch.load(tmp_path / "single" / f"{name}_student.pt")
-        for k in a:
-            if "running_" not in k and "num_batches" not in k:
-                assert (a[k] - b[k]).abs().max().item() < 5e-5, (name, k)
+# 2 processes vs 1 with KD and PEFD from these teachers: tests/test_distributed.py (PARITY), in its launches.
 
 
 def test_rebound_student_normalization_reaches_the_teacher_input(data, vit_dir, tmp_path):

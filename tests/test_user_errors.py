@@ -1,4 +1,5 @@
-"""A new user's common mistakes get a clear error that names the problem and the fix (issue 12), before any heavy work.
+"""A new user's common mistakes get a clear error that names the problem and the fix, before any heavy work
+(docs/guides/troubleshooting.md).
 
 Each test is named after the mistake; each fails on the code before the fix (a silent wrong result, or a raw error
 from a library below hf_kd).
@@ -18,14 +19,15 @@ import torch
 import hf_kd
 from hf_kd import (DistillationArguments, FFSDArguments, KDArguments, KDTrainer, MixSKDArguments,
                    ProjectorKDArguments, SelfKDArguments, SelfKDTrainer, SupervisedTrainer, create_student)
+from hf_kd.methods import methods
 from hf_kd.recipes import parse_args, run
 
 from processes import run_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ARGS_CLASSES = [DistillationArguments, KDArguments, ProjectorKDArguments, FFSDArguments, SelfKDArguments,
-                MixSKDArguments]
+# the base class and every registered method's (hf_kd.methods): a new method is checked without editing this file
+ARGS_CLASSES = list(dict.fromkeys([DistillationArguments, *(cls.args_class for cls in methods().values())]))
 TINY = dict(channels=[8, 8, 16, 16], blocks=[1, 1, 1])
 TINY_JSON = '{"channels": [8, 8, 16, 16], "blocks": [1, 1, 1]}'
 QUICK = ["--max_steps", "1", "--max_train_samples", "32", "--max_eval_samples", "16", "--eval_strategy", "no",
@@ -62,19 +64,9 @@ def test_fewer_examples_than_one_batch_is_refused_by_the_recipe(tmp_path):
 
 # --- 2. every method's arguments are validated --------------------------------------------------------------------
 # The rule: a field named `*temperature*` is a softmax temperature (> 0); a field named `*_weight`, `lambda_*` (but
-# not lambda_warmup_epochs, a schedule length) or LightSKD's `alpha`/`beta` weighs a loss term (>= 0). RANGE_CHECKED
-# spells the rule out per class; the next test (a guard for fields added later, true before the fix too) keeps it in
-# step with the classes' fields.
-RANGE_CHECKED = {
-    DistillationArguments: ([], []),
-    KDArguments: (["temperature"], ["ce_weight", "kd_weight"]),
-    ProjectorKDArguments: (["temperature"], ["ce_weight", "kd_weight", "feature_weight"]),
-    FFSDArguments: (["temperature"], ["lambda_diversity", "lambda_fusion", "lambda_self_distillation"]),
-    SelfKDArguments: (["temperature"], ["alpha", "beta"]),
-    MixSKDArguments: (["temperature"], []),
-}
-
-
+# not lambda_warmup_epochs, a schedule length) or LightSKD's `alpha`/`beta` weighs a loss term (>= 0). The tests below
+# call each registered method's arguments class (the registry, so a new method is covered) and check that its range
+# check enforces exactly what the rule names.
 def _named_by_the_rule(cls) -> tuple[list[str], list[str]]:
     names = [f.name for f in dataclasses.fields(cls)]
     temps = [n for n in names if "temperature" in n]
@@ -83,16 +75,36 @@ def _named_by_the_rule(cls) -> tuple[list[str], list[str]]:
     return temps, weights
 
 
-def test_the_range_rule_covers_every_arguments_class():
-    assert set(RANGE_CHECKED) == set(ARGS_CLASSES)
-    for cls, (temps, weights) in RANGE_CHECKED.items():
-        found_temps, found_weights = _named_by_the_rule(cls)
-        assert (set(found_temps), set(found_weights)) == (set(temps), set(weights)), cls.__name__
+def _numeric_fields(cls) -> list[str]:
+    """The class's own int/float fields (TrainingArguments checks its own)."""
+    from transformers import TrainingArguments
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return [f.name for f in dataclasses.fields(cls) if f.name not in inherited and not isinstance(f.default, bool)
+            and isinstance(f.default, (int, float))]
 
 
-@pytest.mark.parametrize("cls", [c for c in ARGS_CLASSES if any(RANGE_CHECKED[c])], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", ARGS_CLASSES, ids=lambda c: c.__name__)
+def test_the_range_check_names_no_field_outside_the_rule(cls):
+    """A negative value of a field the rule does not name is not refused as a temperature or a loss weight."""
+    temps, weights = _named_by_the_rule(cls)
+    for name in set(_numeric_fields(cls)) - set(temps) - set(weights):
+        try:
+            cls(output_dir="x", **{name: -1 if isinstance(getattr(cls, name, 0), int) else -0.5})
+        except ValueError as e:
+            assert f"--{name} is a softmax temperature" not in str(e) and f"--{name} is a loss weight" not in str(e)
+
+
+def test_the_rule_names_the_registered_methods_fields():
+    """The rule still finds fields (a renamed field would leave the tests below checking nothing)."""
+    named = {cls.__name__: _named_by_the_rule(cls) for cls in ARGS_CLASSES}
+    assert all(temps for cls, (temps, _) in named.items() if cls != "DistillationArguments"), named
+    assert sum(len(w) for _, w in named.values()) >= 5, named
+
+
+@pytest.mark.parametrize("cls", [c for c in ARGS_CLASSES if any(_named_by_the_rule(c))], ids=lambda c: c.__name__)
 def test_every_temperature_and_loss_weight_is_range_checked(cls):
-    temps, weights = RANGE_CHECKED[cls]
+    temps, weights = _named_by_the_rule(cls)
     for name in weights:
         with pytest.raises(ValueError, match=rf"--{name} is a loss weight and must be >= 0"):
             cls(output_dir="x", **{name: -0.5})
@@ -326,6 +338,7 @@ def test_truncated_jpeg_in_an_imagefolder_is_skipped_with_a_warning_naming_it(tm
 
 
 # --- 12. import time ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_import_hf_kd_loads_only_what_registering_the_backbones_needs():
     """`import hf_kd` registers the cifar_* backbones in timm and imports no Trainer, datasets, evaluate, matplotlib
     or scikit-learn; every public name still resolves on first use (benchmarks/import_time.py measures the cost).
@@ -363,6 +376,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc") or not hasattr(signal, "pthread_kill"), reason="needs Linux /proc")
 def test_interrupting_a_test_ends_the_launched_process_and_its_children(tmp_path):
     """Like `accelerate launch recipe.py`: a launcher whose child does the work. Ctrl-C during run_process must end

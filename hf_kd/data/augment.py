@@ -5,7 +5,8 @@ In training it applies the papers' CIFAR augmentation (random crop with 4-pixel 
 whole batch at once with torch ops on the batch's device; for ImageNet-style data the random-resized crop is done per
 sample in the dataset transform and only the flip is batched here. Because the randomness is drawn from torch's
 global RNG inside the training step (not in DataLoader workers), the Trainer's RNG checkpointing makes a mid-epoch
-resume exact (HF_NOTES §3.3). ``RandomResizedCropAugment`` is LightSKD's CIFAR crop, batched the same way.
+resume exact (docs/design/overview.md, "Exact resume"). ``RandomResizedCropAugment`` is LightSKD's CIFAR crop,
+batched the same way.
 """
 
 from __future__ import annotations

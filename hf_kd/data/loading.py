@@ -3,7 +3,7 @@
 It returns train/eval ``datasets.Dataset``s that yield ``{"pixel_values": uint8 (3,H,W) tensor, "labels": int}``,
 plus what the model must know (label names, mean/std, input size, evaluation crop, augmentation). Random augmentation
 of CIFAR-size data is not done here but batched in the training step (``BatchAugment``): it is faster and it makes
-resuming from a checkpoint exact (HF_NOTES §3.3, §6).
+resuming from a checkpoint exact (docs/design/overview.md, "Exact resume" and "Data path").
 
 Sources: the presets below (Hub ids, the same code path a user with internet runs), any other Hub id, a local folder
 written by ``save_to_disk``, a local folder of data files in the layout of a downloaded Hub dataset (parquet shards

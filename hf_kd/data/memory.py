@@ -2,8 +2,8 @@
 
 The per-sample path (``datasets`` + ``with_transform`` + PIL) reaches about 1.1k img/s on 2 CPU cores, far below
 what a GPU trains a CIFAR ResNet at; a decoded uint8 tensor indexed per batch (``__getitems__``) with the
-augmentation batched on the device (``BatchAugment``) reaches tens of thousands (HF_NOTES §6). CIFAR-100's 50k
-training images take about 150 MB this way. The augmentation distribution is unchanged: the same ``BatchAugment``
+augmentation batched on the device (``BatchAugment``) reaches tens of thousands (docs/design/overview.md,
+"Data path"). CIFAR-100's 50k training images take about 150 MB this way. The augmentation distribution is unchanged: the same ``BatchAugment``
 runs on the same uint8 pixels.
 """
 

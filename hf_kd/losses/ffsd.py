@@ -1,5 +1,5 @@
 """FFSD losses (Li et al., "Distilling a Powerful Student Model via Online Knowledge Distillation", IEEE TNNLS 2022),
-as the official code SJLeo/FFSD ``CIFARTrainer.py`` computes them (METHODS.md section 1.3).
+as the official code SJLeo/FFSD ``CIFARTrainer.py`` computes them (docs/methods/ffsd.md, "The loss terms").
 
 Notation: att(F) = mean over channels of F^2, shape (B, 1, H, W); nrm(v) = per-sample L2 normalisation of the
 flattened tensor (``F.normalize``, eps 1e-12); Lat(X, Y) = mean over all B*D entries of (nrm(X) - nrm(Y))^2 (a mean
@@ -43,7 +43,8 @@ def attention_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def shifted_attention(a_hat: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """The diversity target built from a normalised attention vector (METHODS 1.3 "Diversity loss", steps 2-3).
+    """The diversity target built from a normalised attention vector (docs/methods/ffsd.md, "The loss terms":
+    diversity loss, steps 2-3).
 
     a_hat: (B, D) unit-norm attention; norm: (B, 1) norm n of the *un-normalised* attention. With tau_b the k-th
     smallest entry of a_hat_b, k = floor(D / 3): entries below tau keep their value, entries above become n - a_hat,
@@ -150,7 +151,7 @@ def ffsd_losses(out: dict, labels: torch.Tensor, temperature: float, lambda_dive
     """The sum of every FFSD objective for one training step, and the unweighted terms by name.
 
     ``out`` is ``FFSDModel``'s training forward (see there for the keys); the lambdas are already warmed up. Total =
-    sum_m L_m + L_fusion + L_leader + sum of the decoder objectives, with (METHODS 1.3):
+    sum_m L_m + L_fusion + L_leader + sum of the decoder objectives, with (docs/methods/ffsd.md, "The loss terms"):
 
     - L_m = CE + DML (+ lambda_div * (diversity + self-distillation) for m >= 1; the official code weights the
       student-side self-distillation with lambda_div, not lambda_sd);

@@ -1,7 +1,7 @@
 """MixSKD losses (Yang et al., "MixSKD: Self-Knowledge Distillation from Mixup for Image Recognition", ECCV 2022).
 
 Pure functions of tensors, written after the training loop of winycg/Self-KD-Lib (``main_mixskd_imagenet.py`` /
-``main_mixskd_cifar.py``; /work/shared/METHODS.md section 4.4). Notation: a batch of B originals x with labels y, a
+``main_mixskd_cifar.py``; docs/methods/mixskd.md, "The loss terms"). Notation: a batch of B originals x with labels y, a
 scalar lambda ~ Beta(alpha, alpha) and a permutation pi of the B rows give the mixup images
 
     x_mix = lambda * x + (1 - lambda) * x[pi]          labels (y, y[pi])
@@ -76,7 +76,7 @@ def mixup_cross_entropy(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tens
 def mixskd_classification(orig_logits: Sequence[torch.Tensor], mixup_logits: Sequence[torch.Tensor],
                           ens_logits: torch.Tensor, ens_mix_logits: torch.Tensor, y: torch.Tensor,
                           y_b: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The label terms ``(L_cls, L_mixcls)`` (METHODS 4.4).
+    """The label terms ``(L_cls, L_mixcls)`` (docs/methods/mixskd.md, "The loss terms").
 
     L_cls    = sum_k CE(z_k(x), y)
     L_mixcls = sum_k MCE(z_k(x_mix)) + MCE(Psi(A_bar)) + MCE(Psi(A(x_mix)))
@@ -93,7 +93,8 @@ def mixskd_classification(orig_logits: Sequence[torch.Tensor], mixup_logits: Seq
 
 def mixskd_kl(interp_logits: Sequence[torch.Tensor], mixup_logits: Sequence[torch.Tensor],
               ens_logits: torch.Tensor, ens_mix_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """L_kl of METHODS 4.4, every term KL_T(s <- t) = T^2 KL(softmax(t/T) || softmax(s/T)) (batchmean), t detached.
+    """L_kl (docs/methods/mixskd.md, "The loss terms"), every term KL_T(s <- t) = T^2 KL(softmax(t/T) ||
+    softmax(s/T)) (batchmean), t detached.
 
     - backbone head (the LAST entry), crossed with the self-teacher:
       KL_T(z_bar_H <- Psi(A(x_mix))) + KL_T(z_H(x_mix) <- Psi(A_bar));
@@ -123,7 +124,7 @@ def discriminator_targets(batch: int, device=None, dtype=torch.float32, fool: bo
 
     ``fool=True`` swaps them (the network's target in the adversarial option: the non-saturating GAN loss).
     """
-    first = torch.zeros(2, device=device, dtype=dtype)  # no host-to-device copy: capturable in a CUDA graph
+    first = torch.zeros(2, device=device, dtype=dtype)  # made on the device: no host-to-device copy
     first[1 if fool else 0] = 1.0
     return torch.cat([first.expand(batch, 2), first.flip(0).expand(batch, 2)])
 

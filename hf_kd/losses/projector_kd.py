@@ -18,8 +18,8 @@ from .precision import upcast_half
 
 __all__ = ["projector_cosine_loss", "DEFAULT_NORM_EPS"]
 
-# Deviation from the official code (METHODS.md "Decisions for hf_kd", PEFD): the official loss divides by the plain L2
-# norms, so an all-zero ReLU output gives 0/0 = NaN. We divide by max(||v||, eps) instead (F.normalize). For any
+# Deviation from the official code (docs/methods/projector_kd.md, "Decisions"): the official loss divides by the
+# plain L2 norms, so an all-zero ReLU output gives 0/0 = NaN. We divide by max(||v||, eps) instead (F.normalize). For any
 # vector with norm >= eps the value and gradient are identical to the official ones; an all-zero projection gives
 # cos = 0, i.e. a loss of exactly 1 for that sample and a finite gradient.
 DEFAULT_NORM_EPS = 1e-12

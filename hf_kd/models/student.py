@@ -3,7 +3,7 @@
 We subclass the stock wrapper (same ``TimmWrapperConfig``, ``model_type="timm_wrapper"``) so that an exported folder
 loads with stock ``AutoModelForImageClassification``, ``pipeline("image-classification")`` and
 ``timm.create_model("local-dir:..." / "hf-hub:...", pretrained=True)``, without hf_kd installed for archs timm ships.
-The subclass adds only what the stock class lacks (measured, HF_NOTES §1.3-1.4):
+The subclass adds only what the stock class lacks (measured; docs/design/overview.md, "Models"):
 
 - the stock ``_init_weights`` re-initialises every conv/linear with N(0, 0.02), discarding timm's own init (kaiming,
   zero-init-last BN); ours keeps timm's init;

@@ -46,7 +46,7 @@ def ffsd_conv_init(module: nn.Module) -> None:
 
 
 class FusionModule(nn.Module):
-    """Feature fusion over M common students (METHODS 1.2 "FusionModule").
+    """Feature fusion over M common students (docs/methods/ffsd.md, "The networks": fusion module).
 
     u (B, M*C, S, S) -> depthwise 3x3 conv (no bias) -> BN -> ReLU -> 1x1 conv M*C -> C (no bias) -> BN -> ReLU = h
     (B, C, S, S), the fused feature map; h -> global average pool -> Linear(C, num_classes) = fusion logits.
@@ -72,7 +72,7 @@ class FusionModule(nn.Module):
 
 
 class TransFusionModule(nn.Module):
-    """The leader's trans-fusion branch (METHODS 1.2 "TransFusionModule").
+    """The leader's trans-fusion branch (docs/methods/ffsd.md, "The networks": trans-fusion branch).
 
     F (B, C, S, S) -> depthwise 3x3 conv (no bias) -> BN -> ReLU -> 1x1 conv C -> M*C (no bias) -> BN -> ReLU = t_L
     (B, M*C, S, S). Officially it is a submodule of the leader network, so the leader's init loop covers it:
@@ -92,7 +92,7 @@ class TransFusionModule(nn.Module):
 
 
 class SelfDistillationDecoder(nn.Module):
-    """Self-distillation module (METHODS 1.2 "Self-distillation decoder").
+    """Self-distillation module (docs/methods/ffsd.md, "The networks": decoders).
 
     ``channels`` = (C_deep, ..., C_shallow), e.g. (64, 32, 16) for a CIFAR ResNet's (layer3, layer2, layer1): one
     block ConvTranspose2d(k3, s2, p1, output_padding 1, no bias) -> BN -> ReLU per step, each doubling the spatial
@@ -230,7 +230,8 @@ class FFSDModel(DistillationModel):
         trans = self.aux["trans_fusion"](leader_maps[-1])
         decoders, leader_decoder = self.aux["decoders"], self.aux["leader_decoder"]
         m_range = range(1, len(maps))
-        # decoders in eval mode give the self-distillation targets, before their own train-mode pass (METHODS 1.4)
+        # decoders in eval mode give the self-distillation targets, before their own train-mode pass
+        # (docs/methods/ffsd.md, "One backward")
         with torch.no_grad(), _eval_mode(*decoders, leader_decoder):
             sd_targets = [None] + [decoders[m - 1](diversity_target(maps[m - 1][-1])) for m in m_range]
             leader_sd_target = leader_decoder(fused.detach())

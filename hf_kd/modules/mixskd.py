@@ -1,5 +1,5 @@
 """MixSKD's training-only modules (Yang et al., ECCV 2022; winycg/Self-KD-Lib ``models/resnet_mixskd.py``,
-``models/resnet_imagenet_mixskd.py``, ``methods/adversarial.py``; /work/shared/METHODS.md section 4.2).
+``models/resnet_imagenet_mixskd.py``, ``methods/adversarial.py``; docs/methods/mixskd.md, "The networks").
 
 - ``AuxiliaryBranch``: branch k takes the output of backbone stage k and runs *fresh copies* (new weights, same
   architecture and initialisation scheme) of the remaining stages k+1..N, so that it ends at the backbone's final

@@ -28,7 +28,7 @@ class ProjectorEnsemble(nn.Module):
     """q projectors Linear(d_s, d_t) + ReLU whose outputs are averaged after the ReLU: (B, d_s) -> (B, d_t).
 
     q = 3 by default: the official ``train_student.py`` builds a fourth projector but never trains or uses it, so q=3
-    is the method as run (METHODS.md §2.2).
+    is the method as run (docs/methods/projector_kd.md, "Decisions").
     """
 
     def __init__(self, in_features: int, out_features: int, num_projectors: int = 3):

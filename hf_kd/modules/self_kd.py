@@ -3,7 +3,7 @@
 Follows ``backbone/adapter.py::Istr_2`` of xucong-parsifal/LightSKD, with its channel counts derived from the stage
 it is attached to (C = the layer-2 channels) instead of hard-coded. The released ``adapter_2()`` builds
 ``Istr_2(Bottleneck)`` (C = 512), which only fits ResNet-50/101 and fails on the ResNet-18 the code pairs it with; the
-BasicBlock variant (C = 128) is what fits ResNet-18 (METHODS.md "Decisions for hf_kd"), and
+BasicBlock variant (C = 128) is what fits ResNet-18 (docs/methods/self_kd.md, "Decisions"), and
 ``LightSKDAdapter(128, K)`` is exactly that variant.
 
 Layers (no conv has a bias; PyTorch default initialisation, as the official code does not re-initialise them):

@@ -3,7 +3,7 @@
 - ``self.model`` is a ``DistillationModel``: one ``nn.Module`` holding every trainable module (the student that gets
   exported, plus a method's auxiliary modules). It is the unit DDP wraps, the optimizer covers and checkpoints save.
 - A frozen teacher, if any, lives outside it (``self.teacher``): eval mode, no grad, placed by Accelerate, never in
-  the optimizer, a checkpoint or an export (HF_NOTES §3.5; TRL's GKDTrainer does the same).
+  the optimizer, a checkpoint or an export (docs/design/overview.md, "Trainers"; TRL's GKDTrainer does the same).
 - Export contract: ``save_model`` / ``push_to_hub`` write only the student (config with preprocessing, timm-native
   safetensors, model card). Checkpoints written during training keep the whole ``DistillationModel`` + optimizer,
   scheduler and RNG state, so ``resume_from_checkpoint`` continues exactly (random augmentation runs batched in the
@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import pickle
-from typing import ClassVar, Optional
+from typing import ClassVar, NamedTuple, Optional
 
 import safetensors.torch
 from safetensors import SafetensorError
@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import HPSearchBackend, HubStrategy, number_of_arguments
 
@@ -46,7 +46,7 @@ from ..sync import main_process_writes, write_atomically
 from .fast import FastStep, StepInGraph, check_fast_path_args, find_step_in_graph
 
 __all__ = ["DistillationArguments", "DistillationModel", "DistillationOutput", "DistillationTrainer",
-           "NonFiniteLossError"]
+           "NonFiniteLossError", "StepLoss"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,15 @@ def damaged_checkpoint_error(checkpoint: str, path: str, error: BaseException) -
     return ValueError(f"Checkpoint {checkpoint} is damaged: {path} cannot be read ({type(error).__name__}: "
                       f"{str(error)[:300]}); it was probably cut short while being written (run killed, disk full). "
                       f"{hint}")
+
+
+class StepLoss(NamedTuple):
+    """What one training batch gives (``DistillationTrainer.step_loss``)."""
+
+    loss: torch.Tensor  # the training loss
+    outputs: DistillationOutput  # the model's forward
+    terms: dict  # name -> unweighted loss term, logged as loss_<name>
+    carried: dict  # name -> tensor handed to the next step (``next_step_inputs``)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -161,6 +170,28 @@ def own_parameter_groups(cls, kwargs: dict) -> bool:
             and not {"params", "model", "optimizer_dict"} & set(kwargs))
 
 
+class CheckBeforeUse(TrainerCallback):
+    """Before the weights are evaluated, saved or trained no further (``control`` says so at a step's or an epoch's
+    end, before ``Trainer`` acts on it), stop if a loss since the last log or the weights are not finite
+    (``DistillationTrainer.check_logged_loss``)."""
+
+    def __init__(self, trainer: "DistillationTrainer"):
+        self.trainer = trainer
+
+    def check(self, control) -> None:
+        uses = [what for what, due in (("an evaluation", control.should_evaluate), ("a checkpoint save",
+                control.should_save), ("the end of training", control.should_training_stop)) if due]
+        if uses:
+            self.trainer.check_unlogged_loss(" and ".join(uses), self.trainer.running_loss())
+            self.trainer.check_finite_weights(" and ".join(uses))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.check(control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.check(control)
+
+
 class DistillationTrainer(Trainer):
     """``Trainer`` for a student (a ``TimmStudent``) and the modules a distillation method adds.
 
@@ -174,8 +205,13 @@ class DistillationTrainer(Trainer):
       the paper's hyperparameters (the accuracy benchmark reads the method's own fields from it);
     - ``build_model(student, args, teacher)``: its ``DistillationModel``, whose ``forward`` returns a
       ``DistillationOutput`` and whose ``head_names`` name the evaluation heads (``build_metrics`` scores them);
-    - ``method_loss(outputs, pixel_values, labels, **step)``: the training loss and its named terms; ``step`` holds
-      the per-step inputs of ``step_inputs`` (host state: an epoch's loss weights, a random draw, a buffer).
+    - ``method_loss(outputs, pixel_values, labels, **step)``: the training loss and its named terms;
+    - where the loss needs values that change from step to step (``docs/design/fast_path.md``):
+      ``step_inputs(batch_size, device)``, values made on the host for each step (FFSD's warmed-up lambdas, MixSKD's
+      mixup draw), and ``next_step_inputs(outputs, pixel_values, labels, **step)``, tensors a step hands to the next
+      one (LightSKD's sorted logits), kept in ``carried_inputs``. Both arrive in ``step``, as keyword arguments of the
+      model's ``forward`` and of ``method_loss``. The same code runs in the eager step and in the fast path's
+      compiled step; a method never needs to know which one runs it.
 
     The base ``compute_loss`` runs the model, scores the heads at evaluation (``eval_loss`` is the exported head's
     cross-entropy), calls ``method_loss`` in training, logs its terms and owns ``return_outputs``.
@@ -273,7 +309,8 @@ class DistillationTrainer(Trainer):
         if args.fast_path:
             check_fast_path_args(args, args.world_size)
         self._fast = FastStep(self) if args.fast_path else None
-        self._fast_tracing, self._fast_terms, self._fast_copies = False, None, None
+        self.carried_inputs: dict[str, Optional[torch.Tensor]] = {}  # next_step_inputs of the last training step
+        self.add_callback(CheckBeforeUse(self))
 
     # --- what a method declares and builds ------------------------------------------------------------------------
     def __init_subclass__(cls, **kwargs):
@@ -379,27 +416,45 @@ class DistillationTrainer(Trainer):
         (B, H, K), or (B, K) for a single head), for ``prediction_step`` and the metrics."""
         x, y = inputs["pixel_values"], inputs["labels"]
         if model.training:
-            loss, out = self.training_loss(model, x, y, **self.step_inputs(x.shape[0], x.device))
+            step = {**self.carried_inputs, **self.step_inputs(x.shape[0], x.device)}
+            loss, out = self.training_loss(model, x, y, **step)
         else:
             out = model(pixel_values=x)
             loss = F.cross_entropy(out.heads[:, 0], y)
         return (loss, {"logits": out.logits}) if return_outputs else loss
 
-    def training_loss(self, model, pixel_values: torch.Tensor, labels: torch.Tensor, **step):
-        """(loss, outputs) of one training batch: forward, ``method_loss``, terms logged. The fast path traces this."""
+    def step_loss(self, model, pixel_values: torch.Tensor, labels: torch.Tensor, **step) -> StepLoss:
+        """One training batch: forward, ``method_loss`` and ``next_step_inputs``, with the per-step inputs ``step``.
+        Logs and keeps nothing: the eager step (``training_loss``) and the fast path's compiled step both run it."""
         out = model(pixel_values=pixel_values, **step)
         loss, terms = self.method_loss(out, pixel_values, labels, **step)
-        self.log_terms(terms)
-        return loss, out
+        return StepLoss(loss, out, terms, self.next_step_inputs(out, pixel_values, labels, **step))
+
+    def training_loss(self, model, pixel_values: torch.Tensor, labels: torch.Tensor, **step):
+        """(loss, outputs) of one training batch in the eager step: ``step_loss``, its terms logged, its carried
+        values kept in ``carried_inputs`` for the next step."""
+        result = self.step_loss(model, pixel_values, labels, **step)
+        self.log_terms(result.terms)
+        self.carried_inputs.update(result.carried)
+        return result.loss, result.outputs
 
     def method_loss(self, outputs: DistillationOutput, pixel_values: torch.Tensor, labels: torch.Tensor,
                   **step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The method's training loss and its named (unweighted) terms. Default: cross-entropy of the student."""
         return F.cross_entropy(outputs.heads[:, 0], labels), {}
 
-    def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
-        """Per-step inputs of ``forward`` and ``method_loss`` besides the batch, made on the host each step.
-        ``graph=True`` (the fast path's compiled step): every value a device tensor, copied without a sync."""
+    def step_inputs(self, batch_size: int, device) -> dict:
+        """Values that change per step, made on the host before each training step and passed to ``forward`` and
+        ``method_loss`` as keyword arguments: Python numbers (or dicts, lists, tuples of them), tensors, None.
+        Default: none. On the fast path floats become device tensors (``docs/design/fast_path.md``)."""
+        return {}
+
+    def next_step_inputs(self, outputs: DistillationOutput, pixel_values: torch.Tensor, labels: torch.Tensor,
+                         **step) -> dict[str, torch.Tensor]:
+        """Tensors this training step hands to the next one (state carried across steps), by name: the next step
+        gets each in ``step`` under the same name, and ``carried_inputs`` holds them in between (set an entry to
+        None to start over, e.g. at an epoch's start; save and restore it with checkpoints). Return detached
+        tensors. Default: none."""
         return {}
 
     def bind_teacher_input(self, teacher, student_cfg: dict) -> None:
@@ -436,9 +491,6 @@ class DistillationTrainer(Trainer):
 
     def log_terms(self, terms: dict[str, torch.Tensor]):
         """Record loss terms of a training step; averaged over the logging window and logged by name."""
-        if self._fast_tracing:  # inside the fast path's compiled step: FastStep sums them on the device
-            self._fast_terms = dict(terms)
-            return
         if self.model.training:  # running sums: nothing grows when no log fires (logging_strategy "no")
             for name, value in terms.items():
                 value = value.detach().float()
@@ -527,7 +579,7 @@ class DistillationTrainer(Trainer):
         """Stop if a step since the last log had a non-finite loss, before ``reason`` (an evaluation, a checkpoint
         save, the end of training) uses the weights. Reads Trainer's running loss sum (a NaN or inf in it stays):
         one host read, only when steps went unlogged. Every process calls it (the sum is reduced over them)."""
-        tr_loss = getattr(self, "_tr_loss", None) if tr_loss is None else tr_loss
+        tr_loss = self.running_loss() if tr_loss is None else tr_loss
         if self._unchecked_from is None or tr_loss is None:
             return
         total = tr_loss.detach().reshape(1).float()
@@ -538,6 +590,11 @@ class DistillationTrainer(Trainer):
             terms = {f"loss_{n}": v for n, v in sorted(self.pop_term_means().items()) if not math.isfinite(v)}
             self.stop_at_non_finite({"loss": value, **terms}, f"found before {reason} at step {self.state.global_step}")
         self._unchecked_from, self._step_losses = None, []
+
+    def running_loss(self) -> Optional[torch.Tensor]:
+        """Trainer's on-device sum of the training losses since the last log (its ``_tr_loss``, set in ``train``;
+        None before training). Read, never changed; docs/design/transformers_hooks.md."""
+        return getattr(self, "_tr_loss", None)
 
     def non_finite_weights(self) -> list[str]:
         """The names of the model's floating-point tensors (parameters and buffers: BatchNorm statistics too) that
@@ -603,29 +660,12 @@ class DistillationTrainer(Trainer):
         if self._non_finite:
             raise NonFiniteLossError(f"Not exported: {self._non_finite}")
 
-    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
-        control = self.control
-        uses = [what for what, due in (("an evaluation", control.should_evaluate), ("a checkpoint save",
-                control.should_save), ("the end of training", control.should_training_stop)) if due]
-        if uses:  # before the weights are evaluated or saved
-            self.check_unlogged_loss(" and ".join(uses), tr_loss)
-            self.check_finite_weights(" and ".join(uses))
-        return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
-
     # --- the fast path (hf_kd.trainers.fast) --------------------------------------------------------------------------
     @property
     def fast_step(self) -> Optional[FastStep]:
         """The fast path's step runner (None when ``fast_path`` is off); ``fast_step.compile_options`` are the
         ``torch.compile`` arguments."""
         return self._fast
-
-    def fast_step_done(self) -> None:
-        """Called on the host after each fast step."""
-
-    def fast_copy_after_step(self, dst: torch.Tensor, src: torch.Tensor) -> None:
-        """In ``method_loss`` on the fast path: write ``src`` into the persistent device tensor ``dst`` at the end of the step,
-        after the backward (which may still read ``dst``) and the update."""
-        self._fast_copies.append((dst, src))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         step = self.state.global_step + 1
@@ -636,7 +676,10 @@ class DistillationTrainer(Trainer):
             if len(self._step_losses) < STEP_LOSSES_KEPT:  # references only: read if the loss turns out non-finite
                 self._step_losses.append((step, loss))
             return loss
-        return self._fast(model, inputs)
+        step_inputs = self.step_inputs(inputs["pixel_values"].shape[0], self.args.device)
+        loss, carried = self.fast_step(model, inputs, step_inputs, self.carried_inputs)
+        self.carried_inputs.update(carried)
+        return loss
 
     def _prepare_for_training(self, *args, **kwargs):
         if self._fast is not None:  # the compiled step updates the parameters; the Trainer's optimizer.step must not
@@ -646,14 +689,9 @@ class DistillationTrainer(Trainer):
         return super()._prepare_for_training(*args, **kwargs)
 
     def _get_grad_norm(self, model, grad_norm=None):
-        if self._fast is not None:  # computed in the graph (p.grad is never set)
+        if self._fast is not None:  # computed (and clipped) in the compiled step: p.grad is never set
             return self._fast.grad_norm
         return super()._get_grad_norm(model, grad_norm)
-
-    def _clip_grad_norm(self, model):
-        if self._fast is not None:  # clipped in the graph
-            return self._fast.grad_norm
-        return super()._clip_grad_norm(model)
 
     # --- optimizer and schedule -----------------------------------------------------------------------------------
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
@@ -722,6 +760,10 @@ class DistillationTrainer(Trainer):
         return factor
 
     # --- saving: student-only export, full-state checkpoints --------------------------------------------------------
+    # Two meanings, two names: ``save_model`` exports the student (``Trainer.save_model``'s documented meaning: a model
+    # ``from_pretrained`` loads); ``save_checkpoint_model`` writes a checkpoint's full trainable state. transformers'
+    # ``_save_checkpoint`` writes the checkpoint's weights by calling ``save_model``: ``_save_checkpoint`` below marks
+    # that call so that it reaches ``save_checkpoint_model`` (docs/design/transformers_hooks.md).
     def _save_checkpoint(self, model, trial):
         self.refuse_export_after_non_finite()
         self.check_unlogged_loss("a checkpoint save")  # no checkpoint of NaN weights
@@ -733,33 +775,37 @@ class DistillationTrainer(Trainer):
             self._in_checkpoint = False
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
-        if self._in_checkpoint:  # full trainable state, for an exact resume
-            if state_dict is None:  # safetensors refuses non-contiguous tensors, e.g. channels_last conv weights
-                state_dict = {k: v.contiguous() for k, v in self.model.state_dict().items()}
-            return super()._save(output_dir, state_dict)
-        self.export_student(output_dir or self.args.output_dir)
+        # reached from Trainer.save_model, which hf_kd calls for checkpoints only (save_checkpoint_model)
+        if state_dict is None:  # safetensors refuses non-contiguous tensors, e.g. channels_last conv weights
+            state_dict = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        return super()._save(output_dir, state_dict)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False):
-        """Inside a checkpoint: Trainer's full-state save. Otherwise export the student (``export_student``) to
-        ``output_dir`` (default ``args.output_dir``).
-
-        A checkpoint also gets its manifest (``checkpoint_manifest``), which a resume checks.
+        """Export the student (``export_student``: config, timm-native safetensors, model card) to ``output_dir``
+        (default ``args.output_dir``), and push it when ``push_to_hub`` is set, as ``Trainer.save_model``.
 
         Every process calls it; the one that saves (``args.should_save``) writes and the others wait at a barrier
         until the export is complete (``hf_kd.sync.main_process_writes``), so any process may read the export when
         this returns (the recipes' auto-trained teacher is read by every process).
         """
-        if self._in_checkpoint:
-            super().save_model(output_dir, _internal_call)
-            if self.args.should_save:  # beside the weights, before the checkpoint is pushed or resumed from
-                write_manifest(output_dir, self.checkpoint_manifest())
-            return
+        if self._in_checkpoint:  # transformers' _save_checkpoint writes the checkpoint's weights through save_model
+            return self.save_checkpoint_model(output_dir)
         self.refuse_export_after_non_finite()
         self.check_finite_weights("the export")
         main_process_writes(output_dir or self.args.output_dir, self._write_export, writer=self.args.should_save,
                             prefix=".export-")
         if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def save_checkpoint_model(self, output_dir: str) -> None:
+        """A checkpoint's model files: the whole ``DistillationModel`` state (Trainer's own save, for an exact
+        resume) and the manifest (``checkpoint_manifest``) that a resume checks. Called on every process while
+        transformers saves checkpoint ``output_dir`` (optimizer, scheduler and ``trainer_state.json`` follow); a
+        method that keeps more state writes it here too (LightSKD's DSR buffer) and reads it back in
+        ``load_checkpoint_model``."""
+        super().save_model(output_dir, _internal_call=True)
+        if self.args.should_save:  # beside the weights, before the checkpoint is pushed or resumed from
+            write_manifest(output_dir, self.checkpoint_manifest())
 
     def export_student(self, output_dir: str):
         """Write the student alone (config + timm-native safetensors + model card) to ``output_dir``.
@@ -840,7 +886,14 @@ class DistillationTrainer(Trainer):
             self.check_resume(checkpoint)
         self.reset_loss_check()
         self._loaded_best = None
-        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+        result = super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+        best = self.state.best_model_checkpoint
+        # Trainer loads the best checkpoint at the end under load_best_model_at_end when its weights are there
+        if self.args.load_best_model_at_end and best and any(
+                os.path.isfile(os.path.join(best, n)) for n in ("model.safetensors", "pytorch_model.bin",
+                                                                "model.safetensors.index.json")):
+            self._loaded_best = best
+        return result
 
     def checkpoint_manifest(self) -> dict:
         """What a checkpoint records about its run: the method and the teacher (name, Hub revision, weights hash;
@@ -874,23 +927,17 @@ class DistillationTrainer(Trainer):
                 raise
             raise damaged_checkpoint_error(checkpoint, "its optimizer.pt / scheduler.pt", e) from None
 
-    def _load_best_model(self) -> None:
-        """Trainer's ``load_best_model_at_end``; remembers which checkpoint the model now holds
-        (``loaded_best_checkpoint``), so that the card and the printout report that checkpoint's evaluation."""
-        super()._load_best_model()
-        best = self.state.best_model_checkpoint
-        if best and any(os.path.isfile(os.path.join(best, n)) for n in ("model.safetensors", "pytorch_model.bin",
-                                                                         "model.safetensors.index.json")):
-            self._loaded_best = best
-
     @property
     def loaded_best_checkpoint(self) -> Optional[str]:
         """The checkpoint whose weights the model holds after ``load_best_model_at_end``; None: the last weights."""
         return getattr(self, "_loaded_best", None)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
-        """Strict load of the full ``DistillationModel`` state, with an error that says what does not match."""
-        model = self.model if model is None else model
+        self.load_checkpoint_model(resume_from_checkpoint, self.model if model is None else model)
+
+    def load_checkpoint_model(self, resume_from_checkpoint: str, model) -> None:
+        """Load what ``save_checkpoint_model`` wrote: a strict load of the full ``DistillationModel`` state, with an
+        error that says what does not match."""
         path = os.path.join(resume_from_checkpoint, "model.safetensors")
         if not os.path.isfile(path):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -1,7 +1,7 @@
 """The opt-in fast path (``DistillationArguments.fast_path``): the whole training step as one compiled graph.
 
-A CIFAR ResNet step at batch 128 is bound by kernel launches and per-step Python, not by arithmetic (issue 17). With
-the fast path on, each trainer's step -- the batched augmentation of the uint8 batch, the forward of every network,
+A CIFAR ResNet step at batch 128 is bound by kernel launches and per-step Python, not by arithmetic. With the fast
+path on, each trainer's step -- the batched augmentation of the uint8 batch, the forward of every network,
 every loss term, the gradients and the optimizer update -- is traced into one graph with
 ``torch.compile(fullgraph=True)`` (on CUDA ``mode="reduce-overhead"``: CUDA graphs, inputs copied into static
 buffers), and the step has no host sync. What is computed is unchanged:
@@ -11,12 +11,19 @@ buffers), and the step has no host sync. What is computed is unchanged:
   without a sync; the pixel work runs inside the graph. The Trainer's RNG checkpoint holds the CPU RNG, so a resume is
   exact. On the CPU the draws are the eager path's own draws.
 - gradients: ``torch.autograd.grad`` of the same loss, traced into the graph.
-- optimizer: torch's foreach SGD / Adam / AdamW updates (``torch.optim.adam.adam(..., foreach=True,
-  capturable=True)``; SGD as ``_sgd_foreach``, torch's foreach SGD op for op) over the optimizer's own state
-  tensors, one call per parameter group with that group's settings; the learning rates of the Trainer's schedule
-  come in as a device tensor each step. The optimizer object keeps its groups and state, so
-  checkpoints are those of the eager path (the Trainer sees it through ``StepInGraph``, whose ``step`` is a no-op).
-  Parameters that get no gradient are left alone, as torch's optimizers do.
+- optimizer: torch's own foreach SGD / Adam / AdamW update functions (``torch.optim.sgd.sgd``,
+  ``torch.optim.adam.adam``, ``torch.optim.adamw.adamw`` with ``foreach=True``, Adam/AdamW ``capturable=True``) over
+  the optimizer's own state tensors, one call per parameter group with that group's settings; the learning rates of
+  the Trainer's schedule come in as a device tensor each step. ``Optimizer.step`` itself cannot run inside the
+  graph: torch wraps it in ``torch._dynamo.graph_break()`` calls (``docs/design/fast_path.md``). The optimizer
+  object keeps its groups and state, so checkpoints are those of the eager path (the Trainer sees it through
+  ``StepInGraph``, whose ``step`` is a no-op). Parameters that get no gradient are left alone, as torch's
+  optimizers do.
+- per-step values: the trainer's ``step_inputs`` (host values such as FFSD's lambdas or MixSKD's mixup draw: Python
+  floats become float64 device tensors, tensors are copied to the device) and the state one step hands to the next
+  (``next_step_inputs``, e.g. LightSKD's DSR buffer: kept in one fixed device buffer per name, written after the
+  update) are inputs of the compiled step, so a new value never compiles it again. The method code is the eager
+  path's; it does not know which path runs it (``docs/design/fast_path.md``).
 - loss terms: returned stacked and summed on the device, read and averaged at logging steps only (``log``); the
   gradient norm is computed in the graph (clipping too, with ``max_grad_norm``). A NaN or inf of any step stays in
   the sums (and in Trainer's loss sum), so the run stops at the next log (``DistillationTrainer.check_logged_loss``),
@@ -31,16 +38,18 @@ backbones uses it by default).
 
 from __future__ import annotations
 
-import types
+import inspect
 from typing import Optional
 
 import torch
 import torch.nn as nn
 from torch.optim.adam import adam
+from torch.optim.sgd import sgd
 
 from ..optim import init_hook_registries
 
-__all__ = ["StepInGraph", "FastStep", "check_fast_path_args", "find_step_in_graph", "mark_persistent"]
+__all__ = ["StepInGraph", "FastStep", "check_fast_path_args", "find_step_in_graph", "mark_persistent",
+           "step_input_on_device"]
 
 try:
     from torch.optim.adamw import adamw
@@ -131,8 +140,9 @@ class StepInGraph(torch.optim.Optimizer):
 def _sgd_foreach(params, grads, bufs, lr: torch.Tensor, weight_decay: float, momentum: float, nesterov: bool,
                  maximize: bool) -> None:
     """torch's foreach SGD (``torch.optim.sgd._multi_tensor_sgd``, dampening 0, momentum buffers present), op for op,
-    with the learning rate as a device tensor the way torch applies it under ``torch.compile`` (p += g * -lr): its
-    eager foreach path turns a tensor lr into a Python number (a host sync), which a CUDA graph cannot capture."""
+    with the learning rate as a device tensor the way torch applies it under ``torch.compile`` (p += g * -lr). Used
+    only by the uncompiled step on CUDA (``mode="cuda_graph"``): there torch's foreach SGD turns a tensor lr into a
+    Python number (a host sync), which a CUDA graph cannot capture."""
     if maximize:
         grads = torch._foreach_neg(grads)
     if weight_decay != 0:
@@ -148,8 +158,9 @@ def _sgd_foreach(params, grads, bufs, lr: torch.Tensor, weight_decay: float, mom
 
 
 class _GroupUpdate:
-    """One parameter group's foreach update, with its settings and state tensors bound (state created where the
-    optimizer has none yet, exactly as its first eager step would leave it)."""
+    """One parameter group's update by torch's functional foreach SGD / Adam / AdamW, with the group's settings and
+    the optimizer's state tensors bound (state created where the optimizer has none yet, exactly as its first eager
+    step would leave it)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, group: dict):
         self.params = [p for p in group["params"] if p.requires_grad]
@@ -193,13 +204,18 @@ class _GroupUpdate:
         params, grads = [self.params[k] for k in keep], [grads[k] for k in keep]
         state = [[s[k] for k in keep] for s in self.state]
         g = self.group
+        compiling = torch.compiler.is_compiling()
         if self.kind == "sgd":
-            _sgd_foreach(params, grads, state[0] if state else None, lr, g["weight_decay"], g["momentum"],
-                         g["nesterov"], g["maximize"])
-            return
+            bufs = state[0] if state else [None] * len(params)
+            if not compiling and lr.device.type != "cpu":
+                return _sgd_foreach(params, grads, bufs, lr, g["weight_decay"], g["momentum"], g["nesterov"],
+                                    g["maximize"])
+            return sgd(params, grads, bufs, foreach=True, lr=lr if compiling else lr.item(), dampening=0.0,
+                       weight_decay=g["weight_decay"], momentum=g["momentum"], nesterov=g["nesterov"],
+                       maximize=g["maximize"])
         exp_avg, exp_avg_sq, *rest = state
         max_sq, steps = (rest[0], rest[1]) if g["amsgrad"] else ([], rest[0])
-        capturable = lr.device.type != "cpu" or torch.compiler.is_compiling()
+        capturable = lr.device.type != "cpu" or compiling
         if not capturable:  # the uncompiled step on the CPU: torch's Adam takes a tensor lr only when capturable
             lr = lr.item()  # (no device to sync with)
         kwargs = dict(foreach=True, capturable=capturable, amsgrad=g["amsgrad"], beta1=g["betas"][0],
@@ -221,6 +237,10 @@ class FastStep:
     time). "cuda_graph" captures the *eager* step (the same function, no compiler) into a ``torch.cuda.CUDAGraph``
     after ``warmup`` eager steps and replays it: no compile time, launches amortised, kernels unfused (off CUDA it
     runs the eager step).
+
+    The trainer calls it once per training step with the batch, its ``step_inputs`` and the state carried from the
+    previous step; it returns the loss and the state to carry to the next step. Each instance compiles its own step
+    (``isolate_recompiles``): the compiled variants of one trainer never count against another's recompile limit.
     """
 
     def __init__(self, trainer, compile_options: Optional[dict] = None, mode: str = "compile", warmup: int = 2):
@@ -228,9 +248,11 @@ class FastStep:
         self.compile_options = compile_options
         self.mode, self.warmup = mode, warmup
         self.graphs: dict = {}  # "cuda_graph" mode: input signature -> _CapturedStep
-        self.step_fn = None
-        self.compiled = None
+        self.compiled = None  # the torch.compile'd step (mode "compile"), made on the first step
+        self.steps = 0  # training steps run
         self._loads = -1
+        self._built = False
+        self.carried_buffers: dict[str, torch.Tensor] = {}  # name -> fixed device tensor of the carried state
         self.term_sums: dict[tuple, torch.Tensor] = {}  # names -> summed values (device)
         self.term_counts: dict[tuple, int] = {}
         self.grad_norm: Optional[torch.Tensor] = None
@@ -266,30 +288,27 @@ class FastStep:
         self.graphs.clear()
         if self.mode not in ("compile", "cuda_graph"):
             raise ValueError(f"FastStep.mode must be 'compile' or 'cuda_graph', got {self.mode!r}")
-        if self.step_fn is None:
-            # a code object of its own: dynamo caches compiled graphs per code object, and one shared by every
-            # trainer of a process would hit its recompile limit (and silently run eager) after a few trainers
-            fn = FastStep._step
-            self.step_fn = types.MethodType(types.FunctionType(fn.__code__.replace(), fn.__globals__, "fast_step",
-                                                               fn.__defaults__, fn.__closure__), self)
-            if self.mode == "compile":
-                if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
-                    raise RuntimeError(f"fast_path's compiled step traces torch.autograd.grad, which needs a torch "
-                                       f"with torch._dynamo.config.trace_autograd_ops (this is {torch.__version__}); "
-                                       "use trainer.fast_step.mode = 'cuda_graph' or upgrade torch.")
-                torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the graph
-            self.compiled = torch.compile(self.step_fn, fullgraph=True, **self._options(device))
+        if self.mode == "compile" and self.compiled is None:
+            if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+                raise RuntimeError(f"fast_path's compiled step traces torch.autograd.grad, which needs a torch "
+                                   f"with torch._dynamo.config.trace_autograd_ops (this is {torch.__version__}); "
+                                   "use trainer.fast_step.mode = 'cuda_graph' or upgrade torch.")
+            # its own cache region: dynamo keeps compiled code per code object, which every FastStep shares
+            own = {"isolate_recompiles": True} if "isolate_recompiles" in inspect.signature(torch.compile).parameters \
+                else {}
+            self.compiled = torch.compile(self._step, fullgraph=True, **own, **self._options(device))
+        self._built = True
         self._loads = wrapper.loads
 
-    def _step(self, pixels: torch.Tensor, labels: torch.Tensor, aug: tuple, lrs: torch.Tensor, extra: dict):
-        """One training step; traced whole. Returns (loss, stacked loss terms, gradient norm)."""
+    def _step(self, pixels: torch.Tensor, labels: torch.Tensor, aug: tuple, lrs: torch.Tensor, step: dict):
+        """One training step; traced whole. Returns (loss, stacked loss terms, gradient norm, term names, the state
+        to carry to the next step)."""
         t = self.trainer
         x = t.augmentation.augment(pixels, aug) if pixels.dtype == torch.uint8 else pixels
         if t.args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        t._fast_copies = []
-        loss, _ = t.training_loss(self.model, x, labels, **extra)
-        terms, t._fast_terms = t._fast_terms or {}, None
+        result = t.step_loss(self.model, x, labels, **step)
+        loss, terms = result.loss, result.terms
         grads = list(torch.autograd.grad(loss, self.params, allow_unused=True))
         present = [g for g in grads if g is not None]
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present))) if present else loss.new_zeros(())
@@ -301,16 +320,25 @@ class FastStep:
                 n = len(update.params)
                 update(grads[start:start + n], lrs[k])
                 start += n
-            copies, t._fast_copies = t._fast_copies, None
-            for dst, src in copies:
-                dst.copy_(src)
         stacked = torch.stack([v.detach().float() for v in terms.values()]) if terms else None
-        return loss.detach(), stacked, norm.detach(), tuple(terms) if terms else ()
+        carried = {name: value.detach() for name, value in result.carried.items()}
+        return loss.detach(), stacked, norm.detach(), tuple(terms) if terms else (), carried
+
+    def _run(self, args):
+        """The step on ``args``: compiled, captured or plain, as ``mode`` and the device say."""
+        device = self.trainer.args.device
+        if self.mode == "cuda_graph":
+            return self._graph_for(args)(args) if device.type == "cuda" else self._step(*args)
+        if device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch._dynamo.config.patch(trace_autograd_ops=True):  # torch.autograd.grad inside the graph
+            return self.compiled(*args)
 
     # --- running ----------------------------------------------------------------------------------------------------
-    def host_inputs(self, inputs: dict):
+    def host_inputs(self, inputs: dict, step: dict, carried: dict):
         """Everything the step takes, on the device, without a host sync: the batch, the augmentation's random
-        parameters (drawn on the CPU), the learning rates and the trainer's per-step inputs."""
+        parameters (drawn on the CPU), the learning rates, the trainer's ``step`` inputs and the ``carried`` state
+        (in this step's fixed buffers)."""
         t = self.trainer
         dev = t.args.device
         pixels = inputs["pixel_values"]
@@ -319,29 +347,40 @@ class FastStep:
         pixels = pixels.to(dev, non_blocking=True)
         labels = inputs["labels"].to(dev, non_blocking=True)
         lrs = torch.tensor([float(u.group["lr"]) for u in self.updates], dtype=torch.float32)
-        extra = t.step_inputs(pixels.shape[0], dev, graph=True)
-        return pixels, labels, aug, lrs.to(dev, non_blocking=True), extra
+        values = {name: self._carried_in(name, value, dev) for name, value in carried.items()}
+        values.update(step_input_on_device(step, dev))
+        return pixels, labels, aug, lrs.to(dev, non_blocking=True), values
 
-    def __call__(self, model: nn.Module, inputs: dict, compiled: bool = True) -> torch.Tensor:
+    def _buffer(self, name: str, like: torch.Tensor, device) -> torch.Tensor:
+        buf = self.carried_buffers.get(name)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != torch.device(device):
+            buf = self.carried_buffers[name] = mark_persistent(torch.empty(like.shape, dtype=like.dtype,
+                                                                           device=device))
+        return buf
+
+    def _carried_in(self, name: str, value, device):
+        """A carried value as the step's input: its fixed buffer (a value set on the host, e.g. restored from a
+        checkpoint, is copied into it first); None stays None."""
+        if value is None or value is self.carried_buffers.get(name):
+            return value
+        return self._buffer(name, value, device).copy_(value, non_blocking=True)
+
+    def __call__(self, model: nn.Module, inputs: dict, step: dict, carried: dict) -> tuple[torch.Tensor, dict]:
+        """One training step on the batch ``inputs`` with the trainer's ``step`` inputs and the ``carried`` state:
+        (the loss, the state to carry to the next step, each value in its fixed device buffer)."""
         t = self.trainer
         wrapper = find_step_in_graph(t.optimizer)
-        if self.step_fn is None or wrapper is None or wrapper.loads != self._loads or model is not self.model:
+        if not self._built or wrapper is None or wrapper.loads != self._loads or model is not self.model:
             self.build(model)
         if not model.training:
             model.train()
-        args = self.host_inputs(inputs)
-        t._fast_tracing = True
-        try:
-            if self.mode == "cuda_graph" and compiled and t.args.device.type == "cuda":
-                loss, stacked, norm, names = self._graph_for(args)(args)
-            else:
-                fn = self.compiled if compiled and self.mode == "compile" else self.step_fn
-                if fn is self.compiled and t.args.device.type == "cuda":
-                    torch.compiler.cudagraph_mark_step_begin()
-                loss, stacked, norm, names = fn(*args)
-        finally:
-            t._fast_tracing = False
-        t.fast_step_done()
+        args = self.host_inputs(inputs, step, carried)
+        loss, stacked, norm, names, out = self._run(args)
+        self.steps += 1
+        carried_out = {}
+        for name, value in out.items():  # after the update: the step may read the buffer until its end
+            carried_out[name] = self._buffer(name, value, value.device)
+            carried_out[name].copy_(value)
         if names:
             if names in self.term_sums:
                 self.term_sums[names] += stacked
@@ -350,13 +389,13 @@ class FastStep:
                 self.term_sums[names] = stacked.clone()
                 self.term_counts[names] = 1
         self.grad_norm = norm
-        return loss
+        return loss, carried_out
 
     def _graph_for(self, args) -> "_CapturedStep":
         key = _signature(args)
         graph = self.graphs.get(key)
         if graph is None:
-            graph = self.graphs[key] = _CapturedStep(self.step_fn, self.warmup)
+            graph = self.graphs[key] = _CapturedStep(self._step, self.warmup)
         return graph
 
     def pop_terms(self) -> dict[str, float]:
@@ -377,23 +416,38 @@ class FastStep:
 
     def explain(self, model: Optional[nn.Module] = None, inputs: Optional[dict] = None):
         """``torch._dynamo.explain`` of one step (graph and graph-break counts), by default on the trainer's model
-        and its first training batch. It runs the step (the parameters are updated) and, as ``explain`` does,
-        resets dynamo's caches (compiled steps of this process compile again on their next call)."""
+        and its first training batch, with the trainer's step inputs and carried state. It runs the step (the
+        parameters are updated) and, as ``explain`` does, resets dynamo's caches (compiled steps of this process
+        compile again on their next call)."""
         t = self.trainer
         if find_step_in_graph(t.optimizer) is None:
             t.create_optimizer()
             t.optimizer = StepInGraph(t.optimizer)
         model = t.model if model is None else model
         inputs = next(iter(t.get_train_dataloader())) if inputs is None else inputs
-        if self.step_fn is None or model is not self.model:
+        if not self._built or model is not self.model:
             self.build(model)
         model.train()
-        args = self.host_inputs(inputs)
-        t._fast_tracing = True
-        try:
-            return torch._dynamo.explain(self.step_fn)(*args)
-        finally:
-            t._fast_tracing = False
+        step = t.step_inputs(inputs["pixel_values"].shape[0], t.args.device)
+        args = self.host_inputs(inputs, step, t.carried_inputs)
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            return torch._dynamo.explain(self._step)(*args)
+
+
+def step_input_on_device(value, device):
+    """A ``step_inputs`` value as the compiled step takes it: a Python float becomes a float64 device tensor (the
+    host value exactly; as a tensor input, a new value does not compile the step again), a tensor is copied to the
+    device (no sync), dicts, lists and tuples are converted item by item; anything else (None, bools, ints,
+    strings) is passed as it is, and a change of it compiles the step again."""
+    if isinstance(value, float):
+        return torch.tensor(value, dtype=torch.float64).to(device, non_blocking=True)
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: step_input_on_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(step_input_on_device(v, device) for v in value)
+    return value
 
 
 def _signature(tree):

@@ -2,7 +2,7 @@
 Student Model via Online Knowledge Distillation", IEEE TNNLS 2022, arXiv 2103.14473; official code SJLeo/FFSD).
 
 No pre-trained teacher. M common students (default 2) and one separate **leader** of the same architecture train
-together (METHODS.md section 1):
+together (docs/methods/ffsd.md):
 
 - the common students learn from the labels and from each other (DML); student m >= 1 also gets the diversity loss
   against student m-1's attention and a self-distillation term through decoder m fed with student m-1's shifted map;
@@ -13,9 +13,9 @@ together (METHODS.md section 1):
 - the decoders learn to reconstruct their network's shallow stages from its deepest map (their own objective, Adam).
 
 Every cross-network target is detached, so one backward through the sum of all objectives gives each module the
-gradient the official sequential scheme gives it (METHODS 1.4). The per-module optimizer settings are kept by a
-``CompositeOptimizer`` (``hf_kd.optim``): SGD (Nesterov) over the networks (weight decay 1e-4, fusion module 1e-5) and Adam over the
-decoders, all driven by the Trainer's one learning-rate schedule.
+gradient the official sequential scheme gives it (docs/methods/ffsd.md, "One backward"). The per-module optimizer
+settings are kept by a ``CompositeOptimizer`` (``hf_kd.optim``): SGD (Nesterov) over the networks (weight decay
+1e-4, fusion module 1e-5) and Adam over the decoders, all driven by the Trainer's one learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -227,15 +227,9 @@ class FFSDTrainer(DistillationTrainer):
     def _lambda_epoch(self) -> int:
         return int(self.state.epoch or 0) + 1  # 1-based epoch at the epoch start, as the official lambda_warmup
 
-    def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
-        """The warmed-up lambdas of this epoch; in the compiled step a device tensor (a Python float that changes
-        per epoch would recompile it)."""
-        lam = self.lambdas(self._lambda_epoch())
-        if not graph:
-            return {"lambdas": lam}
-        return {"lambdas": torch.tensor([lam[k] for k in _LAMBDAS], dtype=torch.float32).to(device, non_blocking=True)}
+    def step_inputs(self, batch_size: int, device) -> dict:
+        """The warmed-up lambdas of this epoch."""
+        return {"lambdas": self.lambdas(self._lambda_epoch())}
 
     def method_loss(self, outputs: FFSDOutput, pixel_values, labels, lambdas=None, **step):
-        if isinstance(lambdas, torch.Tensor):
-            lambdas = dict(zip(_LAMBDAS, lambdas.unbind()))
         return ffsd_losses(outputs, labels, self.args.temperature, **lambdas)

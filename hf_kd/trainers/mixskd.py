@@ -1,6 +1,6 @@
 """``MixSKDTrainer``: self-knowledge distillation from mixup (Yang et al., ECCV 2022), after winycg/Self-KD-Lib.
 
-Per step (``main_mixskd_imagenet.py`` / ``main_mixskd_cifar.py``; /work/shared/METHODS.md section 4): draw one
+Per step (``main_mixskd_imagenet.py`` / ``main_mixskd_cifar.py``; docs/methods/mixskd.md): draw one
 lambda ~ Beta(alpha, alpha) and a uniform random permutation pi of the batch (see "Mixup draw" below), build
 x_mix = lambda x + (1-lambda) x[pi] (labels y and y[pi]), and run ONE forward of cat([x, x_mix]) through the
 ``MixSKDModel`` (BN statistics shared by both halves). The model returns, for the N-1 auxiliary branches and the
@@ -10,8 +10,8 @@ features of the originals and on the mixup images' features. The objective, all 
     L = L_cls + L_mixcls + L_kl + L_fea + L_gan
 
 (``hf_kd.losses.mixskd``). This is the objective of the official ImageNet script; the released CIFAR script computes
-L_mixcls but leaves it out of the total, so its self-teacher never trains (METHODS "Decisions"): ``mixup_ce=False``
-reproduces that. Discriminators: ``fixed`` (default) = the released behaviour, random heads that are never trained (the
+L_mixcls but leaves it out of the total, so its self-teacher never trains (docs/methods/mixskd.md, "Decisions"):
+``mixup_ce=False`` reproduces that. Discriminators: ``fixed`` (default) = the released behaviour, random heads that are never trained (the
 code keeps them in a plain list); ``adversarial`` = a real GAN game; ``off`` = no L_gan.
 
 Mixup draw: the official scripts call ``np.random.beta`` and ``torch.randperm`` on the global RNGs. Here
@@ -120,12 +120,9 @@ class MixSKDTrainer(DistillationTrainer):
         lam, perm = draw_mixup(*self.last_mixup_key, batch_size, self.args.mixup_alpha)
         return lam, perm.to(device, non_blocking=True)  # pageable memory: staged at once, no sync
 
-    def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
-        """The mixup draw of this micro-batch (``next_mixup``); in the compiled step lam is a float64 device tensor
-        (like the eager path's Python float, so 1 - lam rounds the same way)."""
+    def step_inputs(self, batch_size: int, device) -> dict:
+        """The mixup draw of this micro-batch (``next_mixup``)."""
         lam, perm = self.next_mixup(batch_size, device)
-        if graph:
-            lam = torch.tensor(lam, dtype=torch.float64).to(device, non_blocking=True)
         return {"lam": lam, "perm": perm}
 
     def method_loss(self, outputs: MixSKDOutput, pixel_values, labels, lam=None, perm=None, **step):

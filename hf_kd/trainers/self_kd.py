@@ -2,7 +2,7 @@
 
 "Lightweight Self-Knowledge Distillation with Multi-source Information Fusion" (arXiv 2305.09183, submitted to TNNLS);
 implemented after the intended method of the official code xucong-parsifal/LightSKD ``train.py`` (which does not run
-as released; the fixes are the "Decisions for hf_kd" of METHODS.md, section 3). With z the backbone logits, z_a the
+as released; the fixes are in docs/methods/self_kd.md, "Decisions"). With z the backbone logits, z_a the
 logits of the adapter on the backbone's layer-2 map, T = 4 and s = sort(z) per row:
 
     loss = CE(z, y) + CE(z_a, y) + alpha * T^2 KL(softmax(z_a/T).detach() || softmax(z/T))        # DRG, alpha 0.2
@@ -51,7 +51,6 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..arguments import DistillationArguments
 from ..data.augment import BatchAugment, RandomResizedCropAugment
@@ -60,7 +59,6 @@ from ..models import TimmStudent
 from ..models.student import MissingStagesError
 from ..modules.self_kd import LightSKDAdapter, SelfKDModel, SelfKDOutput
 from .base import DistillationTrainer
-from .fast import mark_persistent
 
 __all__ = ["SelfKDArguments", "SelfKDModel", "SelfKDTrainer", "LIGHTSKD_CIFAR_MEAN", "LIGHTSKD_CIFAR_STD"]
 
@@ -85,8 +83,8 @@ class SelfKDArguments(DistillationArguments):
         "help": "DRG: distil the layer-2 adapter's detached predictions into the final head (alpha * T^2 KL)."})
     use_dsr: bool = field(default=True, metadata={
         "help": "DSR: match the sorted logits of each batch to those of the previous batch (beta * T^2 KL)."})
-    alpha: float = field(default=0.2, metadata={"help": "Weight of the DRG term (README: 0.2)."})
-    beta: float = field(default=1.0, metadata={"help": "Weight of the DSR term (README: 1.0)."})
+    alpha: float = field(default=0.2, metadata={"help": "Weight of the DRG term (official README: 0.2)."})
+    beta: float = field(default=1.0, metadata={"help": "Weight of the DSR term (official README: 1.0)."})
     temperature: float = field(default=4.0, metadata={"help": "Softmax temperature T of DRG and DSR (code: 4)."})
     adapter_stage: int = field(default=2, metadata={
         "help": "Index into forward_kd(...).stages of the map the adapter reads; 2 = layer2 of cifar_resnet* and "
@@ -141,7 +139,7 @@ class SelfKDTrainer(DistillationTrainer):
 
     def __init__(self, model=None, args: SelfKDArguments = None, **kwargs):
         super().__init__(model=model, args=args, **kwargs)
-        self.dsr_previous: Optional[torch.Tensor] = None  # sorted, detached logits of the previous training batch
+        self.dsr_previous = None  # sorted, detached logits of the previous training batch
         self.add_callback(_ResetDSRAtEpochEnd(self))
 
     # --- model and data ---------------------------------------------------------------------------------------------
@@ -177,24 +175,22 @@ class SelfKDTrainer(DistillationTrainer):
         aux = self.accelerator.unwrap_model(self.model).aux
         return aux["adapter"] if "adapter" in aux else None
 
-    # --- loss: DSR's buffer is host state in the eager step, a fixed device tensor in the fast path's graph ----------
-    def step_inputs(self, batch_size: int, device, graph: bool = False) -> dict:
-        """``previous``: the previous batch's sorted logits (None on an epoch's first batch or without DSR).
-        ``graph=True``: a fixed device tensor (``buffer``) that the compiled step overwrites after its update."""
-        if not self.args.use_dsr:
-            return {}
-        if not graph:
-            return {"previous": self.dsr_previous}
-        buf = getattr(self, "_dsr_buffer", None)
-        if buf is None or buf.shape[0] != batch_size:
-            buf = mark_persistent(torch.zeros(batch_size, self.student.config.num_labels, device=device))
-            self._dsr_buffer = buf
-        previous = self.dsr_previous
-        if previous is not None and previous is not buf:  # restored from a checkpoint
-            buf.copy_(previous, non_blocking=True)
-        return {"previous": buf if previous is not None else None, "buffer": buf}
+    # --- loss: DSR compares this batch with the previous one (``next_step_inputs`` carries its sorted logits) ------
+    @property
+    def dsr_previous(self) -> Optional[torch.Tensor]:
+        """The previous training batch's sorted, detached logits (None: no DSR term on the next batch)."""
+        return self.carried_inputs.get("previous")
 
-    def method_loss(self, outputs: SelfKDOutput, pixel_values, labels, previous=None, buffer=None, **step):
+    @dsr_previous.setter
+    def dsr_previous(self, value: Optional[torch.Tensor]) -> None:
+        self.carried_inputs["previous"] = value
+
+    def next_step_inputs(self, outputs: SelfKDOutput, pixel_values, labels, **step) -> dict:
+        """``previous`` for the next batch: this batch's sorted, detached logits. Updated whether or not DRG is on
+        (the official code updates it inside ``if DRG``, a bug)."""
+        return {"previous": sorted_logits(outputs.student_logits.detach())} if self.args.use_dsr else {}
+
+    def method_loss(self, outputs: SelfKDOutput, pixel_values, labels, previous=None, **step):
         """CE + CE of the adapter + alpha DRG + beta DSR against ``previous`` (when given)."""
         logits, adapter_logits = outputs.student_logits, outputs.adapter_logits
         a = self.args
@@ -209,17 +205,7 @@ class SelfKDTrainer(DistillationTrainer):
         if previous is not None:
             terms["dsr"] = dsr_loss(logits, previous.to(logits.device), a.temperature)
             loss = loss + a.beta * terms["dsr"]
-        if a.use_dsr:  # updated whether or not DRG is on (the official code updates it inside `if DRG`, a bug)
-            current = sorted_logits(logits.detach())
-            if buffer is not None:  # the compiled step: written after the update (`previous` is the same tensor)
-                self.fast_copy_after_step(buffer, current)
-            else:
-                self.dsr_previous = current
         return loss, terms
-
-    def fast_step_done(self) -> None:
-        if self.args.use_dsr:
-            self.dsr_previous = self._dsr_buffer
 
     # --- DSR buffer: reset per train() call and epoch, saved with checkpoints ----------------------------------------
     def train(self, *args, **kwargs):
@@ -229,18 +215,18 @@ class SelfKDTrainer(DistillationTrainer):
     def _dsr_state_path(self, folder: str) -> str:
         return os.path.join(folder, DSR_STATE_FILE.format(rank=self.args.process_index))
 
-    def _save_checkpoint(self, model, trial):
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        os.makedirs(folder, exist_ok=True)
+    def save_checkpoint_model(self, output_dir: str) -> None:
+        """The checkpoint's model files, plus this process's DSR buffer (every process writes its own)."""
+        super().save_checkpoint_model(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
         # a checkpoint written on an epoch's last step resumes at the next epoch's start, where the buffer is empty
         mid_epoch = self.state.epoch is not None and not float(self.state.epoch).is_integer()
         buf = self.dsr_previous if mid_epoch and self.dsr_previous is not None else None
         torch.save({"sorted_logits": None if buf is None else buf.detach().cpu(), "world_size": self.args.world_size,
-                    "global_step": self.state.global_step}, self._dsr_state_path(folder))
-        super()._save_checkpoint(model, trial)
+                    "global_step": self.state.global_step}, self._dsr_state_path(output_dir))
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+    def load_checkpoint_model(self, resume_from_checkpoint: str, model) -> None:
+        super().load_checkpoint_model(resume_from_checkpoint, model)
         path = self._dsr_state_path(resume_from_checkpoint)
         self.dsr_previous = None
         if not self.args.use_dsr:

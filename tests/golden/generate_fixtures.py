@@ -17,7 +17,7 @@ be clean (the patches below are applied in memory, to the source text, and each 
 
 Per fixture, in its own process (the repositories reuse top-level names such as ``models`` and ``utils``):
 
-1. the 16 CIFAR-100 images (``../shared/data/cifar100``, train shard 0, rows 0-15) and per step a random pad-crop +
+1. the 16 CIFAR-100 images (``$HF_KD_CIFAR100``, train shard 0, rows 0-15) and per step a random pad-crop +
    flip (parameters stored), normalised in float64 as each official data pipeline normalises;
 2. hf_kd's trainer is built as the test builds it (``golden_parity.build_trainer``: preset + overrides, hf_kd's
    own initialisation at the fixture's seed), and its initial tensors are copied into the official modules, every
@@ -56,8 +56,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/: golden_parity
 import golden_parity as gp  # noqa: E402
 
-SHARED_CIFAR = gp.ROOT.parent / "shared" / "data" / "cifar100" / "train-00000-of-00003.parquet"
-SHARED_IMAGENET = gp.ROOT.parent / "shared" / "data" / "imagenet-sample" / "images"
+# The local data the fixtures were computed from (not in the repository): a CIFAR-100 copy in the Hub's parquet layout
+# (60k pool, stratified 50k/10k re-split) and a 500-image ImageNet sample (one ILSVRC-2012 train photograph per class).
+CIFAR_FOLDER = Path(os.environ.get("HF_KD_CIFAR100", "data/cifar100"))
+CIFAR_SHARD = CIFAR_FOLDER / "train-00000-of-00003.parquet"
+IMAGENET_SAMPLE = Path(os.environ.get("HF_KD_IMAGENET_SAMPLE", "data/imagenet-sample")) / "images"
 IMAGENET_FILES = ("n01440764_tench.JPEG", "n01530575_brambling.JPEG")  # 2 real photographs, synset = label
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # all three official ImageNet loaders
 NUM_IMAGES = 16
@@ -181,7 +184,7 @@ def load_images() -> tuple[np.ndarray, list[int]]:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    table = pq.read_table(SHARED_CIFAR).slice(0, NUM_IMAGES).to_pylist()
+    table = pq.read_table(CIFAR_SHARD).slice(0, NUM_IMAGES).to_pylist()
     images = np.stack([np.asarray(Image.open(io.BytesIO(r["img"]["bytes"])).convert("RGB")).transpose(2, 0, 1)
                        for r in table])
     return images, [int(r["fine_label"]) for r in table]
@@ -195,7 +198,7 @@ def load_imagenet_images() -> tuple[np.ndarray, list[int]]:
     synsets = ImageNetInfo().label_names()
     images = []
     for name in IMAGENET_FILES:
-        im = Image.open(SHARED_IMAGENET / name).convert("RGB")
+        im = Image.open(IMAGENET_SAMPLE / name).convert("RGB")
         scale = 256 / min(im.size)
         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)
         left, top = (im.width - 224) // 2, (im.height - 224) // 2
@@ -208,8 +211,8 @@ def imagenet_data_section(spec: dict) -> dict:
     rng = np.random.default_rng(spec["aug_seed"])
     n = len(labels)
     steps = [{"crops": [[0, 0]] * n, "flips": (rng.random(n) < 0.5).tolist()} for _ in range(spec["steps"])]
-    return {"source": f"../shared/data/imagenet-sample/images/{{{','.join(IMAGENET_FILES)}}} (500-image ImageNet "
-                      "sample, one image per class; ILSVRC-2012 train photographs), shorter side resized to 256 "
+    return {"source": f"images/{{{','.join(IMAGENET_FILES)}}} of a 500-image ImageNet sample (one image per "
+                      "class; ILSVRC-2012 train photographs), shorter side resized to 256 "
                       "(bilinear), centre 224 x 224 crop",
             "images_shape": list(images.shape), "images": gp.encode_images(images), "labels": labels,
             "padding": 0, "pad_mode": "constant", "mean": list(spec["mean"]), "std": list(spec["std"]),
@@ -226,7 +229,7 @@ def data_section(spec: dict) -> dict:
     rng = np.random.default_rng(spec["aug_seed"])
     steps = [{"crops": rng.integers(0, 9, size=(NUM_IMAGES, 2)).tolist(),
               "flips": (rng.random(NUM_IMAGES) < 0.5).tolist()} for _ in range(STEPS)]
-    return {"source": f"../shared/data/cifar100/{SHARED_CIFAR.name}, rows 0-{NUM_IMAGES - 1} (CIFAR-100 (60k pool, "
+    return {"source": f"{CIFAR_SHARD.name} of a local CIFAR-100 copy, rows 0-{NUM_IMAGES - 1} (CIFAR-100 (60k pool, "
                       "stratified 50k/10k re-split), train split)",
             "images_shape": list(images.shape), "images": gp.encode_images(images), "labels": labels,
             "padding": 4, "pad_mode": spec["pad_mode"], "mean": list(spec["mean"]), "std": list(spec["std"]),
@@ -476,7 +479,8 @@ def run_crd_family(spec, init, teacher_init, steps, repo, distill):
         if distill == "ours":
             loop_patches += [
                 ("outft = f_t.div(normft)", "outft = f_t.div(normft.clamp_min(1e-12))",
-                 "METHODS.md decision (PEFD): the cosine divides by max(norm, 1e-12) (F.normalize) so that an "
+                 "decision of docs/methods/projector_kd.md: the cosine divides by max(norm, 1e-12) (F.normalize) "
+                 "so that an "
                  "all-zero ReLU output cannot give NaN; identical for any non-degenerate feature"),
                 ("outfs = f_s.div(normfs)", "outfs = f_s.div(normfs.clamp_min(1e-12))", "same, student side")]
         import helper  # noqa: F401  (the package the loop module's relative imports resolve in)
@@ -545,7 +549,7 @@ def run_crd_family(spec, init, teacher_init, steps, repo, distill):
 
 def run_lightskd(spec, init, steps, repo):
     """LightSKD ``train.py``: its argument parser, criterion, optimizer and ``train()`` as written; the networks per
-    METHODS.md (adapter Istr_2 built with the BasicBlock that fits ResNet-18) and the shrunk depth."""
+    docs/methods/self_kd.md (adapter Istr_2 built with the BasicBlock that fits ResNet-18) and the shrunk depth."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -567,12 +571,12 @@ def run_lightskd(spec, init, steps, repo):
                              or s.startswith("args = ") or s.startswith("criterion = ")
                              or s.startswith("optimizer = ") or isinstance(n, ast.FunctionDef) and n.name == "train")
         patch.run_statements("train.py", ns, keep, [
-            ('dest="RG-Loss"', 'dest="alpha"', "METHODS.md 3.1: argparse renames --alpha to 'RG-Loss', so "
+            ('dest="RG-Loss"', 'dest="alpha"', "docs/methods/self_kd.md: argparse renames --alpha to 'RG-Loss', so "
                                                 "train() fails on args.alpha"),
             ('dest="SW-Loss"', 'dest="beta"', "same for --beta ('SW-Loss')"),
             ("args = parser.parse_args()", f"args = parser.parse_args(['--batch_size', '{NUM_IMAGES}'])",
              "the command line: the fixture's batch size")])
-        ns["bs"] = int(ns["args"].batch_size)  # METHODS.md 3.1: train() reads an undefined global `bs`
+        ns["bs"] = int(ns["args"].batch_size)  # docs/methods/self_kd.md: train() reads an undefined global `bs`
         ns["args"].model_path = str(tmp) + "/"
         ns["criterion"] = CallRecorder(ns["criterion"], ce_log)
         ns["optimizer"] = StepRecorder(ns["optimizer"], "network", ["ist", "adv_loss"], log)
@@ -595,11 +599,12 @@ def run_lightskd(spec, init, steps, repo):
         return mapping.read(init), terms, settings, patch.applied + [
             {"file": "train.py", "find": "net = get_model(args); ada_net = adapter_2(num_classes=args.num_classes)",
              "replace": "ResNet(BasicBlock, [1, 1, 1, 1]); Istr_2(BasicBlock) from backbone/adapter.py",
-             "why": "METHODS.md 3.2 decision: the released adapter_2 hard-codes Istr_2(Bottleneck) (512 channels), "
+             "why": "decision of docs/methods/self_kd.md: the released adapter_2 hard-codes Istr_2(Bottleneck) "
+                    "(512 channels), "
                     "which fails on ResNet-18's 128-channel layer2; the BasicBlock variant fits it. Depth shrunk: "
                     + SHRUNK_RESNET18},
             {"file": "train.py", "find": "bs (undefined global)", "replace": f"bs = {NUM_IMAGES}",
-             "why": "METHODS.md 3.1: train() reads `bs`, which the script never defines"}]
+             "why": "docs/methods/self_kd.md: train() reads `bs`, which the script never defines"}]
 
 
 def run_mixskd(spec, init, steps, draws, repo):
@@ -665,7 +670,8 @@ def run_mixskd(spec, init, steps, draws, repo):
              "float64 run: the loop casts its input batch to float32"),
             ("        loss = loss_cls + loss_div + loss_fea + loss_gan",
              "        loss = loss_cls + loss_mixcls + loss_div + loss_fea + loss_gan",
-             "METHODS.md 4.4 decision: the objective of the official ImageNet script (mixup CE terms in the total, so "
+             "decision of docs/methods/mixskd.md: the objective of the official ImageNet script (mixup CE terms in "
+             "the total, so "
              "the self-teacher trains); the released CIFAR script logs loss_mixcls but leaves it out")])
         log = []
         ns["optimizer"] = StepRecorder(ns["optimizer"], "network",

@@ -1,4 +1,4 @@
-"""Train KD, PEFD, FFSD and MixSKD in turn at 224 px on an imagefolder of JPEG photographs, with their ImageNet
+"""Train every method with an ImageNet setting (KD, PEFD, FFSD, MixSKD) in turn at 224 px on an imagefolder of JPEG photographs, with their ImageNet
 architectures at tiny widths (ResNet-34 teacher, ResNet-18 student); evaluate and export each, under whatever
 launcher started this script (one process, or `accelerate launch --multi_gpu --num_processes 2`).
 
@@ -15,8 +15,12 @@ import torch
 import hf_kd
 import hf_kd.trainers
 from hf_kd.data import load_image_data
+from hf_kd.methods import methods
 
-METHODS = ("KDTrainer", "ProjectorKDTrainer", "FFSDTrainer", "MixSKDTrainer")
+# every registered method (hf_kd.methods), by trainer class name, but these:
+NOT_AT_224 = {"self_kd": "LightSKD has no ImageNet setting (no ImageNet preset: the paper and its code are CIFAR)",
+              "supervised": "plain cross-entropy, trained here by every other method's code path already"}
+METHODS = tuple(cls.__name__ for name, cls in methods().items() if name not in NOT_AT_224)
 # timm's ResNets at a few channels per stage: the ImageNet stem (7x7 stride-2 conv + max-pool) and 4 stages, at
 # 224 px, in seconds on a CPU
 TINY = {"model_args": {"channels": [8, 16, 24, 32], "stem_width": 8}}
